@@ -1,0 +1,17 @@
+"""Errors of calib_sets (it imports nothing of qcal). Messages name the source, the problem and the fix."""
+
+
+class CalibSetError(Exception):
+    """Base of every error calib_sets raises on purpose."""
+
+
+class SourceNotFoundError(CalibSetError, FileNotFoundError):
+    """A path given as a source does not exist."""
+
+
+class EmptyCalibSetError(CalibSetError):
+    """A source (after its filters) holds no usable sample."""
+
+
+class UndecodableImageError(CalibSetError):
+    """An image file named explicitly does not decode."""

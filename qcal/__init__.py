@@ -1,0 +1,30 @@
+"""qcal: quantization calibration for edge inference (YOLO and small LLMs to INT8 ONNX).
+
+    import qcal
+    result = qcal.quantize("yolo.pt", calib="frames/", target="ort-cpu", trust_checkpoint=True)
+    result.export("out/")
+    print(result.summary())
+"""
+
+__version__ = "0.1.0"
+
+from qcal.config import KeepFloatConfig, Observer, QuantConfig, Target  # noqa: E402
+from qcal.errors import (  # noqa: E402
+    CalibrationError,
+    CheckpointError,
+    ConfigError,
+    ExportError,
+    QcalError,
+    UntrustedCheckpointError,
+)
+
+
+def quantize(*args, **kwargs):  # type: ignore[no-untyped-def]
+    """See qcal.api.quantize (imported lazily so `import qcal` stays light)."""
+    from qcal.api import quantize as _quantize
+
+    return _quantize(*args, **kwargs)
+
+
+__all__ = ["CalibrationError", "CheckpointError", "ConfigError", "ExportError", "KeepFloatConfig", "Observer",
+           "QcalError", "QuantConfig", "Target", "UntrustedCheckpointError", "__version__", "quantize"]

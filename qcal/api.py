@@ -1,0 +1,150 @@
+"""The public verb: quantize(model, calib, ...) -> QuantResult. Everything the run decided is on the result."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from exporters.quant_table import QuantTable, atomic_write_text
+from qcal import __version__
+from qcal.config import QuantConfig, Target
+from qcal.errors import CalibrationError
+from qcal.machine import machine_info
+from qcal.models import load_model
+from qcal.models.base import ModelAdapter
+from qcal.pipeline import PipelineOutput
+from qcal.pipeline import run as run_pipeline
+
+
+@dataclass
+class Evaluation:
+    """FP32 vs INT8 on the evaluation images, measured in one run."""
+
+    metric: str                       # "fidelity" (vs FP32 detections) or "labels"
+    images: int
+    accuracy: dict[str, dict[str, float]]   # precision -> {"map50_95": .., "map50": ..}
+    latency_ms: dict[str, dict[str, float]]  # precision -> {"median_ms": .., "p90_ms": ..}
+    size_mb: dict[str, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"metric": self.metric, "images": self.images, "accuracy": self.accuracy,
+                "latency_ms": self.latency_ms, "size_mb": self.size_mb}
+
+
+@dataclass
+class QuantResult:
+    config: QuantConfig
+    adapter: ModelAdapter
+    calib_hash: str
+    calib_keys: list[str]
+    out: PipelineOutput
+    quantize_seconds: float
+    evaluation: Evaluation | None = None
+    _workdir: Any = field(default=None, repr=False)   # TemporaryDirectory owning the artifacts
+
+    @property
+    def table(self) -> QuantTable:
+        return self.out.table
+
+    @property
+    def float_nodes(self) -> dict[str, str]:
+        return dict(self.out.table.float_reasons)
+
+    def to_dict(self) -> dict[str, Any]:
+        o = self.out
+        return {
+            "qcal_version": __version__,
+            "model": {"source": self.adapter.source, "family": self.adapter.family, "sha256": self.adapter.model_hash()},
+            "target": self.config.target.value,
+            "profile": {k: v for k, v in o.profile.__dict__.items()},
+            "config": self.config.to_dict(),
+            "config_hash": self.config.hash(),
+            "calibration": {"set_hash": self.calib_hash, "samples": o.calibration.samples,
+                            "observer": o.calibration.observer, "seconds": round(o.calibration.seconds, 2),
+                            "observer_state_mb": round(o.calibration.state_bytes / 2**20, 2)},
+            "kept_in_float": [{"node": d.node, "op": d.op_type, "rule": d.rule, "reason": d.reason}
+                              for d in o.decisions],
+            "quantized_tensors": len(o.table.tensors),
+            "seconds": {**{k: round(v, 2) for k, v in o.seconds.items()}, "total": round(self.quantize_seconds, 2)},
+            "evaluation": self.evaluation.to_dict() if self.evaluation else None,
+            "machine": machine_info().to_dict(),
+        }
+
+    def summary(self) -> str:
+        from qcal.report import summary_table
+
+        return summary_table(self.to_dict())
+
+    def export(self, directory: str | Path) -> dict[str, Path]:
+        """Write model.fp32.onnx, model.int8.onnx, quant_table.json, report.json and report.md atomically."""
+        from qcal.report import report_markdown
+
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        paths = {"fp32": d / "model.fp32.onnx", "int8": d / "model.int8.onnx", "table": d / "quant_table.json",
+                 "report_json": d / "report.json", "report_md": d / "report.md"}
+        for key, src in (("fp32", self.out.fp32_path), ("int8", self.out.int8_path)):
+            tmp = paths[key].with_name(f".{paths[key].name}.tmp")
+            shutil.copyfile(src, tmp)
+            tmp.replace(paths[key])
+        self.out.table.save(paths["table"])
+        data = self.to_dict()
+        atomic_write_text(paths["report_json"], json.dumps(data, indent=1))
+        atomic_write_text(paths["report_md"], report_markdown(data))
+        return paths
+
+    def evaluate(self, images: list[np.ndarray], *, keys: list[str] | None = None, latency_runs: int = 30,
+                 threads: int = 2, progress: bool = True) -> Evaluation:
+        from qcal.evaluate import evaluate_detector
+
+        if keys is not None:
+            shared = sorted(set(keys) & set(self.calib_keys))
+            if shared:
+                raise CalibrationError(f"{len(shared)} evaluation image(s) are also in the calibration set "
+                                       f"(e.g. {shared[0]}); evaluate on images the calibration never saw.")
+        self.evaluation = evaluate_detector(self.adapter, self.out.fp32_path, self.out.int8_path, images,
+                                            latency_runs=latency_runs, threads=threads, progress=progress)
+        return self.evaluation
+
+
+def quantize(model: Any, calib: Any = None, *, target: str | Target | None = None, config: QuantConfig | None = None,
+             trust_checkpoint: bool = False, example_input: Any = None, eval: Any = None,
+             progress: bool = True, threads: int = 2) -> QuantResult:
+    """Quantize a checkpoint (YOLO .pt path or torch.nn.Module) with a calibration set; optionally evaluate.
+
+    calib: anything `calib_sets.load` takes (folder, video, image file, TOML recipe, "bundled:vtest") or a CalibSet.
+    eval: the same kinds; when given, FP32 vs INT8 fidelity and latency are measured (`result.evaluation`).
+    """
+    import calib_sets
+
+    cfg = config or QuantConfig()
+    if target is not None:
+        cfg = cfg.replace(target=Target(target))
+    t0 = time.perf_counter()
+    adapter = load_model(model, trust_checkpoint=trust_checkpoint, imgsz=cfg.imgsz, example_input=example_input)
+    try:
+        cs = calib_sets.load(calib if calib is not None else "bundled:vtest")
+    except calib_sets.CalibSetError as e:
+        raise CalibrationError(str(e)) from e
+    if len(cs) > cfg.calib_size:
+        cs = cs.take(cfg.calib_size)
+    if len(cs) == 0:
+        raise CalibrationError(f"calibration set {calib!r} is empty: give a folder of images or a video.")
+    workdir = tempfile.TemporaryDirectory(prefix="qcal-")
+    metadata = {"qcal.version": __version__, "qcal.config": json.dumps(cfg.to_dict(), sort_keys=True),
+                "qcal.config_hash": cfg.hash(), "qcal.calib_hash": cs.content_hash,
+                "qcal.model_sha256": adapter.model_hash(), "qcal.target": cfg.target.value}
+    out = run_pipeline(adapter, (s.image for s in cs), len(cs), cfg, Path(workdir.name), metadata=metadata,
+                       progress=progress, threads=threads)
+    result = QuantResult(cfg, adapter, cs.content_hash, cs.keys(), out, time.perf_counter() - t0, None, workdir)
+    if eval is not None:
+        es = calib_sets.load(eval)
+        result.evaluate([s.image for s in es], keys=es.keys(), threads=threads, progress=progress)
+    return result

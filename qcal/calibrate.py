@@ -1,0 +1,68 @@
+"""Streaming calibration: run the FP32 ONNX model over the calibration samples once and feed every
+quantizable activation to its observer. Memory holds one sample's activations plus fixed-size observer
+state, whatever the number of samples."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import onnxruntime as ort
+from tqdm import tqdm
+
+from qcal.graph import GraphInfo, with_outputs
+from qcal.quant.observers import Observer, make_observer
+
+
+@dataclass
+class CalibrationStats:
+    """Per tensor: the observer's chosen range and the true min/max seen; plus how the pass went."""
+
+    ranges: dict[str, tuple[float, float]]
+    minmax: dict[str, tuple[float, float]]
+    samples: int
+    seconds: float
+    observer: str
+    state_bytes: int
+
+
+def make_session(model_bytes: bytes, threads: int = 2) -> ort.InferenceSession:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    return ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"])
+
+
+def calibrate(info: GraphInfo, tensors: list[str], feeds: Iterable[dict[str, np.ndarray]], *, observer: str,
+              symmetric: bool, qmin: int, qmax: int, percentile: float, total: int | None = None,
+              progress: bool = True, threads: int = 2,
+              on_sample: Callable[[dict[str, np.ndarray]], None] | None = None) -> CalibrationStats:
+    sess = make_session(with_outputs(info.model, tensors).SerializeToString(), threads)
+    obs: dict[str, Observer] = {t: make_observer(observer, symmetric=symmetric, qmin=qmin, qmax=qmax,
+                                                 percentile=percentile) for t in tensors}
+    lo = {t: np.inf for t in tensors}
+    hi = {t: -np.inf for t in tensors}
+    t0, n = time.perf_counter(), 0
+    bar = tqdm(total=total, desc=f"calibrating ({observer})", unit="img", disable=not progress, leave=False)
+    for feed in feeds:
+        outs = sess.run(tensors, feed)
+        for name, arr in zip(tensors, outs, strict=True):
+            obs[name].update(arr)
+            lo[name] = min(lo[name], float(arr.min()))
+            hi[name] = max(hi[name], float(arr.max()))
+        if on_sample is not None:
+            on_sample(dict(zip(tensors, outs, strict=True)))
+        del outs
+        n += 1
+        bar.update(1)
+    bar.close()
+    if n == 0:
+        from qcal.errors import CalibrationError
+
+        raise CalibrationError("the calibration set yielded no samples; give at least one image.")
+    ranges = {t: o.compute_range() for t, o in obs.items()}
+    return CalibrationStats(ranges, {t: (lo[t], hi[t]) for t in tensors}, n, time.perf_counter() - t0, observer,
+                            sum(o.nbytes for o in obs.values()))

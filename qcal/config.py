@@ -1,0 +1,206 @@
+"""Frozen, typed configuration of a quantization run, with a TOML/JSON round trip.
+
+Unknown keys are an error that names the key and the allowed ones; choices are enums, never free strings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, TypeVar
+
+from qcal.errors import ConfigError
+
+
+class Target(str, enum.Enum):
+    """Where the INT8 model runs; decides dtypes, symmetry and Q/DQ placement (see ARCHITECTURE.md)."""
+
+    ORT_CPU = "ort-cpu"      # uint8 activations, int8 per-channel weights, reduce_range on CPUs without VNNI
+    TENSORRT = "tensorrt"    # int8 symmetric everywhere, zero point 0, per-channel weights on axis 0
+
+
+class Observer(str, enum.Enum):
+    MINMAX = "minmax"
+    PERCENTILE = "percentile"
+    ENTROPY = "entropy"
+    MSE = "mse"
+
+
+@dataclass(frozen=True)
+class KeepFloatConfig:
+    """How qcal decides which nodes stay in float, by measurement on the calibration set.
+
+    range_ratio: a Concat whose inputs' ranges differ by more than this factor is kept in float (one scale
+        would leave the small input fewer than log2(range_ratio) fewer bits; e.g. YOLO's box pixels 0-640
+        beside class scores 0-1).
+    sensitivity_samples: calibration samples used to measure each node's quantization error (0 disables).
+    max_nodes: at most this many nodes are kept in float for sensitivity (the range rule is not capped).
+    min_drop_db: a node is a sensitivity candidate only if quantizing it costs at least this much output SQNR.
+    """
+
+    range_ratio: float = 16.0
+    sensitivity_samples: int = 8
+    max_nodes: int = 12
+    min_drop_db: float = 0.5
+    nodes: tuple[str, ...] = ()          # user-named nodes, always kept in float
+
+    def __post_init__(self) -> None:
+        if self.range_ratio <= 1:
+            raise ConfigError(f"keep_float.range_ratio={self.range_ratio}: must be > 1 (e.g. 16).")
+        if self.sensitivity_samples < 0 or self.max_nodes < 0:
+            raise ConfigError("keep_float.sensitivity_samples and keep_float.max_nodes must be >= 0.")
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """Everything that decides the quantized model. Two runs with equal configs and calibration sets agree."""
+
+    target: Target = Target.ORT_CPU
+    observer: Observer = Observer.MSE
+    percentile: float = 99.999
+    calib_size: int = 64                  # calibration samples used (the first N of the set)
+    imgsz: int = 640
+    per_channel: bool = True
+    reduce_range: bool | None = None      # None: decided from the CPU (no VNNI -> True) for ort-cpu
+    opset: int = 17
+    keep_float: KeepFloatConfig = field(default_factory=KeepFloatConfig)
+    passes: tuple[str, ...] = ()
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 50.0 < self.percentile <= 100.0:
+            raise ConfigError(f"percentile={self.percentile}: must be in (50, 100], e.g. 99.999.")
+        if self.calib_size < 1:
+            raise ConfigError(f"calib_size={self.calib_size}: must be >= 1.")
+        if self.imgsz < 32 or self.imgsz % 32:
+            raise ConfigError(f"imgsz={self.imgsz}: must be a multiple of 32 (YOLO strides), e.g. 640.")
+        if self.opset < 13:
+            raise ConfigError(f"opset={self.opset}: QDQ with per-channel weights needs opset >= 13.")
+        if self.target is Target.TENSORRT and self.reduce_range:
+            raise ConfigError("reduce_range=True with target=tensorrt: TensorRT uses full int8; drop reduce_range.")
+
+    # --- serialisation ---------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return _to_plain(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> QuantConfig:
+        return _from_plain(cls, data, "config")
+
+    def to_toml(self) -> str:
+        return dump_toml(self.to_dict())
+
+    @classmethod
+    def from_toml(cls, text: str) -> QuantConfig:
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config TOML does not parse: {e}. Fix the syntax.") from e
+        return cls.from_dict(data)
+
+    @classmethod
+    def load(cls, path: str | Path) -> QuantConfig:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist. Pass a TOML file written by `qcal config`.")
+        text = p.read_text(encoding="utf-8")
+        return cls.from_dict(json.loads(text)) if p.suffix == ".json" else cls.from_toml(text)
+
+    def replace(self, **changes: Any) -> QuantConfig:
+        return dataclasses.replace(self, **changes)
+
+    def hash(self) -> str:
+        import hashlib
+
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+T = TypeVar("T")
+
+
+def _to_plain(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: _to_plain(getattr(obj, f.name)) for f in fields(obj) if getattr(obj, f.name) is not None}
+    if isinstance(obj, enum.Enum):
+        return obj.value
+    if isinstance(obj, tuple | list):
+        return [_to_plain(v) for v in obj]
+    return obj
+
+
+def _from_plain(cls: type[T], data: Any, where: str) -> T:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a table, got {type(data).__name__}.")
+    known = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed keys are {sorted(known)}.")
+    hints = _resolved_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        kwargs[name] = _coerce(hints[name], value, f"{where}.{name}")
+    try:
+        return cls(**kwargs)
+    except TypeError as e:
+        raise ConfigError(f"{where}: {e}") from e
+
+
+def _resolved_hints(cls: type) -> dict[str, Any]:
+    import typing
+
+    return typing.get_type_hints(cls)
+
+
+def _coerce(hint: Any, value: Any, where: str) -> Any:
+    import typing
+
+    origin = typing.get_origin(hint)
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        try:
+            return hint(value)
+        except ValueError:
+            raise ConfigError(f"{where}={value!r}: choose one of {[m.value for m in hint]}.") from None
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        return _from_plain(hint, value, where)
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where}: expected a list, got {value!r}.")
+        return tuple(value)
+    args = typing.get_args(hint)
+    if type(None) in args:  # Optional[...]
+        inner = [a for a in args if a is not type(None)]
+        return None if value is None else _coerce(inner[0], value, where)
+    if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(hint, type) and not isinstance(value, hint):
+        raise ConfigError(f"{where}={value!r}: expected {hint.__name__}.")
+    return value
+
+
+def dump_toml(data: dict[str, Any]) -> str:
+    """A small TOML writer for the shapes our configs have: scalars, lists of scalars, nested tables."""
+
+    def scalar(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, int | float):
+            return repr(v)
+        if isinstance(v, str):
+            return json.dumps(v)
+        if isinstance(v, list):
+            return "[" + ", ".join(scalar(x) for x in v) + "]"
+        raise ConfigError(f"cannot write {v!r} to TOML")
+
+    def table(d: dict[str, Any], prefix: str) -> list[str]:
+        lines = [f"{k} = {scalar(v)}" for k, v in d.items() if not isinstance(v, dict)]
+        for k, v in d.items():
+            if isinstance(v, dict):
+                name = f"{prefix}.{k}" if prefix else k
+                lines += ["", f"[{name}]", *table(v, name)]
+        return lines
+
+    return "\n".join(table(data, "")) + "\n"

@@ -1,0 +1,1 @@
+"""Task metrics (COCO-style detection mAP, FP32 agreement) and latency measurement."""

@@ -1,0 +1,44 @@
+"""ONNX Runtime latency: warm-up, then median and p90 over repeated runs, on a fixed thread count."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Latency:
+    median_ms: float
+    p90_ms: float
+    runs: int
+    threads: int
+
+    def to_dict(self) -> dict[str, float | int]:
+        return {"median_ms": self.median_ms, "p90_ms": self.p90_ms, "runs": self.runs, "threads": self.threads}
+
+
+def measure_latencies(models: dict[str, str | Path], feeds: dict[str, np.ndarray], *, threads: int = 2,
+                      warmup: int = 5, runs: int = 30) -> dict[str, Latency]:
+    """Time several models in the same run, interleaving rounds so machine noise hits all of them alike."""
+    import onnxruntime as ort
+
+    sessions = {}
+    for name, path in models.items():
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        so.log_severity_level = 3
+        sessions[name] = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    for s in sessions.values():
+        for _ in range(warmup):
+            s.run(None, feeds)
+    times: dict[str, list[float]] = {k: [] for k in sessions}
+    for _ in range(runs):
+        for name, s in sessions.items():
+            t = time.perf_counter()
+            s.run(None, feeds)
+            times[name].append((time.perf_counter() - t) * 1e3)
+    return {k: Latency(float(np.median(v)), float(np.percentile(v, 90)), runs, threads) for k, v in times.items()}

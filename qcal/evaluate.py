@@ -1,0 +1,44 @@
+"""FP32 vs INT8 evaluation of a detector in one run: fidelity mAP (FP32 detections as pseudo-labels, or real
+labels when the samples carry them), latency median/p90, file size."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from qcal.calibrate import make_session
+from qcal.eval.detection import coco_map, pseudo_labels
+from qcal.eval.latency import measure_latencies
+from qcal.models.base import Detections, ModelAdapter
+
+
+def detect_all(adapter: ModelAdapter, model_path: Path, images: list[np.ndarray], threads: int,
+               progress: bool, desc: str) -> list[Detections]:
+    sess = make_session(Path(model_path).read_bytes(), threads)
+    out = []
+    for img in tqdm(images, desc=desc, unit="img", disable=not progress, leave=False):
+        p = adapter.prepare(img)
+        out.append(adapter.postprocess(sess.run(None, p.feeds), p))
+    return out
+
+
+def evaluate_detector(adapter: ModelAdapter, fp32_path: Path, int8_path: Path, images: list[np.ndarray], *,
+                      latency_runs: int = 30, threads: int = 2, progress: bool = True):  # -> Evaluation
+    from qcal.api import Evaluation
+
+    if not images:
+        raise ValueError("no evaluation images")
+    hw = [img.shape[:2] for img in images]
+    nc = max(len(adapter.class_names), 1)
+    fp = detect_all(adapter, fp32_path, images, threads, progress, "eval fp32")
+    q = detect_all(adapter, int8_path, images, threads, progress, "eval int8")
+    gt = [pseudo_labels(d) for d in fp]
+    acc = {"fp32": coco_map(gt, fp, hw, nc).to_dict(), "int8": coco_map(gt, q, hw, nc).to_dict()}
+    lat = measure_latencies({"fp32": fp32_path, "int8": int8_path}, adapter.prepare(images[0]).feeds,
+                            threads=threads, runs=latency_runs)
+    size = {"fp32": Path(fp32_path).stat().st_size / 2**20, "int8": Path(int8_path).stat().st_size / 2**20}
+    return Evaluation("fidelity", len(images),
+                      {k: {"map50_95": float(v["map50_95"]), "map50": float(v["map50"])} for k, v in acc.items()},
+                      {k: {"median_ms": v.median_ms, "p90_ms": v.p90_ms} for k, v in lat.items()}, size)

@@ -1,0 +1,53 @@
+"""Any torch.nn.Module with an example input: FP32 ONNX export; calibration images are resized to the
+example's H x W, scaled to 0..1, NCHW."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from qcal.models.base import Prepared
+
+
+class TorchModuleAdapter:
+    family = "torch"
+    task = "generic"
+
+    def __init__(self, module: Any, example_input: Any) -> None:
+        self.module = module.eval()
+        self.example = example_input
+        self.source = type(module).__name__
+        self.class_names: dict[int, str] = {}
+        self.input_name = "input"
+        buf = io.BytesIO()
+        import torch
+
+        torch.save(module.state_dict(), buf)
+        self._sha256 = hashlib.sha256(buf.getvalue()).hexdigest()
+
+    def model_hash(self) -> str:
+        return self._sha256
+
+    def export_onnx(self, path: Path, *, opset: int) -> None:
+        import torch
+
+        with torch.no_grad():
+            torch.onnx.export(self.module, (self.example,), str(path), opset_version=opset,
+                              input_names=[self.input_name], output_names=["output"], dynamo=False)
+
+    def prepare(self, image: np.ndarray) -> Prepared:
+        h, w = int(self.example.shape[-2]), int(self.example.shape[-1])
+        c = int(self.example.shape[1])
+        img = cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR)
+        if c == 1:
+            img = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)[..., None]
+        x = np.ascontiguousarray(img.transpose(2, 0, 1)[None], dtype=np.float32) / 255.0
+        return Prepared({self.input_name: x})
+
+    def postprocess(self, outputs: list[np.ndarray], prepared: Prepared) -> np.ndarray:
+        return outputs[0]

@@ -1,0 +1,151 @@
+"""The quantization pipeline: FP32 ONNX -> streaming calibration -> measured float placement -> QuantTable
+-> QDQ ONNX. Every step's decisions are returned for the report."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from exporters import PROFILES, QdqProfile, QuantTable, TensorQuant, export_qdq
+from exporters.qdq import quantizable_op_types
+from qcal.calibrate import CalibrationStats, calibrate, make_session
+from qcal.config import QuantConfig, Target
+from qcal.errors import ExportError
+from qcal.graph import GraphInfo, analyse, tensors_to_calibrate, with_outputs
+from qcal.machine import machine_info
+from qcal.models.base import ModelAdapter
+from qcal.placement import FloatDecision, no_compute_downstream, range_mismatch, sensitivity_decisions, sqnr_db
+from qcal.quant.qparams import compute_qparams, qrange
+
+
+@dataclass
+class PipelineOutput:
+    fp32_path: Path
+    int8_path: Path
+    table: QuantTable
+    profile: QdqProfile
+    decisions: list[FloatDecision]
+    node_sqnr_drop: dict[str, float]
+    calibration: CalibrationStats
+    seconds: dict[str, float]
+
+
+def resolve_profile(config: QuantConfig) -> QdqProfile:
+    profile = PROFILES[config.target.value]
+    if config.target is Target.ORT_CPU:
+        reduce = (not machine_info().has_vnni) if config.reduce_range is None else config.reduce_range
+        profile = profile.replace(reduce_range=reduce)
+    return profile.replace(per_channel=config.per_channel)
+
+
+def _feeds(adapter: ModelAdapter, images: Iterable[np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
+    for img in images:
+        yield adapter.prepare(img).feeds
+
+
+def build_table(stats: CalibrationStats, profile: QdqProfile, decisions: list[FloatDecision],
+                meta: dict[str, object]) -> QuantTable:
+    signed = profile.activation_dtype == "int8"
+    qmin, qmax = qrange(8, signed=signed, symmetric=profile.activation_symmetric)
+    tensors = {}
+    for name, (lo, hi) in stats.ranges.items():
+        scale, zp = compute_qparams(lo, hi, qmin, qmax, symmetric=profile.activation_symmetric)
+        tensors[name] = TensorQuant(profile.activation_dtype, (float(scale),), (int(zp),),
+                                    rmin=float(min(lo, 0.0)), rmax=float(max(hi, 0.0)))
+    return QuantTable(tensors, tuple(d.node for d in decisions), {d.node: f"{d.rule}: {d.reason}" for d in decisions},
+                      profile.name, dict(meta))
+
+
+def tensor_sqnr(info: GraphInfo, qdq_path: Path, feeds: list[dict[str, np.ndarray]], threads: int) -> dict[str, float]:
+    """SQNR of every quantized activation of the QDQ model against the same tensor in FP32."""
+    qdq = onnx.load(str(qdq_path))
+    suffix = "_DequantizeLinear_Output"  # ORT's name for the dequantized copy of tensor t
+    pairs = [(n.output[0], n.output[0][: -len(suffix)]) for n in qdq.graph.node
+             if n.op_type == "DequantizeLinear" and n.output[0].endswith(suffix)]
+    pairs = [(q, t) for q, t in pairs if t in info.float_tensors]
+    qs = make_session(with_outputs(qdq, [q for q, _ in pairs]).SerializeToString(), threads)
+    fs = make_session(with_outputs(info.model, [t for _, t in pairs]).SerializeToString(), threads)
+    noise = np.zeros(len(pairs))
+    signal = np.zeros(len(pairs))
+    for feed in feeds:
+        qo = qs.run([q for q, _ in pairs], feed)
+        fo = fs.run([t for _, t in pairs], feed)
+        for i, (a, b) in enumerate(zip(qo, fo, strict=True)):
+            noise[i] += float(np.sum((a.astype(np.float64) - b) ** 2))
+            signal[i] += float(np.sum(b.astype(np.float64) ** 2))
+    return {t: 10.0 * float(np.log10(max(s, 1e-30) / max(n, 1e-30))) for (_, t), n, s in zip(pairs, noise, signal,
+                                                                                              strict=True)}
+
+
+def run(adapter: ModelAdapter, images: Iterable[np.ndarray], n_images: int, config: QuantConfig, workdir: Path,
+        *, metadata: dict[str, str], progress: bool = True, threads: int = 2) -> PipelineOutput:
+    seconds: dict[str, float] = {}
+    t0 = time.perf_counter()
+    fp32_path = workdir / "model.fp32.onnx"
+    adapter.export_onnx(fp32_path, opset=config.opset)
+    info = analyse(onnx.load(str(fp32_path)))
+    onnx.save(info.model, str(fp32_path))  # with node names filled in
+    seconds["export_fp32"] = time.perf_counter() - t0
+
+    profile = resolve_profile(config)
+    signed = profile.activation_dtype == "int8"
+    qmin, qmax = qrange(8, signed=signed, symmetric=profile.activation_symmetric)
+    tensors = tensors_to_calibrate(info, quantizable_op_types(profile))
+    first: list[dict[str, np.ndarray]] = []   # kept for the sensitivity probe (a few samples only)
+    n_probe = config.keep_float.sensitivity_samples
+
+    def feeds() -> Iterator[dict[str, np.ndarray]]:
+        for f in _feeds(adapter, images):
+            if len(first) < n_probe:
+                first.append(f)
+            yield f
+
+    t0 = time.perf_counter()
+    stats = calibrate(info, tensors, feeds(), observer=config.observer.value, symmetric=profile.activation_symmetric,
+                      qmin=qmin, qmax=qmax, percentile=config.percentile, total=n_images, progress=progress,
+                      threads=threads)
+    seconds["calibrate"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    known = set(info.nodes)
+    missing = [n for n in config.keep_float.nodes if n not in known]
+    if missing:
+        from qcal.errors import ConfigError
+
+        raise ConfigError(f"keep_float.nodes names {missing[:5]} which are not nodes of the exported graph; "
+                          f"node names look like {sorted(known)[:3]}.")
+    decisions = [FloatDecision(n, info.nodes[n].op_type, "user", "named by the user") for n in config.keep_float.nodes]
+    decided = {d.node for d in decisions}
+    for d in range_mismatch(info, stats.minmax, config.keep_float.range_ratio) + no_compute_downstream(info):
+        if d.node not in decided:
+            decisions.append(d)
+            decided.add(d.node)
+    meta = {**metadata, "observer": config.observer.value}
+    drops: dict[str, float] = {}
+    if n_probe > 0 and config.keep_float.max_nodes > 0 and first:
+        probe = workdir / "probe.int8.onnx"
+        export_qdq(fp32_path, build_table(stats, profile, decisions, meta), profile, probe)
+        sq = tensor_sqnr(info, probe, first, threads)
+        chosen, drops = sensitivity_decisions(info, sq, config.keep_float.max_nodes, config.keep_float.min_drop_db,
+                                              decided)
+        decisions += chosen
+        probe.unlink(missing_ok=True)
+    seconds["placement"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    int8_path = workdir / "model.int8.onnx"
+    try:
+        table = export_qdq(fp32_path, build_table(stats, profile, decisions, meta), profile, int8_path,
+                           metadata=metadata)
+    except Exception as e:
+        raise ExportError(f"QDQ export failed: {e}") from e
+    seconds["export_int8"] = time.perf_counter() - t0
+    return PipelineOutput(fp32_path, int8_path, table, profile, decisions, drops, stats, seconds)
+
+
+__all__ = ["PipelineOutput", "run", "resolve_profile", "build_table", "sqnr_db"]

@@ -1,0 +1,1 @@
+"""Pure quantization primitives and streaming range observers (numpy only, testable without a model)."""

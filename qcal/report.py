@@ -1,0 +1,55 @@
+"""Human-readable outputs of a run: the summary table the CLI prints and report.md."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _fmt(v: Any, spec: str = ".3f") -> str:
+    return "n/a" if v is None else format(v, spec)
+
+
+def summary_table(r: dict[str, Any]) -> str:
+    ev = r.get("evaluation") or {}
+    acc, lat, size = ev.get("accuracy", {}), ev.get("latency_ms", {}), ev.get("size_mb", {})
+    rows = [("precision", "mAP50-95", "mAP50", "latency ms (p50/p90)", "x FP32", "size MB")]
+    fp_lat = lat.get("fp32", {}).get("median_ms")
+    for p in ("fp32", "int8"):
+        a, t = acc.get(p, {}), lat.get(p, {})
+        ratio = t["median_ms"] / fp_lat if t and fp_lat else None
+        rows.append((p, _fmt(a.get("map50_95")), _fmt(a.get("map50")),
+                     f"{_fmt(t.get('median_ms'), '.1f')} / {_fmt(t.get('p90_ms'), '.1f')}" if t else "n/a",
+                     _fmt(ratio, '.2f'), _fmt(size.get(p), '.1f')))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    line = lambda row: "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True))  # noqa: E731
+    out = [line(rows[0]), "  ".join("-" * w for w in widths), *[line(r_) for r_ in rows[1:]]]
+    metric = ev.get("metric")
+    note = (f"accuracy: {'fidelity vs FP32 detections' if metric == 'fidelity' else metric} on {ev.get('images')} "
+            "held-out images" if ev else "accuracy: not evaluated (pass eval= / --eval)")
+    kept = r.get("kept_in_float", [])
+    rules: dict[str, int] = {}
+    for k in kept:
+        rules[k["rule"]] = rules.get(k["rule"], 0) + 1
+    m = r.get("machine", {})
+    out += ["", note,
+            f"target {r['target']} | observer {r['calibration']['observer']} | {r['calibration']['samples']} "
+            f"calibration samples | set {r['calibration']['set_hash'][:12]}",
+            f"kept in float: {len(kept)} node(s) " + ", ".join(f"{v} by {k}" for k, v in rules.items()),
+            f"quantize time {r['seconds']['total']:.1f} s | CPU {m.get('cpu_model', '?')} "
+            f"flags {' '.join(m.get('flags', []))}"]
+    return "\n".join(out)
+
+
+def report_markdown(r: dict[str, Any]) -> str:
+    lines = [f"# qcal report: {r['model']['source']}", "", "```", summary_table(r), "```", "",
+             "## Run", "", f"- qcal {r['qcal_version']}, target `{r['target']}`, config hash `{r['config_hash']}`",
+             f"- model sha256 `{r['model']['sha256'][:16]}`",
+             f"- calibration set hash `{r['calibration']['set_hash']}` ({r['calibration']['samples']} samples, "
+             f"observer {r['calibration']['observer']}, {r['calibration']['seconds']} s, observer state "
+             f"{r['calibration']['observer_state_mb']} MB)",
+             f"- timings (s): {r['seconds']}", "",
+             "## Nodes kept in float, and why", "", "| node | op | rule | reason |", "|---|---|---|---|"]
+    for k in r.get("kept_in_float", []):
+        lines.append(f"| `{k['node']}` | {k['op']} | {k['rule']} | {k['reason']} |")
+    lines += ["", "## Config", "", "```json", __import__("json").dumps(r["config"], indent=1), "```", ""]
+    return "\n".join(lines)
