@@ -33,8 +33,11 @@ def decode_image(path: Path) -> np.ndarray | None:
         return None
     if img.dtype != np.uint8:
         warnings.warn(f"{path}: {img.dtype} image scaled to 8 bits", stacklevel=3)
-        img = (img.astype(np.float32) / max(float(np.iinfo(img.dtype).max), 1.0) * 255).round().astype(np.uint8) \
-            if np.issubdtype(img.dtype, np.integer) else np.clip(img * 255, 0, 255).astype(np.uint8)
+        if np.issubdtype(img.dtype, np.integer):
+            top = float(np.iinfo(img.dtype.type).max)  # type: ignore[type-var]
+            img = (img.astype(np.float32) / top * 255).round().astype(np.uint8)
+        else:
+            img = np.clip(img * 255, 0, 255).astype(np.uint8)
     if img.ndim == 2:
         warnings.warn(f"{path}: greyscale image converted to RGB", stacklevel=3)
         return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)

@@ -17,6 +17,7 @@ class QdqProfile:
     min_opset: int
     op_types: tuple[str, ...] | None   # None: every op ORT's QDQ quantizer knows
     weights_as_qdq_pair: bool      # keep weights float with Q->DQ (TensorRT style) instead of int8 initializers
+    quantize_bias: bool = True     # int32 biases (ORT CPU); TensorRT fuses float biases itself
 
     def replace(self, **kw: object) -> QdqProfile:
         import dataclasses
@@ -30,5 +31,5 @@ ORT_CPU = QdqProfile("ort-cpu", "uint8", "int8", False, True, True, False, 13, N
 # Q/DQ on the inputs TensorRT fuses (conv/gemm, residual add, pooling, resize, concat).
 TENSORRT = QdqProfile("tensorrt", "int8", "int8", True, True, True, False, 13,
                       ("Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "MaxPool", "AveragePool",
-                       "GlobalAveragePool", "Resize", "Concat"), True)
+                       "GlobalAveragePool", "Resize", "Concat"), True, False)
 PROFILES = {p.name: p for p in (ORT_CPU, TENSORRT)}

@@ -24,7 +24,8 @@ from exporters.quant_table import QuantTable, TensorQuant
 
 _QTYPE = {"uint8": "QUInt8", "int8": "QInt8"}
 _ONNX_DTYPE = {onnx.TensorProto.UINT8: "uint8", onnx.TensorProto.INT8: "int8", onnx.TensorProto.INT4: "int4",
-               onnx.TensorProto.UINT4: "uint4"}
+               onnx.TensorProto.UINT4: "uint4",
+               onnx.TensorProto.INT32: "int32"}
 _QRANGE = {("uint8", False): (0, 255), ("int8", False): (-128, 127), ("int8", True): (-127, 127),
            ("uint8", True): (0, 255)}
 
@@ -70,7 +71,8 @@ def export_qdq(fp32_model: str | Path, table: QuantTable, profile: QdqProfile, o
         onnx.save(src, str(src_path))
         save_tensors_data(TensorsData(CalibrationMethod.MinMax, ranges), cache)
         extra = {"ActivationSymmetric": profile.activation_symmetric, "WeightSymmetric": profile.weight_symmetric,
-                 "AddQDQPairToWeight": profile.weights_as_qdq_pair, "DedicatedQDQPair": False}
+                 "AddQDQPairToWeight": profile.weights_as_qdq_pair, "DedicatedQDQPair": False,
+                 "QuantizeBias": profile.quantize_bias}
         ort_log = logging.getLogger()
         level = ort_log.level
         ort_log.setLevel(logging.ERROR)  # ORT warns about pre-processing on every call; restored below
@@ -117,7 +119,7 @@ def read_quant_table(model: onnx.ModelProto | str | Path, *, target: str = "") -
         if node.op_type == "DequantizeLinear" and x not in inits:
             continue  # an activation's DQ: its Q already recorded it
         zp_t = inits.get(node.input[2]) or consts.get(node.input[2])
-        dtype = _ONNX_DTYPE.get(zp_t.data_type if zp_t is not None else -1, "int8")
+        dtype = _ONNX_DTYPE.get(int(zp_t.data_type) if zp_t is not None else -1, "int8")  # type: ignore[call-overload]
         axis = next((a.i for a in node.attribute if a.name == "axis"), None)
         scale = arr(node.input[1]).astype(np.float32).reshape(-1)
         zp = arr(node.input[2]).astype(np.int64).reshape(-1)

@@ -16,7 +16,7 @@ from typing import Any
 
 from exporters.errors import ExporterError
 
-DTYPES = ("int8", "uint8", "int4", "uint4", "float16", "float32")
+DTYPES = ("int8", "uint8", "int4", "uint4", "int32", "float16", "float32")
 
 
 @dataclass(frozen=True)

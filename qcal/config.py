@@ -8,10 +8,11 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
-import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
+
+import tomllib
 
 from qcal.errors import ConfigError
 

@@ -32,7 +32,8 @@ class MachineInfo:
 
 @lru_cache(maxsize=1)
 def machine_info() -> MachineInfo:
-    model, flags = platform.processor() or "unknown", set()
+    model: str = platform.processor() or "unknown"
+    flags: set[str] = set()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             for line in f:

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +19,13 @@ from qcal.errors import ExportError
 from qcal.graph import GraphInfo, analyse, tensors_to_calibrate, with_outputs
 from qcal.machine import machine_info
 from qcal.models.base import ModelAdapter
-from qcal.placement import FloatDecision, no_compute_downstream, range_mismatch, sensitivity_decisions, sqnr_db
+from qcal.placement import (
+    FloatDecision,
+    no_compute_downstream,
+    range_mismatch,
+    sensitivity_decisions,
+    sqnr_db,
+)
 from qcal.quant.qparams import compute_qparams, qrange
 
 
@@ -49,7 +55,7 @@ def _feeds(adapter: ModelAdapter, images: Iterable[np.ndarray]) -> Iterator[dict
 
 
 def build_table(stats: CalibrationStats, profile: QdqProfile, decisions: list[FloatDecision],
-                meta: dict[str, object]) -> QuantTable:
+                meta: Mapping[str, object]) -> QuantTable:
     signed = profile.activation_dtype == "int8"
     qmin, qmax = qrange(8, signed=signed, symmetric=profile.activation_symmetric)
     tensors = {}

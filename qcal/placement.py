@@ -94,7 +94,7 @@ def sensitivity_decisions(info: GraphInfo, tensor_sqnr: dict[str, float], max_no
             continue
         drops[n.name] = min(ins) - tensor_sqnr[n.output[0]]
     ranked = sorted(drops.items(), key=lambda kv: -kv[1])
-    chosen = []
+    chosen: list[FloatDecision] = []
     for name, drop in ranked:
         if len(chosen) >= max_nodes or drop < min_drop_db:
             break

@@ -36,7 +36,8 @@ def coco_map(gt: Sequence[Detections], pred: Sequence[Detections], image_hw: Seq
     if not (len(gt) == len(pred) == len(image_hw)):
         raise ValueError("gt, pred and image_hw must have one entry per image")
     images = [{"id": i + 1, "height": int(h), "width": int(w)} for i, (h, w) in enumerate(image_hw)]
-    anns, dets = [], []
+    anns: list[dict[str, object]] = []
+    dets: list[dict[str, object]] = []
     for i, (g, p) in enumerate(zip(gt, pred, strict=True)):
         for b, c in zip(g.boxes, g.classes, strict=True):
             w, h = float(b[2] - b[0]), float(b[3] - b[1])

@@ -54,8 +54,8 @@ def decode_yolo(output: np.ndarray, *, conf: float, iou: float, max_det: int, sc
     xywh = pred[:, :4].copy()
     xywh[:, 0] -= xywh[:, 2] / 2  # top-left corner, as cv2's NMS wants
     xywh[:, 1] -= xywh[:, 3] / 2
-    idx = cv2.dnn.NMSBoxesBatched(xywh.tolist(), scores.tolist(), classes.tolist(), conf, iou, top_k=max_det)
-    idx = np.asarray(idx, dtype=np.int64).reshape(-1)[:max_det]
+    raw = cv2.dnn.NMSBoxesBatched(xywh.tolist(), scores.tolist(), classes.tolist(), conf, iou, top_k=max_det)
+    idx = np.asarray(raw, dtype=np.int64).reshape(-1)[:max_det]
     xyxy = np.concatenate([xywh[idx, :2], xywh[idx, :2] + xywh[idx, 2:]], axis=1)
     xyxy[:, [0, 2]] = (xyxy[:, [0, 2]] - pad[0]) / scale
     xyxy[:, [1, 3]] = (xyxy[:, [1, 3]] - pad[1]) / scale
@@ -136,10 +136,10 @@ class YoloAdapter:
         model = model.fuse()
         for m in model.modules():
             if isinstance(m, Detect):
-                m.dynamic, m.export, m.format = False, True, "onnx"
+                m.dynamic, m.export, m.format = False, True, "onnx"  # type: ignore[assignment]
                 m.shape = None
             elif isinstance(m, C2f):
-                m.forward = m.forward_split  # the Split-based C2f Ultralytics exports (no slicing of a chunk)
+                m.forward = m.forward_split  # type: ignore[method-assign] # the Split-based C2f Ultralytics exports (no slicing of a chunk)
         x = torch.zeros(1, 3, self.imgsz, self.imgsz)
         with torch.no_grad():
             model(x)  # builds anchors

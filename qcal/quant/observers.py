@@ -141,10 +141,7 @@ def kl_threshold_bin(hist: np.ndarray, levels: int = 128, stride: int = 8) -> in
         p /= ps
         q /= qs
         mask = p > 0
-        if np.any(q[mask] == 0):
-            kl = np.inf
-        else:
-            kl = float(np.sum(p[mask] * np.log(p[mask] / q[mask])))
+        kl = np.inf if np.any(q[mask] == 0) else float(np.sum(p[mask] * np.log(p[mask] / q[mask])))
         if kl < best_kl:
             best_kl, best_i = kl, i
     return best_i

@@ -1,0 +1,30 @@
+import pytest
+
+from qcal.config import KeepFloatConfig, Observer, QuantConfig, Target
+from qcal.errors import ConfigError
+
+
+def test_toml_round_trip() -> None:
+    cfg = QuantConfig(target=Target.TENSORRT, observer=Observer.ENTROPY, calib_size=32,
+                      keep_float=KeepFloatConfig(nodes=("a", "b"), max_nodes=3))
+    again = QuantConfig.from_toml(cfg.to_toml())
+    assert again == cfg and again.hash() == cfg.hash()
+    assert QuantConfig().hash() != cfg.hash()
+
+
+def test_unknown_key_names_key_and_allowed() -> None:
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['obsrver'\].*observer"):
+        QuantConfig.from_toml('obsrver = "mse"\n')
+    with pytest.raises(ConfigError, match=r"keep_float: unknown key\(s\) \['foo'\]"):
+        QuantConfig.from_toml("[keep_float]\nfoo = 1\n")
+
+
+def test_bad_values() -> None:
+    with pytest.raises(ConfigError, match="choose one of"):
+        QuantConfig.from_toml('target = "tpu"\n')
+    with pytest.raises(ConfigError, match="multiple of 32"):
+        QuantConfig(imgsz=100)
+    with pytest.raises(ConfigError, match="opset"):
+        QuantConfig(opset=11)
+    with pytest.raises(ConfigError, match="expected int"):
+        QuantConfig.from_toml('calib_size = "many"\n')

