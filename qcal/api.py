@@ -71,6 +71,8 @@ class QuantResult:
                             "observer_state_mb": round(o.calibration.state_bytes / 2**20, 2)},
             "kept_in_float": [{"node": d.node, "op": d.op_type, "rule": d.rule, "reason": d.reason}
                               for d in o.decisions],
+            "sensitivity_top": [{"node": k, "sqnr_drop_db": round(v, 2)} for k, v in
+                                sorted(o.node_sqnr_drop.items(), key=lambda kv: -kv[1])[:10]],
             "quantized_tensors": len(o.table.tensors),
             "seconds": {**{k: round(v, 2) for k, v in o.seconds.items()}, "total": round(self.quantize_seconds, 2)},
             "evaluation": self.evaluation.to_dict() if self.evaluation else None,

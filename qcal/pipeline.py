@@ -74,8 +74,8 @@ def tensor_sqnr(info: GraphInfo, qdq_path: Path, feeds: list[dict[str, np.ndarra
     pairs = [(n.output[0], n.output[0][: -len(suffix)]) for n in qdq.graph.node
              if n.op_type == "DequantizeLinear" and n.output[0].endswith(suffix)]
     pairs = [(q, t) for q, t in pairs if t in info.float_tensors]
-    qs = make_session(with_outputs(qdq, [q for q, _ in pairs]).SerializeToString(), threads)
-    fs = make_session(with_outputs(info.model, [t for _, t in pairs]).SerializeToString(), threads)
+    qs = make_session(with_outputs(qdq, [q for q, _ in pairs]).SerializeToString(), threads, arena=False)
+    fs = make_session(with_outputs(info.model, [t for _, t in pairs]).SerializeToString(), threads, arena=False)
     noise = np.zeros(len(pairs))
     signal = np.zeros(len(pairs))
     for feed in feeds:
@@ -86,6 +86,40 @@ def tensor_sqnr(info: GraphInfo, qdq_path: Path, feeds: list[dict[str, np.ndarra
             signal[i] += float(np.sum(b.astype(np.float64) ** 2))
     return {t: 10.0 * float(np.log10(max(s, 1e-30) / max(n, 1e-30))) for (_, t), n, s in zip(pairs, noise, signal,
                                                                                               strict=True)}
+
+
+def output_sqnr(fp32_path: Path, qdq_path: Path, feeds: list[dict[str, np.ndarray]], threads: int) -> float:
+    """Mean SQNR over the model outputs' channels (axis 1): YOLO's box coordinates and class scores count
+    alike, whatever their scale."""
+    fs, qs = make_session(fp32_path.read_bytes(), threads), make_session(qdq_path.read_bytes(), threads)
+    per: list[float] = []
+    for feed in feeds:
+        for f, q in zip(fs.run(None, feed), qs.run(None, feed), strict=True):
+            if f.ndim >= 2 and f.shape[1] <= 1024:
+                per += [sqnr_db(f[:, c], q[:, c]) for c in range(f.shape[1])]
+            else:
+                per.append(sqnr_db(f, q))
+    return float(np.mean(per))
+
+
+def verified(info: GraphInfo, stats: CalibrationStats, profile: QdqProfile, decisions: list[FloatDecision],
+             candidates: list[FloatDecision], feeds: list[dict[str, np.ndarray]], fp32_path: Path, probe: Path,
+             meta: Mapping[str, object], min_gain_db: float, threads: int) -> list[FloatDecision]:
+    """Greedy: keep a candidate in float only if the whole model's output SQNR rises by min_gain_db."""
+    if not candidates:
+        return []
+    kept: list[FloatDecision] = []
+    best = output_sqnr(fp32_path, probe, feeds, threads)
+    trial = probe.with_name("trial.int8.onnx")
+    for c in candidates:
+        export_qdq(fp32_path, build_table(stats, profile, decisions + kept + [c], meta), profile, trial)
+        score = output_sqnr(fp32_path, trial, feeds, threads)
+        if score >= best + min_gain_db:
+            kept.append(FloatDecision(c.node, c.op_type, c.rule, f"{c.reason}; keeping it in float raised the "
+                                      f"output SQNR {best:.2f} -> {score:.2f} dB"))
+            best = score
+    trial.unlink(missing_ok=True)
+    return kept
 
 
 def run(adapter: ModelAdapter, images: Iterable[np.ndarray], n_images: int, config: QuantConfig, workdir: Path,
@@ -133,13 +167,14 @@ def run(adapter: ModelAdapter, images: Iterable[np.ndarray], n_images: int, conf
             decided.add(d.node)
     meta = {**metadata, "observer": config.observer.value}
     drops: dict[str, float] = {}
-    if n_probe > 0 and config.keep_float.max_nodes > 0 and first:
+    if n_probe > 0 and first:
         probe = workdir / "probe.int8.onnx"
         export_qdq(fp32_path, build_table(stats, profile, decisions, meta), profile, probe)
         sq = tensor_sqnr(info, probe, first, threads)
-        chosen, drops = sensitivity_decisions(info, sq, config.keep_float.max_nodes, config.keep_float.min_drop_db,
-                                              decided)
-        decisions += chosen
+        candidates, drops = sensitivity_decisions(info, sq, config.keep_float.max_nodes,
+                                                  config.keep_float.min_drop_db, decided)
+        decisions += verified(info, stats, profile, decisions, candidates, first, fp32_path, probe, meta,
+                              config.keep_float.min_gain_db, threads)
         probe.unlink(missing_ok=True)
     seconds["placement"] = time.perf_counter() - t0
 

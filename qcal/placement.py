@@ -8,7 +8,8 @@
    speed and only adds error (a YOLO head's box decode: stride multiply, anchor add, distribution softmax).
 3. Sensitivity: one run of the fully quantized model beside FP32 on a few calibration samples gives each
    quantized tensor's SQNR; a node whose output SQNR falls far below its inputs' injects the most noise.
-   The `max_nodes` worst such nodes of low compute stay in float.
+   These drops are reported; the `max_nodes` worst nodes of low compute are candidates that the pipeline
+   keeps in float only where that measurably improves the model's output (pipeline.verified).
 Every decision carries its reason, which goes into the report and the QuantTable.
 """
 

@@ -51,5 +51,9 @@ def report_markdown(r: dict[str, Any]) -> str:
              "## Nodes kept in float, and why", "", "| node | op | rule | reason |", "|---|---|---|---|"]
     for k in r.get("kept_in_float", []):
         lines.append(f"| `{k['node']}` | {k['op']} | {k['rule']} | {k['reason']} |")
+    top = r.get("sensitivity_top", [])
+    if top:
+        lines += ["", "## Per-node sensitivity (SQNR lost by the node's quantized output against its inputs)", "",
+                  "| node | SQNR drop dB |", "|---|---|", *[f"| `{t['node']}` | {t['sqnr_drop_db']} |" for t in top]]
     lines += ["", "## Config", "", "```json", __import__("json").dumps(r["config"], indent=1), "```", ""]
     return "\n".join(lines)

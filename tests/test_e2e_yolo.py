@@ -31,6 +31,9 @@ def test_yolov8n_from_yaml_end_to_end(tmp_path: Path) -> None:
     m = onnx.load(str(paths["int8"]))
     ops = Counter(n.op_type for n in m.graph.node)
     assert ops["QuantizeLinear"] > 50 and ops["DequantizeLinear"] > ops["QuantizeLinear"]
+    for d in r.out.decisions:  # sensitivity picks survive only with a measured output gain
+        assert d.rule != "sensitivity" or "raised the output SQNR" in d.reason
+    assert r.out.node_sqnr_drop and r.to_dict()["sensitivity_top"]
     rules = Counter(d.rule for d in r.out.decisions)
     assert rules["range_mismatch"] >= 1 and rules["no_compute_downstream"] >= 10
     meta = read_metadata(paths["int8"])
