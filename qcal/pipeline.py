@@ -19,14 +19,8 @@ from qcal.errors import ExportError
 from qcal.graph import GraphInfo, analyse, tensors_to_calibrate, with_outputs
 from qcal.machine import machine_info
 from qcal.models.base import ModelAdapter
-from qcal.placement import (
-    FloatDecision,
-    no_compute_downstream,
-    range_mismatch,
-    sensitivity_decisions,
-    sqnr_db,
-)
-from qcal.quant.qparams import compute_qparams, qrange
+from qcal.placement import FloatDecision, no_compute_downstream, range_mismatch, sensitivity_decisions
+from qcal.quant.qparams import compute_qparams, qrange, sqnr_db
 
 
 @dataclass

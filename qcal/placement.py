@@ -18,8 +18,6 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-import numpy as np
-
 from qcal.graph import GraphInfo
 
 COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -73,12 +71,6 @@ def no_compute_downstream(info: GraphInfo, min_share: float = 0.01) -> list[Floa
                                      f"no Conv/Gemm/MatMul above {min_share:.0%} of the MACs is reachable from it: "
                                      "quantizing it saves no time and only adds error"))
     return out
-
-
-def sqnr_db(ref: np.ndarray, approx: np.ndarray) -> float:
-    noise = float(np.sum((ref.astype(np.float64) - approx) ** 2))
-    signal = float(np.sum(ref.astype(np.float64) ** 2))
-    return 10.0 * np.log10(max(signal, 1e-30) / max(noise, 1e-30))
 
 
 def sensitivity_decisions(info: GraphInfo, tensor_sqnr: dict[str, float], max_nodes: int, min_drop_db: float,
