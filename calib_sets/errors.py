@@ -14,4 +14,12 @@ class EmptyCalibSetError(CalibSetError):
 
 
 class UndecodableImageError(CalibSetError):
-    """An image file named explicitly does not decode."""
+    """An image file named explicitly (or a video frame) does not decode."""
+
+
+class DegradationParamError(CalibSetError, ValueError):
+    """A degradation or mix parameter is out of its range, of the wrong type, or unknown."""
+
+
+class RecipeError(CalibSetError, ValueError):
+    """A TOML recipe is malformed: unknown key, wrong type, or a value out of range."""

@@ -1,167 +1,166 @@
-"""Sources: image folders and files, video files, the bundled frames; `load(spec)` resolves any of them."""
+"""Sources: image folders and files, video files, the bundled frames, YOLO/COCO datasets and text corpora.
+
+Building a source lists and checks files (a cheap structural check, no decode) but loads no pixels.
+Unreadable files in a folder are skipped with one warning and listed in `CalibSet.skipped` / the manifest.
+"""
 
 from __future__ import annotations
 
-import hashlib
 import re
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
-import cv2
 import numpy as np
 
+from calib_sets.decode import IMAGE_EXTS, decode_image, file_digest, looks_complete
 from calib_sets.errors import EmptyCalibSetError, SourceNotFoundError, UndecodableImageError
-from calib_sets.sample import CalibSet, Item, Sample
+from calib_sets.sample import CalibSet, Item, Sample, memo
+from calib_sets.video import video_set
 
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
-VIDEO_EXTS = {".avi", ".mp4", ".mkv", ".mov", ".webm", ".mpg", ".mpeg"}
+if TYPE_CHECKING:
+    from calib_sets.text import TextSet
+
 BUNDLED = Path(__file__).parent / "bundled"
+Check = Literal["header", "full", "none"]
+LabelReader = Callable[[], "np.ndarray | None"]
 
 
-def _file_digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+class SkippedFilesWarning(UserWarning):
+    """Some files of a source were unreadable and left out (they are listed in the manifest)."""
 
 
-def decode_image(path: Path) -> np.ndarray | None:
-    """RGB uint8 HxWx3, or None when the file does not decode. EXIF orientation is applied by imdecode;
-    grey, alpha and 16-bit images are converted (with a warning)."""
-    data = np.fromfile(str(path), dtype=np.uint8)
-    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED | cv2.IMREAD_ANYDEPTH) if data.size else None
-    if img is None:
-        return None
-    if img.dtype != np.uint8:
-        warnings.warn(f"{path}: {img.dtype} image scaled to 8 bits", stacklevel=3)
-        if np.issubdtype(img.dtype, np.integer):
-            top = float(np.iinfo(img.dtype.type).max)  # type: ignore[type-var]
-            img = (img.astype(np.float32) / top * 255).round().astype(np.uint8)
-        else:
-            img = np.clip(img * 255, 0, 255).astype(np.uint8)
-    if img.ndim == 2:
-        warnings.warn(f"{path}: greyscale image converted to RGB", stacklevel=3)
-        return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
-    if img.shape[2] == 4:
-        warnings.warn(f"{path}: alpha channel dropped", stacklevel=3)
-        return cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-
-
-def _load_image(path: Path, index: int, source: str) -> Sample:
+def load_image(path: Path, key: str, source: str, index: int, labels: LabelReader | None = None) -> Sample:
     img = decode_image(path)
     if img is None:
         raise UndecodableImageError(f"{path} does not decode as an image (truncated or not an image); "
                                     "remove it or replace it with a valid file.")
-    return Sample(img, path.name, source, index)
+    return Sample(img, key, source, index, labels=labels() if labels is not None else None)
 
 
-def _readable(path: Path) -> bool:
-    try:
-        return decode_image(path) is not None
-    except Exception:
-        return False
+def image_item(path: Path, key: str, source: str, index: int, labels: LabelReader | None = None) -> Item:
+    return Item(key, source, index, partial(load_image, path, key, source, index, labels),
+                memo(partial(file_digest, path)), labels=labels)
 
 
-class Source:
-    @staticmethod
-    def image_files(paths: Sequence[str | Path], *, source: str = "files", check: bool = True) -> CalibSet:
-        items, skipped = [], []
-        for i, p in enumerate(Path(x) for x in paths):
-            if not p.is_file():
-                raise SourceNotFoundError(f"image {p} does not exist; check the path.")
-            if check and not _readable(p):
-                skipped.append(str(p))
-                continue
-            items.append(Item(p.name, source, i, partial(_load_image, p, i, source), partial(_file_digest, p)))
-        if skipped:
-            warnings.warn(f"{source}: skipped {len(skipped)} unreadable image(s), e.g. {skipped[0]}", stacklevel=2)
-        return CalibSet(items, f"images:{source}", skipped)
-
-    @staticmethod
-    def images(path: str | Path, *, recursive: bool = True) -> CalibSet:
-        root = Path(path)
-        if not root.exists():
-            raise SourceNotFoundError(f"calibration source {root} does not exist; pass a folder of images, an "
-                                      "image, a video file or 'bundled:vtest'.")
-        if root.is_file():
-            if _readable(root):
-                return Source.image_files([root], source=root.name)
-            raise UndecodableImageError(f"{root} does not decode as an image (truncated or not an image); "
-                                        "give a valid image file.")
-        pattern = "**/*" if recursive else "*"
-        files = sorted(p for p in root.glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
-        cs = Source.image_files(files, source=str(root))
-        if len(cs) == 0:
-            raise EmptyCalibSetError(f"calibration source {root} holds no decodable image "
-                                     f"({len(files)} file(s) with extensions {sorted(IMAGE_EXTS)}); add images.")
-        return cs
-
-    @staticmethod
-    def video(path: str | Path, *, every: int = 1, start: int = 0, stop: int | None = None) -> CalibSet:
-        p = Path(path)
-        if not p.is_file():
-            raise SourceNotFoundError(f"video {p} does not exist; check the path.")
-        cap = cv2.VideoCapture(str(p))
-        n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
-        cap.release()
-        if n <= 0:
-            raise EmptyCalibSetError(f"video {p} has no readable frames; check the file and its codec.")
-        frames = range(start, min(stop if stop is not None else n, n), max(every, 1))
-        items = [Item(f"{p.name}#frame={i}", str(p), i, partial(_video_frame, p, i),
-                      partial(_video_digest, p, i)) for i in frames]
-        if not items:
-            raise EmptyCalibSetError(f"video {p}: frames {start}:{stop}:{every} select nothing of {n} frames.")
-        return CalibSet(items, f"video:{p.name}:{start}:{stop}:{every}")
-
-    @staticmethod
-    def bundled(name: str = "vtest", frames: Iterable[int] | None = None) -> CalibSet:
-        folder = BUNDLED / name
-        if not folder.is_dir():
-            have = sorted(d.name for d in BUNDLED.iterdir() if d.is_dir())
-            raise SourceNotFoundError(f"no bundled set {name!r}; bundled sets: {have}.")
-        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS)
-        if frames is not None:
-            wanted = set(frames)
-            files = [f for f in files if _frame_number(f) in wanted]
-        items = [Item(f"{name}/{f.name}", f"bundled:{name}", _frame_number(f),
-                      partial(_load_image, f, _frame_number(f), f"bundled:{name}"), partial(_file_digest, f))
-                 for f in files]
-        if not items:
-            raise EmptyCalibSetError(f"bundled set {name!r}: the frame filter selects no frame.")
-        return CalibSet(items, f"bundled:{name}")
+def _keys_for(paths: Sequence[Path], root: Path | None) -> list[str]:
+    """Relative path under a folder root; otherwise the file name, or the full path where names collide."""
+    if root is not None:
+        return [p.relative_to(root).as_posix() for p in paths]
+    names = [p.name for p in paths]
+    dup = {n for n in names if names.count(n) > 1}
+    return [str(p) if p.name in dup else p.name for p in paths]
 
 
-def _frame_number(path: Path) -> int:
+def checked_items(paths: Sequence[Path], source: str, check: Check, root: Path | None = None,
+                  labels: Callable[[Path], LabelReader | None] | None = None,
+                  indices: Sequence[int] | None = None) -> tuple[list[Item], list[str]]:
+    """Items for the files that pass `check`; the others are returned as skipped (with a warning)."""
+    items, skipped = [], []
+    for i, (p, key) in enumerate(zip(paths, _keys_for(paths, root), strict=True)):
+        if check != "none" and not looks_complete(p, full=check == "full"):
+            skipped.append(str(p))
+            continue
+        items.append(image_item(p, key, source, indices[i] if indices is not None else i,
+                                labels(p) if labels is not None else None))
+    if skipped:
+        warnings.warn(f"{source}: skipped {len(skipped)} unreadable image(s) (truncated or not images), e.g. "
+                      f"{skipped[0]}; the list is in manifest.skipped", SkippedFilesWarning, stacklevel=3)
+    return items, skipped
+
+
+def list_images(root: Path, recursive: bool) -> list[Path]:
+    pattern = "**/*" if recursive else "*"
+    return sorted(p for p in root.glob(pattern) if p.suffix.lower() in IMAGE_EXTS and p.is_file())
+
+
+def frame_number(path: Path) -> int:
     m = re.search(r"(\d+)$", path.stem)
     return int(m.group(1)) if m else -1
 
 
-def _video_frame(path: Path, index: int) -> Sample:
-    cap = cv2.VideoCapture(str(path))
-    cap.set(cv2.CAP_PROP_POS_FRAMES, index)
-    ok, frame = cap.read()
-    cap.release()
-    if not ok:
-        raise UndecodableImageError(f"{path}: frame {index} does not decode.")
-    return Sample(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB), f"{path.name}#frame={index}", str(path), index)
+class Source:
+    """Constructors of CalibSets. Every one is lazy: pixels are decoded while iterating."""
 
+    @staticmethod
+    def image_files(paths: Iterable[str | Path], *, source: str = "files", check: Check = "header") -> CalibSet:
+        """An explicit list of image files. A missing file is an error; an unreadable one is skipped."""
+        files = [Path(x) for x in paths]
+        for p in files:
+            if not p.is_file():
+                raise SourceNotFoundError(f"image {p} does not exist; check the path.")
+        items, skipped = checked_items(files, source, check)
+        return CalibSet(items, skipped=skipped)
 
-def _video_digest(path: Path, index: int) -> str:
-    return hashlib.sha256(np.ascontiguousarray(_video_frame(path, index).image).tobytes()).hexdigest()
+    @staticmethod
+    def images(path: str | Path, *, recursive: bool = True, check: Check = "header") -> CalibSet:
+        """A folder of images (jpg/png/bmp/webp/tif, sorted by relative path), or one image file.
+        check: "header" (default) checks each file's structure without decoding; "full" decodes each file
+        once up front (slower, also catches corrupt data inside a complete file); "none" checks nothing."""
+        root = Path(path)
+        if not root.exists():
+            raise SourceNotFoundError(f"calibration source {root} does not exist; pass a folder of images, an "
+                                      "image, a video file, a .toml recipe or 'bundled:vtest'.")
+        if root.is_file():
+            if not looks_complete(root, full=check == "full"):
+                raise UndecodableImageError(f"{root} does not decode as an image (truncated or not an image); "
+                                            "give a valid image file.")
+            return CalibSet([image_item(root, root.name, str(root), 0)])
+        files = list_images(root, recursive)
+        items, skipped = checked_items(files, str(root), check, root=root)
+        if not items:
+            raise EmptyCalibSetError(
+                f"calibration source {root} holds no decodable image: {len(files)} file(s) with extensions "
+                f"{sorted(IMAGE_EXTS)} (recursive={recursive}), {len(skipped)} of them unreadable; add images "
+                "or point at the right folder.")
+        return CalibSet(items, skipped=skipped)
 
+    @staticmethod
+    def video(path: str | Path, every: int = 1, start: int = 0, stop: int | None = None) -> CalibSet:
+        """Frames start, start+every, ... < stop of a video file (keys 'name.mp4#frame=N')."""
+        return video_set(path, every=every, start=start, stop=stop)
 
-def load(spec: CalibSet | str | Path) -> CalibSet:
-    """A CalibSet from a set, a folder, an image, a video, or 'bundled:NAME[a:b]' (frame numbers a..b-1)."""
-    if isinstance(spec, CalibSet):
-        return spec
-    s = str(spec)
-    m = re.fullmatch(r"bundled:(\w+)(?:\[(\d*):(\d*)\])?", s)
-    if m:
-        frames = None
-        if m.group(2) is not None or m.group(3) is not None:
-            frames = range(int(m.group(2) or 0), int(m.group(3) or 10**9))
-        return Source.bundled(m.group(1), frames)
-    p = Path(s)
-    if p.is_file() and p.suffix.lower() in VIDEO_EXTS:
-        return Source.video(p)
-    return Source.images(p)
+    @staticmethod
+    def bundled(name: str = "vtest", frames: Iterable[int] | None = None) -> CalibSet:
+        """Frames shipped under calib_sets/bundled/<name>/ (file names end with the frame number);
+        `frames` keeps only those frame numbers."""
+        folder = BUNDLED / name
+        if not folder.is_dir():
+            have = sorted(d.name for d in BUNDLED.iterdir() if d.is_dir()) if BUNDLED.is_dir() else []
+            raise SourceNotFoundError(f"no bundled set {name!r} in {BUNDLED}; bundled sets: {have}.")
+        files = sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS), key=frame_number)
+        if frames is not None:
+            wanted = set(frames)
+            files = [f for f in files if frame_number(f) in wanted]
+        if not files:
+            raise EmptyCalibSetError(f"bundled set {name!r}: the frame filter selects no frame "
+                                     f"(the set holds frames of {folder}).")
+        # Bundled files are ours and were checked when they were made: no per-file check at each load.
+        items, _ = checked_items(files, f"bundled:{name}", "none", indices=[frame_number(f) for f in files])
+        return CalibSet(items)
+
+    @staticmethod
+    def yolo_dataset(yaml_path: str | Path, split: str = "val", *, check: Check = "header") -> CalibSet:
+        """An Ultralytics dataset yaml (path/train/val/test/names); labels go to Sample.labels."""
+        from calib_sets.datasets import yolo_dataset
+
+        return yolo_dataset(Path(yaml_path), split, check)
+
+    @staticmethod
+    def coco(json_path: str | Path, images_dir: str | Path, *, check: Check = "header") -> CalibSet:
+        """A COCO instances json + its image folder; boxes become YOLO-style Sample.labels."""
+        from calib_sets.datasets import coco_dataset
+
+        return coco_dataset(Path(json_path), Path(images_dir), check)
+
+    @staticmethod
+    def text(path: str | Path, seq_len: int = 512, n: int | None = None, *,
+             tokenizer: object | None = None, mode: Literal["windows", "documents"] = "windows",
+             seed: int = 0) -> TextSet:
+        """A text corpus for LLM calibration: token windows of seq_len (or documents), n of them drawn by seed;
+        tokenizer: a Hugging Face tokenizer / function str -> ids, or "words" (default) / "chars"."""
+        from calib_sets.text import text_set
+
+        return text_set(Path(path), seq_len=seq_len, n=n, tokenizer=tokenizer, mode=mode, seed=seed)

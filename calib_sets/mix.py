@@ -1,0 +1,158 @@
+"""DegradationMix: which fraction of a set stays clean and how the rest is split among conditions.
+
+Counts are exact (largest remainder), not sampled: a 512-sample mix with clean=0.5 has exactly 256 clean
+samples. Which sample gets which condition is a permutation drawn from the seed, and each degraded sample's
+noise comes from its own seed SeedSequence([seed, position]), recorded in Sample.params["seed"].
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from calib_sets import toml_io
+from calib_sets.degrade import Condition
+from calib_sets.errors import DegradationParamError, EmptyCalibSetError, RecipeError
+from calib_sets.presets import LADDER, LEVELS, QRID, ladder_condition, named_condition
+from calib_sets.sample import CalibSet, Item, Sample, canonical
+
+
+def _largest_remainder(total: int, weights: Sequence[float]) -> list[int]:
+    s = sum(weights)
+    if total == 0 or s == 0:
+        return [0] * len(weights)
+    exact = [total * w / s for w in weights]
+    counts = [math.floor(e) for e in exact]
+    order = sorted(range(len(weights)), key=lambda i: (-(exact[i] - counts[i]), i))  # ties: first listed
+    for i in order[: total - sum(counts)]:
+        counts[i] += 1
+    return counts
+
+
+def sample_seed(seed: int, position: int) -> int:
+    """Per-sample seed: independent streams for every position, stable across numpy versions and machines."""
+    return int(np.random.SeedSequence([seed, position]).generate_state(1)[0])
+
+
+@dataclass(frozen=True)
+class DegradationMix:
+    clean: float = 0.5
+    weights: tuple[tuple[Condition, float], ...] = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.clean, int | float) or not 0.0 <= float(self.clean) <= 1.0:
+            raise DegradationParamError(f"DegradationMix: clean={self.clean!r} must be a fraction in [0, 1].")
+        names = [c.name for c, _ in self.weights]
+        if len(set(names)) != len(names):
+            raise DegradationParamError(f"DegradationMix: condition names repeat: {names}.")
+        for c, w in self.weights:
+            if isinstance(w, bool) or not isinstance(w, int | float) or not math.isfinite(w) or w < 0:
+                raise DegradationParamError(f"DegradationMix: weight of {c.name!r} is {w!r}; weights are numbers >= 0.")
+        if self.clean < 1.0 and sum(w for _, w in self.weights) <= 0:
+            raise DegradationParamError(f"DegradationMix: clean={self.clean} leaves samples to degrade but no "
+                                        "condition has a positive weight; add weights or set clean=1.")
+
+    # --- constructors --------------------------------------------------------------------------------------
+    @staticmethod
+    def of(weights: Mapping[str, float] | Iterable[tuple[str | Condition, float]], clean: float = 0.5) -> DegradationMix:
+        """Weights by condition: named ones ('noise_low', 'gaussian_blur_l3', ...) or Condition objects."""
+        pairs = weights.items() if isinstance(weights, Mapping) else weights
+        return DegradationMix(clean, tuple((c if isinstance(c, Condition) else named_condition(c), float(w))
+                                           for c, w in pairs))
+
+    @staticmethod
+    def qrid(clean: float = 0.5) -> DegradationMix:
+        """The QRID conditions with equal weights (see calib_sets.presets.QRID for the values)."""
+        return DegradationMix(clean, tuple((c, 1.0) for c in QRID.values()))
+
+    @staticmethod
+    def ladder(kinds: Iterable[str] | None = None, levels: Iterable[int] = LEVELS, clean: float = 0.0) -> DegradationMix:
+        """Every (kind, level) rung with equal weight: a severity ladder for robustness curves."""
+        conds = [ladder_condition(k, lv) for k in (kinds or LADDER) for lv in levels]
+        return DegradationMix(clean, tuple((c, 1.0) for c in conds))
+
+    # --- assignment ----------------------------------------------------------------------------------------
+    def counts(self, n: int) -> dict[str, int]:
+        n_clean = min(n, math.floor(n * self.clean + 0.5))
+        rest = _largest_remainder(n - n_clean, [w for _, w in self.weights])
+        return {"clean": n_clean, **{c.name: k for (c, _), k in zip(self.weights, rest, strict=True)}}
+
+    def assignment(self, n: int, seed: int) -> list[Condition | None]:
+        """Condition of each position (None = clean), a seeded permutation of the exact counts."""
+        counts = self.counts(n)
+        slots: list[Condition | None] = [None] * counts["clean"]
+        for c, _ in self.weights:
+            slots += [c] * counts[c.name]
+        order = np.random.default_rng(np.random.SeedSequence([seed, 0x6D6978])).permutation(n)
+        return [slots[i] for i in order]
+
+    def apply(self, cs: CalibSet, seed: int = 0) -> CalibSet:
+        """A lazy CalibSet: each sample is degraded when it is loaded, never before."""
+        if len(cs) == 0:
+            raise EmptyCalibSetError("DegradationMix.apply: the calibration set is empty; nothing to degrade.")
+        items: list[Item] = []
+        for pos, (it, cond) in enumerate(zip(cs.items(), self.assignment(len(cs), seed), strict=True)):
+            items.append(it if cond is None else _degraded(it, cond, sample_seed(seed, pos)))
+        recipe = canonical({"mix": self.to_dict(), "seed": seed})
+        return CalibSet(items, "|".join(r for r in (cs.recipe, recipe) if r), cs.skipped)
+
+    # --- serialisation -------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {"clean": float(self.clean), "weights": {c.name: float(w) for c, w in self.weights},
+                "conditions": {c.name: c.to_dict() for c, _ in self.weights}}
+
+    @staticmethod
+    def from_dict(d: Mapping[str, Any], where: str = "[mix]") -> DegradationMix:
+        """From a recipe's [mix] table: `preset = "qrid"` and/or explicit weights; conditions not spelled out
+        under [mix.conditions.<name>] are looked up by name."""
+        toml_io.check_keys(d, {"clean", "preset", "weights", "conditions", "seed"}, where)
+        base = DegradationMix(1.0)
+        if "preset" in d:
+            if d["preset"] not in ("qrid", "ladder"):
+                raise RecipeError(f"{where}: preset={d['preset']!r}; allowed: 'qrid', 'ladder'.")
+            base = DegradationMix.qrid() if d["preset"] == "qrid" else DegradationMix.ladder()
+        defs = d.get("conditions", {})
+        weights = d.get("weights")
+        if not isinstance(defs, Mapping) or (weights is not None and not isinstance(weights, Mapping)):
+            raise RecipeError(f"{where}: 'weights' and 'conditions' must be tables.")
+        try:
+            conds = {c.name: c for c, _ in base.weights}
+            conds |= {name: Condition.from_dict(name, spec) for name, spec in defs.items()}
+            if weights is None:
+                weights = {c.name: w for c, w in base.weights} | {name: 1.0 for name in defs}
+            pairs = [(conds[n] if n in conds else named_condition(n), w) for n, w in weights.items()]
+            return DegradationMix(d.get("clean", base.clean if "preset" in d else 0.5), tuple(pairs))
+        except DegradationParamError as e:
+            raise RecipeError(f"{where}: {e}") from e
+
+    def to_toml(self, seed: int | None = None) -> str:
+        d: dict[str, Any] = {"clean": float(self.clean)}
+        if seed is not None:
+            d["seed"] = seed
+        d |= {"weights": {c.name: float(w) for c, w in self.weights},
+              "conditions": {c.name: c.to_dict() for c, _ in self.weights}}
+        return toml_io.dumps({"mix": d})
+
+    @staticmethod
+    def from_toml(text: str) -> DegradationMix:
+        data = toml_io.loads(text, "mix TOML")
+        toml_io.check_keys(data, {"mix"}, "mix TOML")
+        return DegradationMix.from_dict(data["mix"])
+
+
+def _degraded(it: Item, cond: Condition, seed: int) -> Item:
+    params: dict[str, float | int | str] = dict(cond.params())
+    if cond.random:
+        params["seed"] = seed
+
+    key = f"{it.key}@{cond.name}"
+
+    def fn(s: Sample) -> Sample:
+        return replace(s, image=cond(s.image, seed), key=key, condition=cond.name, params=params)
+
+    return it.transformed(fn, f"{cond.name}:{canonical(cond.to_dict())}:seed={seed}", key=key,
+                          condition=cond.name, params=params)
