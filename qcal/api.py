@@ -10,11 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from exporters.quant_table import QuantTable, atomic_write_text
 from qcal import __version__
 from qcal.config import QuantConfig, Target
+from qcal.diagnostics import coverage, range_stability
 from qcal.errors import CalibrationError
 from qcal.machine import machine_info
 from qcal.models import load_model
@@ -42,12 +41,15 @@ class Evaluation:
 class QuantResult:
     config: QuantConfig
     adapter: ModelAdapter
-    calib_hash: str
-    calib_keys: list[str]
+    calib: Any                        # the calib_sets.CalibSet used (content hash, manifest, coverage)
     out: PipelineOutput
     quantize_seconds: float
     evaluation: Evaluation | None = None
     _workdir: Any = field(default=None, repr=False)   # TemporaryDirectory owning the artifacts
+
+    @property
+    def calib_hash(self) -> str:
+        return str(self.calib.content_hash)
 
     @property
     def table(self) -> QuantTable:
@@ -69,6 +71,8 @@ class QuantResult:
             "calibration": {"set_hash": self.calib_hash, "samples": o.calibration.samples,
                             "observer": o.calibration.observer, "seconds": round(o.calibration.seconds, 2),
                             "observer_state_mb": round(o.calibration.state_bytes / 2**20, 2)},
+            "range_stability": range_stability(o.calibration),
+            "coverage": coverage(self.calib),
             "kept_in_float": [{"node": d.node, "op": d.op_type, "rule": d.rule, "reason": d.reason}
                               for d in o.decisions],
             "sensitivity_top": [{"node": k, "sqnr_drop_db": round(v, 2)} for k, v in
@@ -102,15 +106,22 @@ class QuantResult:
         atomic_write_text(paths["report_md"], report_markdown(data))
         return paths
 
-    def evaluate(self, images: list[np.ndarray], *, keys: list[str] | None = None, latency_runs: int = 30,
-                 threads: int = 2, progress: bool = True) -> Evaluation:
+    def evaluate(self, eval_set: Any, *, latency_runs: int = 30, threads: int = 2,
+                 progress: bool = True) -> Evaluation:
+        """FP32 vs INT8 on eval_set (anything calib_sets.load takes); refuses sets that share content with
+        the calibration set (compared by source content hash and source key, degraded copies included)."""
+        import calib_sets
         from qcal.evaluate import evaluate_detector
 
-        if keys is not None:
-            shared = sorted(set(keys) & set(self.calib_keys))
-            if shared:
-                raise CalibrationError(f"{len(shared)} evaluation image(s) are also in the calibration set "
-                                       f"(e.g. {shared[0]}); evaluate on images the calibration never saw.")
+        try:
+            es = calib_sets.load(eval_set)
+        except calib_sets.CalibSetError as e:
+            raise CalibrationError(str(e)) from e
+        shared = calib_sets.overlap(self.calib, es, by="both")
+        if shared:
+            raise CalibrationError(f"{len(shared)} evaluation image(s) are also in the calibration set "
+                                   f"(e.g. {shared[0].key_b}); evaluate on images the calibration never saw.")
+        images = [s.image for s in es]
         self.evaluation = evaluate_detector(self.adapter, self.out.fp32_path, self.out.int8_path, images,
                                             latency_runs=latency_runs, threads=threads, progress=progress)
         return self.evaluation
@@ -145,8 +156,7 @@ def quantize(model: Any, calib: Any = None, *, target: str | Target | None = Non
                 "qcal.model_sha256": adapter.model_hash(), "qcal.target": cfg.target.value}
     out = run_pipeline(adapter, (s.image for s in cs), len(cs), cfg, Path(workdir.name), metadata=metadata,
                        progress=progress, threads=threads)
-    result = QuantResult(cfg, adapter, cs.content_hash, cs.keys(), out, time.perf_counter() - t0, None, workdir)
+    result = QuantResult(cfg, adapter, cs, out, time.perf_counter() - t0, None, workdir)
     if eval is not None:
-        es = calib_sets.load(eval)
-        result.evaluate([s.image for s in es], keys=es.keys(), threads=threads, progress=progress)
+        result.evaluate(eval, threads=threads, progress=progress)
     return result

@@ -26,6 +26,9 @@ class CalibrationStats:
     seconds: float
     observer: str
     state_bytes: int
+    # (samples, tensors) max |x| per sample: 8 bytes per sample and tensor (0.5 MB for 256 x 246), for the
+    # range-stability diagnostic (is the set big enough?)
+    per_sample_absmax: np.ndarray | None = None
 
 
 def make_session(model_bytes: bytes, threads: int = 2, *, arena: bool = True) -> ort.InferenceSession:
@@ -49,14 +52,18 @@ def calibrate(info: GraphInfo, tensors: list[str], feeds: Iterable[dict[str, np.
                                                  percentile=percentile) for t in tensors}
     lo = {t: np.inf for t in tensors}
     hi = {t: -np.inf for t in tensors}
+    absmax: list[np.ndarray] = []
     t0, n = time.perf_counter(), 0
     bar = tqdm(total=total, desc=f"calibrating ({observer})", unit="img", disable=not progress, leave=False)
     for feed in feeds:
         outs = sess.run(tensors, feed)
-        for name, arr in zip(tensors, outs, strict=True):
+        row = np.empty(len(tensors))
+        for i, (name, arr) in enumerate(zip(tensors, outs, strict=True)):
             obs[name].update(arr)
-            lo[name] = min(lo[name], float(arr.min()))
-            hi[name] = max(hi[name], float(arr.max()))
+            a_lo, a_hi = float(arr.min()), float(arr.max())
+            lo[name], hi[name] = min(lo[name], a_lo), max(hi[name], a_hi)
+            row[i] = max(abs(a_lo), abs(a_hi))
+        absmax.append(row)
         if on_sample is not None:
             on_sample(dict(zip(tensors, outs, strict=True)))
         del outs
@@ -69,4 +76,4 @@ def calibrate(info: GraphInfo, tensors: list[str], feeds: Iterable[dict[str, np.
         raise CalibrationError("the calibration set yielded no samples; give at least one image.")
     ranges = {t: o.compute_range() for t, o in obs.items()}
     return CalibrationStats(ranges, {t: (lo[t], hi[t]) for t in tensors}, n, time.perf_counter() - t0, observer,
-                            sum(o.nbytes for o in obs.values()))
+                            sum(o.nbytes for o in obs.values()), np.stack(absmax))

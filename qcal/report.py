@@ -34,10 +34,18 @@ def summary_table(r: dict[str, Any]) -> str:
     out += ["", note,
             f"target {r['target']} | observer {r['calibration']['observer']} | {r['calibration']['samples']} "
             f"calibration samples | set {r['calibration']['set_hash'][:12]}",
+            _stability_line(r.get("range_stability", {})),
             f"kept in float: {len(kept)} node(s) " + ", ".join(f"{v} by {k}" for k, v in rules.items()),
             f"quantize time {r['seconds']['total']:.1f} s | CPU {m.get('cpu_model', '?')} "
             f"flags {' '.join(m.get('flags', []))}"]
     return "\n".join(out)
+
+
+def _stability_line(rs: dict[str, Any]) -> str:
+    if not rs.get("sizes"):
+        return "range stability: n/a (fewer than 4 samples)"
+    parts = [f"{f:.0%} at n={s}" for f, s in zip(rs["stable_fraction"], rs["sizes"], strict=True)]
+    return f"range stability: tensors whose range moves < {rs['tol']:.0%}: " + ", ".join(parts)
 
 
 def report_markdown(r: dict[str, Any]) -> str:
@@ -51,6 +59,22 @@ def report_markdown(r: dict[str, Any]) -> str:
              "## Nodes kept in float, and why", "", "| node | op | rule | reason |", "|---|---|---|---|"]
     for k in r.get("kept_in_float", []):
         lines.append(f"| `{k['node']}` | {k['op']} | {k['rule']} | {k['reason']} |")
+    rs = r.get("range_stability", {})
+    if rs.get("least_stable"):
+        sizes = rs["sizes"]
+        lines += ["", "## Is the calibration set big enough? (range stability)", "",
+                  f"Relative width of the 90% bootstrap interval of each tensor's max |x| at n = {sizes}. Tensors "
+                  f"moving less than {rs['tol']:.0%}: " + ", ".join(f"{f:.0%} at n={s}" for f, s in
+                                                               zip(rs['stable_fraction'], sizes, strict=True))
+                  + ". A spread still shrinking from n/2 to n says: add samples.", "",
+                  "| least stable tensor | " + " | ".join(f"n={s}" for s in sizes) + " |",
+                  "|---|" + "---|" * len(sizes)]
+        lines += [f"| `{t['tensor']}` | " + " | ".join(f"{v:.1%}" for v in t["spread"]) + " |"
+                  for t in rs["least_stable"]]
+    cov = r.get("coverage")
+    if cov:
+        lines += ["", "## Coverage", "", f"- samples {cov['n']}, sources {cov['sources']}",
+                  f"- conditions {cov['conditions']}", f"- classes {cov['classes'] or 'no labels'}"]
     top = r.get("sensitivity_top", [])
     if top:
         lines += ["", "## Per-node sensitivity (SQNR lost by the node's quantized output against its inputs)", "",

@@ -49,7 +49,8 @@ def test_yolov8n_from_yaml_end_to_end(tmp_path: Path) -> None:
     assert box_err < 0.05 * np.abs(f[:, :4]).mean()
     assert np.abs(q[:, 4:] - f[:, 4:]).mean() < 0.05
     md = paths["report_md"].read_text()
-    assert "range_mismatch" in md and "Nodes kept in float" in md
+    assert "range_mismatch" in md and "Nodes kept in float" in md and "range stability" in r.summary()
+    assert r.to_dict()["coverage"]["n"] == 4
 
 
 def test_untrusted_and_missing_checkpoints(tmp_path: Path) -> None:
@@ -75,10 +76,16 @@ def test_bad_calibration_sources(tmp_path: Path) -> None:
 
 
 def test_eval_overlapping_calibration_is_refused() -> None:
+    import calib_sets
+
     adapter = YoloAdapter.from_yaml("yolov8n.yaml", nc=2, imgsz=320)
-    cfg = qcal.QuantConfig(imgsz=320, calib_size=2, keep_float=qcal.KeepFloatConfig(sensitivity_samples=0))
+    cfg = qcal.QuantConfig(imgsz=320, calib_size=4, keep_float=qcal.KeepFloatConfig(sensitivity_samples=0))
     with pytest.raises(qcal.CalibrationError, match="also in the calibration set"):
         qcal.quantize(adapter, calib="bundled:vtest[0:6]", eval="bundled:vtest[3:9]", config=cfg, progress=False)
+    # a degraded copy of an evaluation frame is the same content: refused too
+    mixed = calib_sets.DegradationMix.qrid(clean=0.0).apply(calib_sets.load("bundled:vtest[0:12]"), seed=0)
+    with pytest.raises(qcal.CalibrationError, match="also in the calibration set"):
+        qcal.quantize(adapter, calib=mixed, eval="bundled:vtest[9:12]", config=cfg, progress=False)
 
 
 @pytest.mark.slow
