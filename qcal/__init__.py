@@ -26,5 +26,13 @@ def quantize(*args, **kwargs):  # type: ignore[no-untyped-def]
     return _quantize(*args, **kwargs)
 
 
+def robustness(*args, **kwargs):  # type: ignore[no-untyped-def]
+    """See qcal.bench.robustness: the precision x condition matrix, report.json/.md/.html."""
+    from qcal.bench import robustness as _robustness
+
+    return _robustness(*args, **kwargs)
+
+
 __all__ = ["CalibrationError", "CheckpointError", "ConfigError", "ExportError", "KeepFloatConfig", "Observer",
-           "QcalError", "QuantConfig", "Target", "UntrustedCheckpointError", "__version__", "quantize"]
+           "QcalError", "QuantConfig", "Target", "UntrustedCheckpointError", "__version__", "quantize",
+           "robustness"]

@@ -1,4 +1,4 @@
-"""The qcal command line: `qcal quantize`, `qcal demo`, `qcal config`."""
+"""The qcal command line: `qcal quantize`, `qcal demo`, `qcal bench`, `qcal check`, `qcal config`."""
 
 from __future__ import annotations
 
@@ -69,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
                        description="Quantize the bundled real YOLOv8s checkpoint on bundled vtest frames 0-359, "
                        "evaluate on frames 360-479, print FP32 vs INT8.")
     _add_common(d)
+    _add_bench(sub)
+    _add_check(sub)
     c = sub.add_parser("config", help="print the default config as TOML (edit it and pass --config)")
     c.add_argument("--config", help="print this config after validation instead")
     args = ap.parse_args(argv)
@@ -77,6 +79,10 @@ def main(argv: list[str] | None = None) -> int:
             cfg = QuantConfig.load(args.config) if args.config else QuantConfig()
             print(cfg.to_toml(), end="")
             return 0
+        if args.cmd == "check":
+            return _run_check(args)
+        if args.cmd == "bench":
+            return _run_bench(args, argv)
         from qcal.api import quantize
 
         cfg = _config(args)
@@ -93,6 +99,84 @@ def main(argv: list[str] | None = None) -> int:
     except QcalError as e:
         print(f"qcal: error: {e}", file=sys.stderr)
         return 2
+
+
+def _add_bench(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from qcal.bench.spec import DEFAULT_PRECISIONS
+
+    b = sub.add_parser(
+        "bench", help="the robustness matrix: every precision under every degradation, with a report",
+        description="Quantize CHECKPOINT with each calibration recipe asked for, evaluate every precision under "
+        "every condition, and write report.json (for `qcal check`), report.md and report.html (plots) to -o. "
+        "A killed run resumes from its finished cells when given the same -o.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="precisions: fp32, fp16, int8-dynamic (ORT dynamic uint8), int8-clean (static, --calib with its "
+        "degradations removed),\n  int8-mixed (static, --calib as given if it is a recipe with a [mix], else "
+        "--calib + the QRID mix),\n  int8:NAME=RECIPE (static on any recipe/source), onnx:[NAME=]PATH (any ONNX "
+        "file with the FP32 model's input/output)\nconditions: qrid (clean + 7 QRID conditions), a list "
+        "(noise_low,blur_medium,jpeg_l3), or a TOML file of [conditions.NAME] steps = [...]\n"
+        "example: qcal bench best.pt --trust-checkpoint --calib calib_sets/recipes/vtest-qrid.toml "
+        "--eval 'bundled:vtest[360:480]' -o report/")
+    b.add_argument("checkpoint", help="path of a YOLO .pt checkpoint")
+    b.add_argument("--calib", help="calibration recipe (.toml) or source for the int8-* precisions")
+    b.add_argument("--eval", required=True, help="evaluation images (never overlapping the calibration sets; "
+                   "labels are used when every image has them, else fidelity vs FP32 detections)")
+    b.add_argument("--conditions", default="qrid", help="degradation conditions (default: qrid)")
+    b.add_argument("--precisions", default=DEFAULT_PRECISIONS, help=f"comma list (default: {DEFAULT_PRECISIONS})")
+    b.add_argument("-o", "--out", default="report", help="report folder; also holds the resumable cell cache")
+    b.add_argument("--trust-checkpoint", action="store_true", help="allow unpickling the checkpoint")
+    b.add_argument("--config", help="a TOML config for the static INT8 precisions (see `qcal config`)")
+    b.add_argument("--latency-runs", type=int, default=30, help="timed runs per precision (0: skip latency)")
+    b.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for calibration comparisons")
+    b.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads")
+    b.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _run_bench(args: argparse.Namespace, argv: list[str] | None) -> int:
+    import shlex
+
+    from qcal.bench import robustness
+
+    cfg = QuantConfig.load(args.config) if args.config else QuantConfig()
+    cmd = "qcal " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    report = robustness(args.checkpoint, eval=args.eval, calib=args.calib, conditions=args.conditions,
+                        precisions=args.precisions, out=args.out, config=cfg,
+                        trust_checkpoint=args.trust_checkpoint, latency_runs=args.latency_runs,
+                        bootstrap=args.bootstrap, threads=args.threads, progress=not args.no_progress, command=cmd)
+    print(report.summary())
+    print(f"\nwrote {', '.join(str(p) for p in report.paths.values())}")
+    return 0
+
+
+def _add_check(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    k = sub.add_parser(
+        "check", help="CI gate: fail when a slice of a robustness report passes its threshold",
+        description="Check a report.json from `qcal bench`. Exit 0: every check passed; 1: a slice failed (the "
+        "reason is printed); 2: the report is missing or malformed. Rules apply to every precision except fp32 "
+        "unless --precisions names them.",
+        epilog="example: qcal check report/report.json --max-drop 0.02 --max-drop noise_medium=0.05 "
+        "--baseline main-report.json --tolerance 0.01 --junit junit.xml")
+    k.add_argument("report", help="report.json written by `qcal bench`")
+    k.add_argument("--max-drop", action="append", metavar="[COND=]X", help="max relative mAP50-95 drop vs FP32 "
+                   "on the same condition (0.02 = 2%%); COND=X overrides one condition; repeatable")
+    k.add_argument("--min-map", action="append", metavar="[COND=]X", help="minimum absolute mAP50-95; repeatable")
+    k.add_argument("--baseline", help="an earlier report.json: fail when a slice is worse by more than --tolerance")
+    k.add_argument("--tolerance", type=float, default=0.0, help="allowed mAP50-95 loss vs --baseline (absolute)")
+    k.add_argument("--precisions", help="comma list of precisions to gate (default: all but fp32)")
+    k.add_argument("--junit", help="write JUnit XML here (one test case per rule, precision and condition)")
+
+
+def _run_check(args: argparse.Namespace) -> int:
+    from qcal.check import Thresholds, check, write_junit
+
+    result = check(args.report, max_drop=Thresholds.parse(args.max_drop, "max-drop") if args.max_drop else None,
+                   min_map=Thresholds.parse(args.min_map, "min-map") if args.min_map else None,
+                   baseline=args.baseline, tolerance=args.tolerance,
+                   precisions=[p.strip() for p in args.precisions.split(",")] if args.precisions else None)
+    if args.junit:
+        write_junit(result, args.junit)
+    print(result.summary())
+    return 0 if result.passed else 1
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -27,11 +28,10 @@ class DetectionMetrics:
                 "gt_boxes": self.gt_boxes, "pred_boxes": self.pred_boxes}
 
 
-def coco_map(gt: Sequence[Detections], pred: Sequence[Detections], image_hw: Sequence[tuple[int, int]],
-             num_classes: int) -> DetectionMetrics:
-    """mAP over images; gt[i] and pred[i] belong to image i (gt scores are ignored)."""
+def coco_objects(gt: Sequence[Detections], pred: Sequence[Detections], image_hw: Sequence[tuple[int, int]],
+                 num_classes: int) -> tuple[Any, Any]:
+    """pycocotools' (COCO ground truth, loaded results) for the images; results None when nothing was detected."""
     from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
 
     if not (len(gt) == len(pred) == len(image_hw)):
         raise ValueError("gt, pred and image_hw must have one entry per image")
@@ -46,22 +46,32 @@ def coco_map(gt: Sequence[Detections], pred: Sequence[Detections], image_hw: Seq
         for b, s, c in zip(p.boxes, p.scores, p.classes, strict=True):
             dets.append({"image_id": i + 1, "category_id": int(c) + 1, "score": float(s),
                          "bbox": [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])]})
-    n_gt, n_pred = len(anns), len(dets)
-    if n_gt == 0:
-        return DetectionMetrics(float("nan"), float("nan"), len(images), 0, n_pred)
-    if n_pred == 0:
-        return DetectionMetrics(0.0, 0.0, len(images), n_gt, 0)
     coco = COCO()
     coco.dataset = {"images": images, "annotations": anns,
                     "categories": [{"id": c + 1, "name": str(c)} for c in range(num_classes)]}
-    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress and summary table
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
         coco.createIndex()
-        res = coco.loadRes(dets)
+        res = coco.loadRes(dets) if dets else None
+    return coco, res
+
+
+def coco_map(gt: Sequence[Detections], pred: Sequence[Detections], image_hw: Sequence[tuple[int, int]],
+             num_classes: int) -> DetectionMetrics:
+    """mAP over images; gt[i] and pred[i] belong to image i (gt scores are ignored)."""
+    from pycocotools.cocoeval import COCOeval
+
+    coco, res = coco_objects(gt, pred, image_hw, num_classes)
+    n_gt, n_pred = len(coco.dataset["annotations"]), sum(len(p) for p in pred)
+    if n_gt == 0:
+        return DetectionMetrics(float("nan"), float("nan"), len(image_hw), 0, n_pred)
+    if res is None:
+        return DetectionMetrics(0.0, 0.0, len(image_hw), n_gt, 0)
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress and summary table
         ev = COCOeval(coco, res, "bbox")
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
-    return DetectionMetrics(float(ev.stats[0]), float(ev.stats[1]), len(images), n_gt, n_pred)
+    return DetectionMetrics(float(ev.stats[0]), float(ev.stats[1]), len(image_hw), n_gt, n_pred)
 
 
 def pseudo_labels(dets: Detections, conf: float = 0.25) -> Detections:

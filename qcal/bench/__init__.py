@@ -1,0 +1,145 @@
+"""`qcal.robustness(...)`: how each precision holds up on clean and degraded inputs, beside FP32.
+
+    report = qcal.robustness("yolo.pt", calib="calib_sets/recipes/vtest-qrid.toml", eval="held_out/",
+                             conditions="qrid", precisions="fp32,fp16,int8-dynamic,int8-clean,int8-mixed",
+                             out="report/", trust_checkpoint=True)
+    print(report.summary())        # the table `qcal bench` prints; report/ has report.json, .md, .html
+
+Work is resumable: rerunning with the same out/ reuses every finished model and cell (see cells.py).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import calib_sets
+from exporters.quant_table import atomic_write_text
+from qcal import __version__
+from qcal.bench.cells import CellStore
+from qcal.bench.matrix import (
+    build_models,
+    compare_calibrations,
+    labels_to_detections,
+    measure,
+    run_cells,
+    score_cells,
+    timed,
+)
+from qcal.bench.spec import (
+    DEFAULT_PRECISIONS,
+    condition_dict,
+    condition_name,
+    parse_conditions,
+    parse_precisions,
+)
+from qcal.config import QuantConfig
+from qcal.errors import CalibrationError
+from qcal.eval.detection import pseudo_labels
+from qcal.machine import machine_info
+from qcal.models import load_model
+
+SCHEMA = "qcal.robustness/1"
+
+
+@dataclass
+class RobustnessReport:
+    data: dict[str, Any]
+    paths: dict[str, Path]
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.data
+
+    def summary(self) -> str:
+        from qcal.bench.tables import summary_table
+
+        return summary_table(self.data)
+
+
+def robustness(model: Any, *, eval: Any, calib: str | None = None, conditions: str | Sequence[str] | None = "qrid",
+               precisions: str | Sequence[str] = DEFAULT_PRECISIONS, out: str | Path = "report",
+               config: QuantConfig | None = None, trust_checkpoint: bool = False, latency_runs: int = 30,
+               bootstrap: int = 1000, threads: int = 2, progress: bool = True,
+               command: str | None = None) -> RobustnessReport:
+    """Evaluate every precision under every condition; write report.json/.md/.html into `out`."""
+    cfg = config or QuantConfig()
+    seconds: dict[str, float] = {}
+    log = (lambda msg: print(f"qcal bench: {msg}", file=sys.stderr)) if progress else (lambda msg: None)
+    precs = parse_precisions(precisions, calib)
+    conds = parse_conditions(conditions)
+    try:
+        es = calib_sets.load(eval).resized(cfg.imgsz)
+        samples = list(es)
+    except calib_sets.CalibSetError as e:
+        raise CalibrationError(f"evaluation set {eval!r}: {e}") from e
+    if not samples:
+        raise CalibrationError(f"evaluation set {eval!r} is empty.")
+    images = [s.image for s in samples]
+    hw = [img.shape[:2] for img in images]
+    adapter = load_model(model, trust_checkpoint=trust_checkpoint, imgsz=cfg.imgsz)
+    store = CellStore(out)
+
+    done = timed(seconds, "models")
+    models = build_models(adapter, precs, store, cfg, es, progress=progress, threads=threads, log=log)
+    done()
+    labelled = all(s.labels is not None for s in samples)
+    done = timed(seconds, "cells")
+    need_fp32 = not labelled and "fp32" not in models
+    run_models = {**models, **({"fp32": {"file": str(store.model_path("fp32")),
+                                         "sha256": store.model_info("fp32")["sha256"]}} if need_fp32 else {})}
+    cells = run_cells(adapter, run_models, conds, images, es.content_hash, store, threads=threads, progress=progress)
+    done()
+    if labelled:
+        reference = [labels_to_detections(s.labels, h) for s, h in zip(samples, hw, strict=True)]  # type: ignore[arg-type]
+    else:
+        reference = [pseudo_labels(d) for d in cells["fp32"]["clean"]]
+    if need_fp32:
+        cells.pop("fp32")
+    done = timed(seconds, "metrics")
+    nc = max(len(adapter.class_names), 1)
+    metrics, evals = score_cells(cells, reference, hw, nc)
+    comparisons = compare_calibrations(evals, precs, bootstrap)
+    done()
+    done = timed(seconds, "latency")
+    latency = measure(adapter, models, images[0], runs=latency_runs, threads=threads)
+    done()
+    data = {
+        "schema": SCHEMA,
+        "qcal_version": __version__,
+        "command": command,
+        "model": {"source": adapter.source, "family": adapter.family, "sha256": adapter.model_hash()},
+        "config": cfg.to_dict(), "config_hash": cfg.hash(),
+        "metric": "labels" if labelled else "fidelity",
+        "eval": {"spec": str(eval), "set_hash": es.content_hash, "images": len(images),
+                 "reference_boxes": int(sum(len(r) for r in reference))},
+        "conditions": [condition_dict(c) for c in conds],
+        "precisions": [{"name": k, **v} for k, v in models.items()],
+        "cells": metrics,
+        "latency_ms": latency,
+        "size_mb": {k: v["size_mb"] for k, v in models.items()},
+        "comparisons": comparisons,
+        "machine": {**machine_info().to_dict(), "threads": threads},
+        "seconds": seconds,
+    }
+    paths = write_report(data, out)
+    return RobustnessReport(data, paths)
+
+
+def write_report(data: dict[str, Any], out: str | Path) -> dict[str, Path]:
+    from qcal.bench.html import report_html
+    from qcal.bench.tables import report_markdown
+
+    d = Path(out)
+    d.mkdir(parents=True, exist_ok=True)
+    paths = {"json": d / "report.json", "md": d / "report.md", "html": d / "report.html"}
+    atomic_write_text(paths["json"], json.dumps(data, indent=1))
+    atomic_write_text(paths["md"], report_markdown(data))
+    atomic_write_text(paths["html"], report_html(data))
+    return paths
+
+
+__all__ = ["RobustnessReport", "condition_name", "robustness", "write_report"]

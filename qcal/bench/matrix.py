@@ -1,0 +1,197 @@
+"""The precision x condition matrix: build every model artifact, run every cell, measure, compare.
+
+Accuracy is measured against real labels when every evaluation sample carries them, otherwise against the FP32
+model's own confident detections on the CLEAN image (fidelity): a degraded cell then says how much of what FP32
+finds on a clean frame survives the degradation and the precision together. Per cell: mAP50-95 / mAP50
+(pycocotools), detection ECE and confidence gap, relative drop vs the same precision on clean and vs FP32 on the
+same condition. Per precision: latency (median/p90, interleaved in one run), size. Degradation-aware vs clean
+calibration: a bootstrap interval over images of the mAP difference per condition.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+import calib_sets
+from calib_sets.degrade import Condition
+from exporters.dynamic import export_dynamic
+from exporters.float16 import export_fp16
+from qcal import __version__
+from qcal.bench.cells import CellStore, file_sha256, key_of
+from qcal.bench.spec import Precision, calibration_set, condition_dict, condition_name
+from qcal.calibrate import make_session
+from qcal.config import QuantConfig
+from qcal.errors import CalibrationError
+from qcal.eval.bootstrap import ImageEvals, bootstrap_diff, image_evals
+from qcal.eval.confidence import detection_ece
+from qcal.eval.detection import coco_map
+from qcal.eval.latency import measure_latencies
+from qcal.models.base import Detections, ModelAdapter
+
+BASELINE = "int8-clean"   # degradation-aware precisions are compared against this one
+
+
+def labels_to_detections(labels: np.ndarray, hw: tuple[int, int]) -> Detections:
+    """YOLO labels (N x 5: cls cx cy w h, normalised) -> pixel xyxy ground truth of an h x w image."""
+    h, w = hw
+    cx, cy, bw, bh = labels[:, 1] * w, labels[:, 2] * h, labels[:, 3] * w, labels[:, 4] * h
+    boxes = np.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], axis=1).astype(np.float32)
+    return Detections(boxes, np.ones(len(labels), np.float32), labels[:, 0].astype(np.int64))
+
+
+def build_models(adapter: ModelAdapter, precisions: Sequence[Precision], store: CellStore, cfg: QuantConfig,
+                 eval_set: calib_sets.CalibSet, *, progress: bool, threads: int,
+                 log: Callable[[str], None]) -> dict[str, dict[str, Any]]:
+    """Every precision's ONNX file (built once, reused on resume) -> {name: info}."""
+    from qcal.api import quantize
+
+    fp32 = store.model_path("fp32")
+    fp32_key = key_of({"v": __version__, "model": adapter.model_hash(), "opset": cfg.opset, "imgsz": cfg.imgsz})
+    if not store.model_ready("fp32", fp32_key):
+        log("exporting FP32 ONNX")
+        tmp = fp32.with_name(".fp32.tmp.onnx")
+        adapter.export_onnx(tmp, opset=cfg.opset)
+        tmp.replace(fp32)
+        store.record_model("fp32", fp32_key)
+    fp32_sha = store.model_info("fp32")["sha256"]
+    infos: dict[str, dict[str, Any]] = {}
+    for p in precisions:
+        path = store.model_path(p.name)
+        if p.kind == "fp32":
+            info = store.model_info("fp32")
+        elif p.kind in ("fp16", "dynamic"):
+            key = key_of({"v": __version__, "fp32": fp32_sha, "kind": p.kind})
+            if not store.model_ready(p.name, key):
+                log(f"building {p.name}")
+                (export_fp16 if p.kind == "fp16" else export_dynamic)(fp32, path)
+                store.record_model(p.name, key)
+            info = store.model_info(p.name)
+        elif p.kind == "static":
+            cs = calibration_set(p, cfg.imgsz)
+            shared = calib_sets.overlap(cs, eval_set, by="both")
+            if shared:
+                raise CalibrationError(f"{p.name}: {len(shared)} evaluation image(s) are also in its calibration "
+                                       f"set (e.g. {shared[0].key_b}); evaluate on images calibration never saw.")
+            key = key_of({"v": __version__, "model": adapter.model_hash(), "config": cfg.hash(),
+                          "calib": cs.content_hash})
+            if not store.model_ready(p.name, key):
+                log(f"quantizing {p.name} on {len(cs)} calibration samples ({cs.content_hash[:12]})")
+                r = quantize(adapter, calib=cs, config=cfg, progress=progress, threads=threads)
+                shutil.copyfile(r.out.int8_path, path.with_name(f".{p.name}.tmp"))
+                path.with_name(f".{p.name}.tmp").replace(path)
+                store.record_model(p.name, key, {"calib_hash": r.calib_hash, "calib_samples": len(r.calib),
+                                                 "quantize_seconds": round(r.quantize_seconds, 2),
+                                                 "float_nodes": len(r.table.float_nodes)})
+            info = store.model_info(p.name)
+        else:   # onnx: the user's file, referenced where it is
+            path = Path(str(p.path))
+            info = {"key": file_sha256(path), "sha256": file_sha256(path)}
+        infos[p.name] = {**info, "file": str(path if p.kind != "fp32" else fp32),
+                         "size_mb": round(Path(path if p.kind != "fp32" else fp32).stat().st_size / 2**20, 3),
+                         "spec": p.to_dict()}
+    return infos
+
+
+def run_cells(adapter: ModelAdapter, models: dict[str, dict[str, Any]], conditions: Sequence[Condition | None],
+              images: list[np.ndarray], eval_hash: str, store: CellStore, *, threads: int,
+              progress: bool) -> dict[str, dict[str, list[Detections]]]:
+    """Detections of every (precision, condition) cell; cached cells are loaded, not rerun."""
+    thresholds = {k: getattr(adapter, k, None) for k in ("conf", "iou", "max_det")}
+    out: dict[str, dict[str, list[Detections]]] = {name: {} for name in models}
+    todo: list[tuple[str, Condition | None, str]] = []
+    for c in conditions:
+        for name, info in models.items():
+            key = key_of({"v": __version__, "model": info["sha256"], "cond": condition_dict(c), "eval": eval_hash,
+                          "post": thresholds})
+            cached = store.load(key)
+            if cached is not None and len(cached) == len(images):
+                out[name][condition_name(c)] = cached
+            else:
+                todo.append((name, c, key))
+    sessions: dict[str, Any] = {}
+    bar = tqdm(total=len(todo) * len(images), desc="robustness cells", unit="img", disable=not progress or not todo)
+    for c in conditions:
+        cell_todo = [(n, k) for n, cc, k in todo if cc is c]
+        if not cell_todo:
+            continue
+        degraded = images if c is None else [c(img, seed=i) for i, img in enumerate(images)]
+        for name, key in cell_todo:
+            if name not in sessions:
+                sessions[name] = make_session(Path(models[name]["file"]).read_bytes(), threads)
+            sess, dets = sessions[name], []
+            for img in degraded:
+                prep = adapter.prepare(img)
+                dets.append(adapter.postprocess(sess.run(None, prep.feeds), prep))
+                bar.update(1)
+            store.save(key, dets)
+            out[name][condition_name(c)] = dets
+    bar.close()
+    return out
+
+
+def score_cells(cells: dict[str, dict[str, list[Detections]]], reference: list[Detections],
+                hw: list[tuple[int, int]], num_classes: int) -> tuple[dict[str, dict[str, dict[str, Any]]],
+                                                                      dict[str, dict[str, ImageEvals]]]:
+    metrics: dict[str, dict[str, dict[str, Any]]] = {}
+    evals: dict[str, dict[str, ImageEvals]] = {}
+    for name, by_cond in cells.items():
+        metrics[name], evals[name] = {}, {}
+        for cond, dets in by_cond.items():
+            m = coco_map(reference, dets, hw, num_classes)
+            cal = detection_ece(reference, dets)
+            metrics[name][cond] = {"map50_95": round(m.map50_95, 4), "map50": round(m.map50, 4),
+                                   "ece": round(cal.ece, 4), "conf_gap": round(cal.gap, 4),
+                                   "detections": m.pred_boxes}
+            evals[name][cond] = image_evals(reference, dets, hw, num_classes)
+    for row in metrics.values():
+        for cond, cell in row.items():
+            clean = row.get("clean", {}).get("map50_95")
+            fp = metrics.get("fp32", {}).get(cond, {}).get("map50_95")
+            cell["rel_drop_vs_clean"] = _rel_drop(clean, cell["map50_95"])
+            cell["rel_drop_vs_fp32"] = _rel_drop(fp, cell["map50_95"])
+    return metrics, evals
+
+
+def _rel_drop(ref: float | None, x: float) -> float | None:
+    if ref is None or not np.isfinite(ref) or ref <= 0:
+        return None
+    return round((ref - x) / ref, 4)
+
+
+def compare_calibrations(evals: dict[str, dict[str, ImageEvals]], precisions: Sequence[Precision],
+                         resamples: int) -> list[dict[str, Any]]:
+    """Each static precision other than int8-clean vs int8-clean, per condition, with a bootstrap interval."""
+    if BASELINE not in evals or resamples <= 0:
+        return []
+    out = []
+    for p in precisions:
+        if p.kind != "static" or p.name == BASELINE:
+            continue
+        for cond, ev in evals[p.name].items():
+            iv = bootstrap_diff(ev, evals[BASELINE][cond], resamples=resamples, seed=0)
+            out.append({"a": p.name, "b": BASELINE, "condition": cond, **iv.to_dict()})
+    return out
+
+
+def measure(adapter: ModelAdapter, models: dict[str, dict[str, Any]], image: np.ndarray, *, runs: int,
+            threads: int) -> dict[str, dict[str, float]]:
+    if runs <= 0:
+        return {}
+    lat = measure_latencies({k: v["file"] for k, v in models.items()}, adapter.prepare(image).feeds,
+                            threads=threads, runs=runs)
+    return {k: {"median_ms": round(v.median_ms, 2), "p90_ms": round(v.p90_ms, 2)} for k, v in lat.items()}
+
+
+def timed(seconds: dict[str, float], key: str) -> Callable[[], None]:
+    t0 = time.perf_counter()
+
+    def done() -> None:
+        seconds[key] = round(time.perf_counter() - t0, 2)
+    return done
