@@ -31,7 +31,7 @@ from qcal.config import QuantConfig
 from qcal.errors import CalibrationError
 from qcal.eval.bootstrap import ImageEvals, bootstrap_diff, image_evals
 from qcal.eval.confidence import detection_ece
-from qcal.eval.detection import coco_map
+from qcal.eval.detection import coco_map, pseudo_labels
 from qcal.eval.latency import measure_latencies
 from qcal.models.base import Detections, ModelAdapter
 
@@ -141,6 +141,8 @@ def score_cells(cells: dict[str, dict[str, list[Detections]]], reference: list[D
                                                                       dict[str, dict[str, ImageEvals]]]:
     metrics: dict[str, dict[str, dict[str, Any]]] = {}
     evals: dict[str, dict[str, ImageEvals]] = {}
+    # Agreement with FP32 on the SAME condition isolates what quantization adds to the degradation's own loss.
+    fp32_same = {c: [pseudo_labels(d) for d in dets] for c, dets in cells.get("fp32", {}).items()}
     for name, by_cond in cells.items():
         metrics[name], evals[name] = {}, {}
         for cond, dets in by_cond.items():
@@ -149,6 +151,9 @@ def score_cells(cells: dict[str, dict[str, list[Detections]]], reference: list[D
             metrics[name][cond] = {"map50_95": round(m.map50_95, 4), "map50": round(m.map50, 4),
                                    "ece": round(cal.ece, 4), "conf_gap": round(cal.gap, 4),
                                    "detections": m.pred_boxes}
+            if cond in fp32_same:
+                agree = coco_map(fp32_same[cond], dets, hw, num_classes)
+                metrics[name][cond]["agreement_map50_95"] = round(agree.map50_95, 4)
             evals[name][cond] = image_evals(reference, dets, hw, num_classes)
     for row in metrics.values():
         for cond, cell in row.items():

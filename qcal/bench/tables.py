@@ -79,6 +79,9 @@ def report_markdown(data: dict[str, Any]) -> str:
         out.append(f"- command: `{data['command']}`")
     out += ["", "## mAP50-95", "", _markdown(matrix_rows(data)), "",
             "## mAP50", "", _markdown(matrix_rows(data, "map50")), "",
+            "## Agreement with FP32 on the same condition", "",
+            "mAP50-95 against FP32's own detections on the same degraded image: what quantization adds to the "
+            "degradation's loss.", "", _markdown(matrix_rows(data, "agreement_map50_95")), "",
             "## Relative drop vs FP32 on the same condition", "", _markdown(matrix_rows(data, "rel_drop_vs_fp32", "+.3f")),
             "", "## Relative drop vs the same precision on clean", "",
             _markdown(matrix_rows(data, "rel_drop_vs_clean", "+.3f")), "",

@@ -1,0 +1,234 @@
+"""qcal INT8 vs peer INT8 tools on the fall-detection YOLOv8s at 640, under clean and QRID-degraded inputs.
+
+Every tool quantizes from the same 64 calibration frames (bundled vtest frames 0-319, every 5th, letterboxed by
+the same preprocessing) in its own subprocess (quantize seconds and peak RSS from os.wait4). Evaluation: vtest.avi
+frames 480-799, every 8th (40 frames no tool calibrated on), under the QRID conditions, through `qcal.robustness`
+(the product's matrix), so every variant is scored by the same code. Fidelity per condition = mAP50-95 against
+FP32's own detections on the same degraded frame (`agreement_map50_95` in the report).
+
+    .venv/bin/pip install "nncf>=2.12"                     # peer only; not a qcal dependency
+    .venv/bin/python benchmarks/robustness_peers.py        # writes benchmarks/results/robustness_peers.{json,md}
+    .venv/bin/python benchmarks/robustness_peers.py --latency-only    # re-time saved models on a quiet machine
+vtest.avi: `apt-get download opencv-doc && dpkg -x opencv-doc_*.deb /tmp/ocvdoc` (or set VTEST=path).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from benchmarks.spine import checkpoint, vtest  # noqa: E402
+
+CALIB = "bundled:vtest[0:320:5]"
+PEERS = ["ort_minmax", "ort_percentile", "ort_entropy", "ultralytics_int8", "nncf_int8"]
+RESULTS = ROOT / "benchmarks" / "results" / "robustness_peers"
+
+
+def calib_images() -> list[Any]:
+    import calib_sets
+
+    return [s.image for s in calib_sets.load(CALIB).resized(640)]
+
+
+def head_decode_nodes(model: Any) -> list[str]:
+    """The head's decode (DFL, anchors, final Concat) that no tool may quantize: it mixes box pixels with class
+    probabilities under one scale (shared/ARCHITECTURE.md). The conv branches cv2/cv3 stay quantizable."""
+    return [n.name for n in model.graph.node if n.name.startswith("/model.22/")
+            and not n.name.startswith(("/model.22/cv2", "/model.22/cv3"))]
+
+
+def quantize_ort(method: str, fp32: Path, out: Path) -> None:
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    from qcal.models.yolo import YoloAdapter
+
+    a, images = YoloAdapter(None, "peer"), calib_images()
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = iter(images)
+
+        def get_next(self):  # type: ignore[no-untyped-def]
+            img = next(self.it, None)
+            return None if img is None else a.prepare(img).feeds
+
+    # CalibMaxIntermediateOutputs bounds ORT's memory (it otherwise keeps every activation of every frame).
+    quantize_static(str(fp32), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    reduce_range=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    nodes_to_exclude=head_decode_nodes(onnx.load(str(fp32))),
+                    calibrate_method=getattr(CalibrationMethod, method),
+                    extra_options={"CalibMaxIntermediateOutputs": 16})
+
+
+def quantize_ultralytics(out: Path) -> None:
+    """Ultralytics' own `export(format='onnx', int8=True)`, calibrated on the same frames (as a YOLO dataset)."""
+    import cv2
+    from ultralytics import YOLO
+
+    with tempfile.TemporaryDirectory() as d:
+        img_dir = Path(d) / "images" / "val"
+        img_dir.mkdir(parents=True)
+        for i, img in enumerate(calib_images()):
+            cv2.imwrite(str(img_dir / f"{i:03d}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+        (Path(d) / "data.yaml").write_text(f"path: {d}\ntrain: images/val\nval: images/val\nnames: {{0: Normal, 1: Fall}}\n")
+        ckpt = Path(d) / "best.pt"
+        ckpt.write_bytes(checkpoint().read_bytes())
+        f = YOLO(str(ckpt)).export(format="onnx", int8=True, data=str(Path(d) / "data.yaml"), imgsz=640,
+                                   batch=1, fraction=1.0)
+        Path(f).replace(out)
+
+
+def quantize_nncf(fp32: Path, out: Path) -> None:
+    import nncf
+    import onnx
+
+    from qcal.models.yolo import YoloAdapter
+
+    a, model = YoloAdapter(None, "peer"), onnx.load(str(fp32))
+    data = nncf.Dataset(calib_images(), lambda img: a.prepare(img).feeds)
+    q = nncf.quantize(model, data, subset_size=64, ignored_scope=nncf.IgnoredScope(names=head_decode_nodes(model)))
+    onnx.save(q, str(out))
+
+
+def run_tool(name: str, work: Path) -> dict[str, Any]:
+    """Quantize with one tool in a fresh subprocess; seconds and peak RSS (GB) of that process."""
+    t = time.perf_counter()
+    if name == "qcal_int8":
+        cmd = [str(Path(sys.executable).with_name("qcal")), "quantize", str(checkpoint()), "--calib", CALIB,
+               "--calib-size", "64", "--trust-checkpoint", "--no-progress", "-o", str(work / "qcal")]
+    else:
+        cmd = [sys.executable, __file__, "--tool", name, "--work", str(work)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ,
+                            "OMP_NUM_THREADS": "2", "NNCF_CI": "1", "YOLO_OFFLINE": "1"})
+    assert proc.stderr is not None
+    err = proc.stderr.read().decode(errors="replace")
+    _, status, usage = os.wait4(proc.pid, 0)
+    if status != 0:
+        raise SystemExit(f"{name} failed:\n{err[-3000:]}")
+    return {"quantize_seconds": round(time.perf_counter() - t, 1), "peak_rss_gb": round(usage.ru_maxrss / 2**20, 3)}
+
+
+def model_paths(work: Path) -> dict[str, Path]:
+    return {"qcal_int8": work / "qcal" / "model.int8.onnx", **{p: work / f"{p}.onnx" for p in PEERS}}
+
+
+def tool_main(name: str, work: Path) -> None:
+    os.environ.setdefault("YOLO_CONFIG_DIR", str(work / "yolo_cfg"))
+    fp32, out = work / "qcal" / "model.fp32.onnx", model_paths(work)[name]
+    if name.startswith("ort_"):
+        quantize_ort(name.split("_", 1)[1].capitalize(), fp32, out)
+    elif name == "ultralytics_int8":
+        quantize_ultralytics(out)
+    elif name == "nncf_int8":
+        quantize_nncf(fp32, out)
+
+
+def write_results(res: dict[str, Any]) -> None:
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.with_suffix(".json").write_text(json.dumps(res, indent=1) + "\n")
+    conds, variants = res["conditions"], list(res["fidelity_map50_95"])
+    md = ["# Robustness: qcal INT8 vs peers (fall-detection YOLOv8s, 640 px)", "", f"Command: `{res['command']}`", "",
+          res["setup"], "", "## Fidelity mAP50-95 vs FP32 on the same condition", "",
+          "| variant | " + " | ".join(conds) + " |", "|---|" + "---|" * len(conds)]
+    for v in variants:
+        md.append(f"| {v} | " + " | ".join(f"{res['fidelity_map50_95'][v][c]:.4f}" for c in conds) + " |")
+    md += ["", "## mAP50-95 vs FP32 on clean frames (robust accuracy)", "",
+           "| variant | " + " | ".join(conds) + " |", "|---|" + "---|" * len(conds)]
+    for v in variants:
+        md.append(f"| {v} | " + " | ".join(f"{res['map50_95_vs_clean_fp32'][v][c]:.4f}" for c in conds) + " |")
+    md += ["", "## Speed, size, cost of quantizing", "",
+           "| variant | latency ms p50 | x FP32 | size MB | quantize s | peak RSS GB |", "|---|---|---|---|---|---|"]
+    fp = res["latency_ms"]["fp32"]
+    for v in variants:
+        q = res["quantize"].get(v, {})
+        md.append(f"| {v} | {res['latency_ms'][v]:.1f} | {res['latency_ms'][v] / fp:.2f} | {res['size_mb'][v]:.1f} | "
+                  f"{q.get('quantize_seconds', '')} | {q.get('peak_rss_gb', '')} |")
+    md += ["", "## Bars", ""] + [f"- {k}: {v}" for k, v in res["bars"].items()]
+    md += ["", f"Machine: {res['machine']}", ""]
+    RESULTS.with_suffix(".md").write_text("\n".join(md))
+    print("\n".join(md))
+
+
+def bars(res: dict[str, Any]) -> dict[str, Any]:
+    peers = [v for v in res["fidelity_map50_95"] if v not in ("fp32", "qcal_int8")]
+    fid = res["fidelity_map50_95"]
+    worst = {c: round(fid["qcal_int8"][c] - max(fid[p][c] for p in peers), 4) for c in res["conditions"]}
+    fastest = min(peers, key=lambda p: res["latency_ms"][p])
+    return {"fidelity_margin_vs_best_peer": worst,
+            "fidelity_ge_best_peer_every_condition": all(v >= 0 for v in worst.values()),
+            "fastest_peer": fastest,
+            "latency_ratio_vs_fastest_peer": round(res["latency_ms"]["qcal_int8"] / res["latency_ms"][fastest], 3),
+            "latency_le_fastest_peer": res["latency_ms"]["qcal_int8"] <= res["latency_ms"][fastest]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tool", help=argparse.SUPPRESS)
+    ap.add_argument("--work", default="/tmp/qcal-robustness-peers", help="models and cell cache (kept for resume)")
+    ap.add_argument("--latency-only", action="store_true", help="re-time the saved models; keep the accuracy")
+    ap.add_argument("--runs", type=int, default=40)
+    args = ap.parse_args()
+    work = Path(args.work)
+    if args.tool:
+        tool_main(args.tool, work)
+        return
+    import calib_sets
+    import qcal
+    from qcal.eval.latency import measure_latencies
+    from qcal.machine import machine_info
+    from qcal.models.yolo import YoloAdapter
+
+    work.mkdir(parents=True, exist_ok=True)
+    paths = model_paths(work)
+    if args.latency_only:
+        res = json.loads(RESULTS.with_suffix(".json").read_text())
+    else:
+        quant: dict[str, Any] = {}
+        for name in ["qcal_int8", *PEERS]:
+            print(f"quantizing: {name}", file=sys.stderr)
+            quant[name] = run_tool(name, work)
+        held = calib_sets.Source.video(vtest(), start=480, stop=800, every=8)
+        precs = ",".join(["fp32", *(f"onnx:{k}={v}" for k, v in paths.items())])
+        rep = qcal.robustness(checkpoint(), eval=held, conditions="qrid", precisions=precs, out=work / "report",
+                              trust_checkpoint=True, latency_runs=5, bootstrap=0, command="robustness_peers.py")
+        cells = rep.data["cells"]
+        conds = [c["name"] for c in rep.data["conditions"]]
+        res = {"conditions": conds,
+               "fidelity_map50_95": {v: {c: cells[v][c]["agreement_map50_95"] for c in conds} for v in cells},
+               "map50_95_vs_clean_fp32": {v: {c: cells[v][c]["map50_95"] for c in conds} for v in cells},
+               "ece": {v: {c: cells[v][c]["ece"] for c in conds} for v in cells},
+               "size_mb": rep.data["size_mb"], "quantize": quant,
+               "setup": ("Calibration: bundled vtest frames 0-319 every 5th (64 frames) for every tool; ORT and NNCF "
+                         "exclude the same head-decode nodes (/model.22 except cv2/cv3); ORT: QDQ, u8 activations, "
+                         "s8 per-channel weights, reduce_range. Evaluation: vtest.avi frames 480-799 every 8th "
+                         "(40 frames), QRID conditions. Latency: ONNX Runtime CPU, 2 threads, interleaved runs.")}
+    models = {"fp32": work / "report" / "models" / "fp32.onnx", **paths}
+    a = YoloAdapter(None, "peer")
+    feeds = a.prepare(calib_sets.Source.video(vtest(), start=480, stop=481).resized(640)[0].image).feeds
+    lat = measure_latencies({k: Path(v) for k, v in models.items()}, feeds, threads=2, warmup=5, runs=args.runs)
+    res["latency_ms"] = {k: round(v.median_ms, 2) for k, v in lat.items()}
+    res["latency_p90_ms"] = {k: round(v.p90_ms, 2) for k, v in lat.items()}
+    res["machine"] = {**machine_info().to_dict(), "threads": 2}
+    res["command"] = ".venv/bin/python benchmarks/robustness_peers.py" + (" --latency-only" if args.latency_only else "")
+    res["bars"] = bars(res)
+    write_results(res)
+
+
+if __name__ == "__main__":
+    main()
