@@ -132,7 +132,7 @@ def tool_main(name: str, work: Path) -> None:
     os.environ.setdefault("YOLO_CONFIG_DIR", str(work / "yolo_cfg"))
     fp32, out = work / "qcal" / "model.fp32.onnx", model_paths(work)[name]
     if name.startswith("ort_"):
-        quantize_ort(name.split("_", 1)[1].capitalize(), fp32, out)
+        quantize_ort({"ort_minmax": "MinMax", "ort_percentile": "Percentile", "ort_entropy": "Entropy"}[name], fp32, out)
     elif name == "ultralytics_int8":
         quantize_ultralytics(out)
     elif name == "nncf_int8":
@@ -199,10 +199,14 @@ def main() -> None:
     if args.latency_only:
         res = json.loads(RESULTS.with_suffix(".json").read_text())
     else:
-        quant: dict[str, Any] = {}
+        done = work / "quantize.json"   # resume: a tool whose model exists is not re-run
+        quant: dict[str, Any] = json.loads(done.read_text()) if done.is_file() else {}
         for name in ["qcal_int8", *PEERS]:
+            if name in quant and paths[name].is_file():
+                continue
             print(f"quantizing: {name}", file=sys.stderr)
             quant[name] = run_tool(name, work)
+            done.write_text(json.dumps(quant, indent=1))
         held = calib_sets.Source.video(vtest(), start=480, stop=800, every=8)
         precs = ",".join(["fp32", *(f"onnx:{k}={v}" for k, v in paths.items())])
         rep = qcal.robustness(checkpoint(), eval=held, conditions="qrid", precisions=precs, out=work / "report",
