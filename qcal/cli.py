@@ -1,4 +1,5 @@
-"""The qcal command line: `qcal quantize`, `qcal demo`, `qcal bench`, `qcal check`, `qcal config`."""
+"""The qcal command line: `qcal quantize`, `qcal demo`, `qcal bench`, `qcal check`, `qcal config`, `qcal lint`,
+`qcal engine`."""
 
 from __future__ import annotations
 
@@ -71,6 +72,10 @@ def main(argv: list[str] | None = None) -> int:
     _add_common(d)
     _add_bench(sub)
     _add_check(sub)
+    from qcal.deploy import add_engine, add_lint
+
+    add_lint(sub)
+    add_engine(sub)
     c = sub.add_parser("config", help="print the default config as TOML (edit it and pass --config)")
     c.add_argument("--config", help="print this config after validation instead")
     args = ap.parse_args(argv)
@@ -81,6 +86,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.cmd == "check":
             return _run_check(args)
+        if args.cmd in ("lint", "engine"):
+            from qcal.deploy import run_engine, run_lint
+
+            return run_lint(args) if args.cmd == "lint" else run_engine(args)
         if args.cmd == "bench":
             return _run_bench(args, argv)
         from qcal.api import quantize
