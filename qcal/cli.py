@@ -138,6 +138,9 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     b.add_argument("--latency-runs", type=int, default=30, help="timed runs per precision (0: skip latency)")
     b.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for calibration comparisons")
     b.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads")
+    b.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the cells run: cpu (ONNX "
+                   "Runtime) or cuda (torch execution of the same ONNX files, INT8 as fake quantization)")
+    b.add_argument("--runtime", choices=["ort", "torch"], help="cell runtime (default: ort on cpu, torch on cuda)")
     b.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -151,7 +154,8 @@ def _run_bench(args: argparse.Namespace, argv: list[str] | None) -> int:
     report = robustness(args.checkpoint, eval=args.eval, calib=args.calib, conditions=args.conditions,
                         precisions=args.precisions, out=args.out, config=cfg,
                         trust_checkpoint=args.trust_checkpoint, latency_runs=args.latency_runs,
-                        bootstrap=args.bootstrap, threads=args.threads, progress=not args.no_progress, command=cmd)
+                        bootstrap=args.bootstrap, threads=args.threads, progress=not args.no_progress, command=cmd,
+                        device=args.device, runtime=args.runtime)
     print(report.summary())
     print(f"\nwrote {', '.join(str(p) for p in report.paths.values())}")
     return 0
