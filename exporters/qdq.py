@@ -94,6 +94,13 @@ def export_qdq(fp32_model: str | Path, table: QuantTable, profile: QdqProfile, o
         model = onnx.load(str(out_tmp))
     if profile.float_nodes_read_float:
         unshare_float_nodes(model, table.float_nodes)
+    if profile.name == "tensorrt":   # qcal never writes a TensorRT model that breaks TensorRT's Q/DQ rules
+        from exporters.trt_lint import lint_tensorrt
+
+        res = lint_tensorrt(model)
+        if not res.ok:
+            raise ExporterError(f"the tensorrt export of {fp32_model} breaks TensorRT's Q/DQ rules (a qcal bug "
+                                f"or an unusual graph; please report it):\n{res.summary(limit=10)}")
     written = read_quant_table(model, target=profile.name)
     written = QuantTable(written.tensors, table.float_nodes, table.float_reasons, profile.name, table.meta)
     if metadata:

@@ -292,7 +292,10 @@ def _check_weighted(g: _Graph, n: onnx.NodeProto, add: Any) -> None:
         arr = g.const(wname)
         rank = arr.ndim if arr is not None else 2
         scale = g.const(w_dq.input[1])
-        if scale is None or scale.size <= 1:
+        n_out = arr.shape[_weight_axis(n, rank)] if arr is not None and arr.ndim > 0 else 0
+        if (scale is None or scale.size <= 1) and n_out == 1:
+            pass  # one output channel: per-tensor is per-channel
+        elif scale is None or scale.size <= 1:
             add("TRT006", w_dq, f"weight {wname!r} of {n.op_type} '{n.name}' is quantized per tensor")
         else:
             axis = _attr(w_dq, "axis", 1)

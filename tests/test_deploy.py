@@ -82,3 +82,28 @@ def test_engine_implicit_checks_the_cache_stamp(trt_export: tuple[Path, Path, Pa
         engine(fp32, tmp_path / "m.engine", cache=cache, calib=CALIB, config_hash="d" * 16)
     with pytest.raises(Exception, match="--calib"):
         engine(fp32, tmp_path / "m.engine", cache=cache)
+
+
+@pytest.mark.slow
+def test_quantize_target_tensorrt_end_to_end(tmp_path: Path) -> None:
+    """An untrained yolov8n (offline) through `quantize --target tensorrt`: the QDQ model lints clean, both
+    caches are written with stamps and read back to the table's scales, and `engine` accepts them."""
+    import qcal
+    from exporters.trt_cache import read_ort_trt_table
+    from exporters.trt_lint import lint_tensorrt
+    from qcal.models.yolo import YoloAdapter
+
+    adapter = YoloAdapter.from_yaml("yolov8n.yaml", nc=3, imgsz=320)
+    cfg = qcal.QuantConfig(imgsz=320, calib_size=4, target=qcal.Target.TENSORRT,
+                           keep_float=qcal.KeepFloatConfig(sensitivity_samples=0))
+    r = qcal.quantize(adapter, calib="bundled:vtest[0:30]", config=cfg, progress=False)
+    paths = r.export(tmp_path)
+    res = lint_tensorrt(paths["int8"])
+    assert res.ok, res.summary()
+    assert res.counts["quantized_inputs_by_op"]["Conv"] >= 100 and "Sigmoid" not in res.counts["quantized_inputs_by_op"]
+    acts = r.table.activations()
+    for table in (read_trt_cache(paths["trt_cache"]), read_ort_trt_table(paths["ort_trt_table"])):
+        assert {k: v.scale for k, v in table.tensors.items()} == {k: v.scale for k, v in acts.items()}
+    rep = engine(paths["fp32"], tmp_path / "m.engine", cache=paths["trt_cache"], calib="bundled:vtest[0:30]",
+                 config_hash=cfg.hash())
+    assert rep.cache_stamp and rep.cache_stamp["calib_hash"] == r.calib_hash

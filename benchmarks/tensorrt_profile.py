@@ -1,0 +1,236 @@
+"""qcal's `tensorrt` profile beside NVIDIA ModelOpt's ONNX INT8 quantizer on the fall-detection YOLOv8s.
+
+Same FP32 ONNX, same calibration tensors for both tools. Measured: TensorRT lint of both outputs, Q/DQ counts
+per op type and nodes left in float, fidelity mAP50-95 (vs FP32 detections) per QRID condition in ONNX Runtime
+simulation, the torch INT8 simulation (qcal.sim) vs ONNX Runtime on the same QDQ model, and, as a separate
+cheap step, ONNX Runtime CPU latency.
+
+    .venv/bin/python benchmarks/tensorrt_profile.py                 # everything (~15 min on 2 shared cores)
+    .venv/bin/python benchmarks/tensorrt_profile.py --latency-only  # re-time the saved models only
+
+ModelOpt runs in its own virtual environment (default /work/venvs/modelopt, `pip install
+"nvidia-modelopt[onnx]"`), as a subprocess: benchmarks/modelopt_runner.py. Work files go to
+benchmarks/.work/tensorrt_profile (not committed); results to benchmarks/results/tensorrt_profile.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", default=str(ROOT / "benchmarks" / ".work" / "tensorrt_profile"))
+    ap.add_argument("--calib", default="bundled:vtest[0:360]", help="calibration source (evenly spread subset)")
+    ap.add_argument("--calib-size", type=int, default=64)
+    ap.add_argument("--eval", default="bundled:vtest[360:480]", help="held-out evaluation frames")
+    ap.add_argument("--conditions", default="qrid")
+    ap.add_argument("--modelopt-python", default="/work/venvs/modelopt/bin/python")
+    ap.add_argument("--modelopt-method", default="entropy", choices=["entropy", "max"])
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--latency-runs", type=int, default=20)
+    ap.add_argument("--latency-only", action="store_true", help="only re-time the saved models, update results")
+    ap.add_argument("--skip-torch", action="store_true", help="skip the torch-simulation agreement check")
+    args = ap.parse_args()
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    import torch
+
+    torch.set_num_threads(args.threads)
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    cmd = "python benchmarks/tensorrt_profile.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    if args.latency_only:
+        data = json.loads((RESULTS / "tensorrt_profile.json").read_text())
+        data["latency_ms"] = latency(work, args.threads, args.latency_runs)
+        data["latency_command"] = cmd
+        write(data)
+        return
+    data = run_all(args, work, cmd)
+    data["latency_ms"] = latency(work, args.threads, args.latency_runs)
+    write(data)
+
+
+def _calib_set(spec: str, n: int):  # -> calib_sets.CalibSet
+    import calib_sets
+
+    cs = calib_sets.load(spec)
+    idx = np.unique(np.linspace(0, len(cs) - 1, n).round().astype(int))
+    return cs.subset([int(i) for i in idx])
+
+
+def run_all(args: argparse.Namespace, work: Path, cmd: str) -> dict:
+    import qcal
+    from exporters.trt_lint import lint_tensorrt
+    from qcal.cli import _demo_checkpoint
+    from qcal.machine import machine_info
+
+    t_all = time.perf_counter()
+    ckpt = _demo_checkpoint()
+    cs = _calib_set(args.calib, args.calib_size)
+    cfg = qcal.QuantConfig(target=qcal.Target.TENSORRT, calib_size=args.calib_size)
+    print(f"[1/5] qcal quantize --target tensorrt on {len(cs)} frames ({cs.content_hash[:12]})", flush=True)
+    t0 = time.perf_counter()
+    r = qcal.quantize(ckpt, calib=cs, config=cfg, trust_checkpoint=True, threads=args.threads)
+    paths = r.export(work / "qcal")
+    qcal_seconds = time.perf_counter() - t0
+
+    print("[2/5] ModelOpt INT8 PTQ (its own venv, same FP32 ONNX and calibration tensors)", flush=True)
+    calib_npy = work / "calib.npy"
+    np.save(calib_npy, np.concatenate([r.adapter.prepare(s.image).feeds["images"] for s in cs]))
+    mo_path = work / "modelopt.int8.onnx"
+    mo_cmd = [args.modelopt_python, str(ROOT / "benchmarks" / "modelopt_runner.py"), "--onnx", str(paths["fp32"]),
+              "--calib", str(calib_npy), "--out", str(mo_path), "--method", args.modelopt_method,
+              "--high-precision", "fp32"]
+    proc = subprocess.run(mo_cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    if proc.returncode != 0:
+        raise SystemExit(f"ModelOpt failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    mo_info = json.loads(proc.stdout.strip().splitlines()[-1])
+    calib_npy.unlink()
+
+    print("[3/5] TensorRT lint of both", flush=True)
+    lints = {"qcal": lint_tensorrt(paths["int8"]), "modelopt": lint_tensorrt(mo_path)}
+
+    print(f"[4/5] fidelity per condition ({args.conditions}) in ONNX Runtime", flush=True)
+    precs = f"fp32,onnx:qcal_trt_profile={paths['int8']},onnx:modelopt={mo_path}"
+    ort_rep = qcal.robustness(r.adapter, eval=args.eval, conditions=args.conditions, precisions=precs,
+                              out=work / "bench_ort", config=cfg, latency_runs=0, bootstrap=0, threads=args.threads)
+    torch_rep = None
+    if not args.skip_torch:
+        print("[5/5] torch INT8 simulation (qcal.sim, CPU) vs ONNX Runtime, clean", flush=True)
+        torch_rep = qcal.robustness(r.adapter, eval=args.eval, conditions="clean",
+                                    precisions=f"fp32,onnx:qcal_trt_profile={paths['int8']}",
+                                    out=work / "bench_torch", config=cfg, latency_runs=0, bootstrap=0,
+                                    threads=args.threads, runtime="torch", device="cpu")
+    cells = ort_rep.data["cells"]
+    conds = [c["name"] for c in ort_rep.data["conditions"]]
+    per_cond = {p: {c: cells[p][c]["map50_95"] for c in conds} for p in ("fp32", "qcal_trt_profile", "modelopt")}
+    per_cond50 = {p: {c: cells[p][c]["map50"] for c in conds} for p in ("fp32", "qcal_trt_profile", "modelopt")}
+    data = {
+        "command": cmd,
+        "lint_violations": {k: len(v.violations) for k, v in lints.items()},
+        "lint_by_rule": {k: v.by_rule() for k, v in lints.items()},
+        "lint_details": {k: [d.to_dict() for d in v.violations] for k, v in lints.items()},
+        "fidelity_map50_95_clean": {"qcal_trt_profile": per_cond["qcal_trt_profile"]["clean"],
+                                    "modelopt": per_cond["modelopt"]["clean"]},
+        "fidelity_map50_95": per_cond,
+        "fidelity_map50": per_cond50,
+        "qdq_counts": {k: v.counts for k, v in lints.items()},
+        "qcal": {"observer": cfg.observer.value, "kept_in_float": len(r.table.float_nodes),
+                 "quantize_seconds": round(qcal_seconds, 1), "calib_hash": r.calib_hash,
+                 "caches": {k: str(Path(p).relative_to(work)) for k, p in paths.items()
+                            if k in ("trt_cache", "ort_trt_table")}},
+        "modelopt": {**mo_info, "out": mo_path.name, "calibration_eps": ["cpu"],
+                     "note": "high_precision_dtype=fp32 so both tools differ only in INT8 placement and ranges"},
+        "calibration": {"spec": args.calib, "frames": len(cs), "set_hash": cs.content_hash},
+        "eval": {"spec": args.eval, "images": ort_rep.data["eval"]["images"], "metric": "fidelity vs FP32 detections"},
+        "machine": {**machine_info().to_dict(), "threads": args.threads},
+        "noisy_machine": True,
+        "seconds_total": None,
+    }
+    if torch_rep is not None:
+        t_cells = torch_rep.data["cells"]
+        ort_q = cells["qcal_trt_profile"]["clean"]["map50_95"]
+        t_q = t_cells["qcal_trt_profile"]["clean"]["map50_95"]
+        data["torch_sim_vs_ort"] = {"ort_map50_95": ort_q, "torch_map50_95": t_q, "abs_diff": round(abs(t_q - ort_q), 4),
+                                    "bar": 0.005, "passes": abs(t_q - ort_q) <= 0.005,
+                                    "torch_fp32_vs_its_own_reference": t_cells["fp32"]["clean"]["map50_95"],
+                                    "seconds_torch_cells": torch_rep.data["seconds"].get("cells")}
+    data["seconds_total"] = round(time.perf_counter() - t_all, 1)
+    return data
+
+
+def latency(work: Path, threads: int, runs: int) -> dict:
+    import calib_sets
+    from qcal.eval.latency import measure_latencies
+    from qcal.models.yolo import letterbox
+
+    files = {"fp32": work / "qcal" / "model.fp32.onnx", "qcal_trt_profile": work / "qcal" / "model.int8.onnx",
+             "modelopt": work / "modelopt.int8.onnx"}
+    missing = [str(p) for p in files.values() if not p.is_file()]
+    if missing:
+        raise SystemExit(f"saved models missing ({missing}): run without --latency-only first.")
+    img = next(iter(calib_sets.load("bundled:vtest[360:363]"))).image
+    x = np.ascontiguousarray(letterbox(img, 640)[0].transpose(2, 0, 1)[None], dtype=np.float32) / 255.0
+    lat = measure_latencies({k: str(v) for k, v in files.items()}, {"images": x}, threads=threads, runs=runs)
+    out = {k: {"median_ms": round(v.median_ms, 1), "p90_ms": round(v.p90_ms, 1)} for k, v in lat.items()}
+    for k in out:
+        out[k]["x_fp32"] = round(out[k]["median_ms"] / out["fp32"]["median_ms"], 2)
+    return {"runtime": f"onnxruntime CPU, {threads} thread(s), 640x640", "runs": runs, "noisy_machine": True, **out}
+
+
+def write(data: dict) -> None:
+    from exporters.quant_table import atomic_write_text
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(RESULTS / "tensorrt_profile.json", json.dumps(data, indent=1))
+    atomic_write_text(RESULTS / "tensorrt_profile.md", markdown(data))
+    print(markdown(data))
+
+
+def markdown(d: dict) -> str:
+    conds = list(d["fidelity_map50_95"]["fp32"])
+    lines = ["# qcal `tensorrt` profile vs NVIDIA ModelOpt INT8 (fall-detection YOLOv8s, 640)", "",
+             f"Command: `{d['command']}`", "",
+             f"Calibration: {d['calibration']['frames']} frames of `{d['calibration']['spec']}` (evenly spread; "
+             f"set hash {d['calibration']['set_hash'][:12]}), the same tensors for both tools. Evaluation: "
+             f"{d['eval']['images']} held-out frames `{d['eval']['spec']}`, fidelity = mAP vs the FP32 model's own "
+             "detections on the clean frame. ONNX Runtime CPU simulation of the Q/DQ models.", "",
+             f"Machine: {d['machine'].get('cpu_model', '?')}, flags {', '.join(d['machine'].get('flags', [])[:8])}; "
+             f"{d['machine']['threads']} thread(s); shared with other jobs (noisy).", "",
+             "## TensorRT lint (`qcal lint --target tensorrt`)", "",
+             "| tool | violations | by rule |", "|---|---|---|"]
+    for k in ("qcal", "modelopt"):
+        lines.append(f"| {k} | {d['lint_violations'][k]} | {d['lint_by_rule'][k] or '-'} |")
+    for k in ("qcal", "modelopt"):
+        for v in d["lint_details"][k][:12]:
+            lines.append(f"- {k}: {v['rule']} {v['op_type']} `{v['node']}`: {v['message']}")
+    lines += ["", "## Fidelity mAP50-95 per condition (ONNX Runtime)", "",
+              "| condition | FP32 | qcal tensorrt | ModelOpt |", "|---|---|---|---|"]
+    f = d["fidelity_map50_95"]
+    for c in conds:
+        lines.append(f"| {c} | {f['fp32'][c]:.3f} | {f['qcal_trt_profile'][c]:.3f} | {f['modelopt'][c]:.3f} |")
+    lines += ["", "## Q/DQ layout", "", "| | qcal | ModelOpt |", "|---|---|---|"]
+    qc, mo = d["qdq_counts"]["qcal"], d["qdq_counts"]["modelopt"]
+    lines.append(f"| QuantizeLinear / DequantizeLinear | {qc['QuantizeLinear']} / {qc['DequantizeLinear']} | "
+                 f"{mo['QuantizeLinear']} / {mo['DequantizeLinear']} |")
+    for op in sorted(set(qc["quantized_inputs_by_op"]) | set(mo["quantized_inputs_by_op"])):
+        lines.append(f"| quantized inputs of {op} | {qc['quantized_inputs_by_op'].get(op, 0)} | "
+                     f"{mo['quantized_inputs_by_op'].get(op, 0)} |")
+    for op in sorted(set(qc["float_nodes_by_op"]) | set(mo["float_nodes_by_op"])):
+        lines.append(f"| {op} nodes left in float | {qc['float_nodes_by_op'].get(op, 0)} | "
+                     f"{mo['float_nodes_by_op'].get(op, 0)} |")
+    lines += ["", f"qcal: observer {d['qcal']['observer']}, {d['qcal']['kept_in_float']} nodes kept in float by "
+              f"measurement, quantize {d['qcal']['quantize_seconds']} s. ModelOpt {d['modelopt']['modelopt_version']}: "
+              f"{d['modelopt']['method']} calibration, {d['modelopt']['seconds']} s, peak RSS "
+              f"{d['modelopt']['peak_rss_gb']} GB ({d['modelopt']['note']})."]
+    if "torch_sim_vs_ort" in d:
+        t = d["torch_sim_vs_ort"]
+        lines += ["", "## Torch INT8 simulation vs ONNX Runtime (same QDQ model, clean)", "",
+                  f"ONNX Runtime {t['ort_map50_95']:.4f}, torch (qcal.sim, CPU) {t['torch_map50_95']:.4f}: "
+                  f"|diff| {t['abs_diff']:.4f} (bar {t['bar']}: {'pass' if t['passes'] else 'FAIL'})."]
+    if "latency_ms" in d:
+        lat = d["latency_ms"]
+        lines += ["", f"## Latency ({lat['runtime']}, {lat['runs']} runs, noisy machine)", "",
+                  "| model | median ms | p90 ms | x FP32 |", "|---|---|---|---|"]
+        for k in ("fp32", "qcal_trt_profile", "modelopt"):
+            lines.append(f"| {k} | {lat[k]['median_ms']} | {lat[k]['p90_ms']} | {lat[k]['x_fp32']} |")
+        lines += ["", "Both INT8 models carry TensorRT's layout (Q/DQ on op inputs only): ONNX Runtime on CPU "
+                  "cannot fuse them into integer kernels, so they are not expected to be faster than FP32 here."]
+    lines += ["", f"Total wall time: {d.get('seconds_total')} s."]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
