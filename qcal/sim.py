@@ -71,6 +71,7 @@ class TorchRunner:
             arr = numpy_helper.to_array(init)
             self.values[init.name] = torch.from_numpy(np.array(arr)).to(self.device)
         self.inputs = [i.name for i in g.input if i.name not in self.values]
+        self.nodes = _topological(list(g.node), set(self.values) | set(self.inputs))
         self.outputs = [o.name for o in g.output]
         self.table = table
         self._act: dict[str, TensorQuant] = {}
@@ -99,7 +100,7 @@ class TorchRunner:
             for name in self.inputs:
                 if name in self._act:
                     quantized[name] = self._fq(env[name], self._act[name])
-            for node in self.model.graph.node:
+            for node in self.nodes:
                 float_reader = node.name in self._float_readers
                 args = [None if not i else (env[i] if float_reader or i not in quantized else quantized[i])
                         for i in node.input]
@@ -110,6 +111,21 @@ class TorchRunner:
                         quantized[o] = self._fq(v, self._act[o])
         return [env[o].float().cpu().numpy() if env[o].is_floating_point() else env[o].cpu().numpy()
                 for o in (output_names or self.outputs)]
+
+
+def _topological(nodes: list[onnx.NodeProto], available: set[str]) -> list[onnx.NodeProto]:
+    """Nodes in an order where every input exists before use (some converters append nodes out of order)."""
+    have, order, pending = set(available) | {""}, [], list(nodes)
+    while pending:
+        ready = [n for n in pending if all(i in have for i in n.input)]
+        if not ready:
+            missing = sorted({i for n in pending for i in n.input if i not in have})[:5]
+            raise SimulationError(f"the graph cannot be ordered: inputs {missing} are never produced.")
+        for n in ready:
+            order.append(n)
+            have.update(n.output)
+        pending = [n for n in pending if n not in ready]
+    return order
 
 
 # --- ops (torch module t, inputs, attributes, node) -> output or list of outputs ------------------------------

@@ -78,3 +78,32 @@ def test_unsupported_ops_and_devices_are_named(tmp_path: Path) -> None:
             TorchRunner(conforming(), device="cuda")
     with pytest.raises(SimulationError, match="choose 'ort' or 'torch'"):
         open_runner(tmp_path / "x.onnx", runtime="tvm")
+
+
+@pytest.mark.slow
+def test_bench_cells_through_the_torch_runtime(tmp_path: Path) -> None:
+    """The robustness harness runs FP32 and FP16 ONNX files through the torch runtime (what --device cuda uses);
+    detections match ONNX Runtime's closely and the cache keys keep the runtimes apart."""
+    import json
+
+    import qcal
+    from qcal.cli import _demo_checkpoint
+    from qcal.errors import QcalError
+
+    try:
+        ckpt = _demo_checkpoint()
+    except QcalError:
+        pytest.skip("the fall-detection checkpoint is not installed (make test installs it)")
+    cfg = qcal.QuantConfig(imgsz=320)
+    from qcal.models import load_model
+
+    adapter = load_model(ckpt, trust_checkpoint=True, imgsz=320)
+    kw = dict(eval="bundled:vtest[450:462]", conditions="clean", precisions="fp32,fp16", out=tmp_path, config=cfg,
+              latency_runs=0, bootstrap=0, progress=False, trust_checkpoint=True)
+    t = qcal.robustness(adapter, runtime="torch", device="cpu", **kw).to_dict()
+    o = qcal.robustness(adapter, **kw).to_dict()
+    assert t["runtime"] == {"cells": "torch", "device": "cpu"} and o["runtime"]["cells"] == "ort"
+    assert t["cells"]["fp32"]["clean"]["map50_95"] == 1.0
+    assert abs(t["cells"]["fp16"]["clean"]["map50_95"] - o["cells"]["fp16"]["clean"]["map50_95"]) < 0.05
+    cells = json.loads((tmp_path / "report.json").read_text())["cells"]
+    assert set(cells) == {"fp32", "fp16"}
