@@ -38,10 +38,14 @@ INTEGER_OPS = ("ConvInteger", "MatMulInteger", "DynamicQuantizeLinear", "QGemm",
 
 @dataclass(frozen=True)
 class Rule:
+    """kind "required": TensorRT rejects the model or computes something else; "placement": it builds, but the
+    Q/DQ layout keeps TensorRT from fusing (slower, or an extra float round trip)."""
+
     id: str
     title: str
     source: str
     fix: str
+    kind: str = "required"
 
 
 RULES = {r.id: r for r in (
@@ -66,18 +70,18 @@ RULES = {r.id: r for r in (
          "opset 13", "export or convert the model to opset 13 or later (onnx.version_converter)"),
     Rule("TRT008", "all inputs of a weighted op are quantized", "[EQ-PLACE] quantize all inputs of weighted "
          "operations (Convolution, Transposed Convolution, GEMM); a half-quantized one runs in float",
-         "put Q/DQ on both the activation and the weight input of the op, or on neither"),
+         "put Q/DQ on both the activation and the weight input of the op, or on neither", kind="placement"),
     Rule("TRT009", "outputs of weighted ops are not quantized", "[EQ-PLACE] by default, do not quantize the "
          "outputs of weighted operations (TensorRT fuses the following activation or residual add in higher "
          "precision); a Q there is only needed when the next op is itself a quantized weighted or data-movement op",
-         "quantize op inputs only (onnxruntime extra_options OpTypesToExcludeOutputQuantization)"),
+         "quantize op inputs only (onnxruntime extra_options OpTypesToExcludeOutputQuantization)", kind="placement"),
     Rule("TRT010", "residual Add: both inputs quantized", "[EQ-PLACE] quantize the residual input of an "
          "element-wise addition so TensorRT fuses it into the preceding convolution in INT8",
          "put Q/DQ on every activation input of the Add (an input straight from a Conv may stay float: "
-         "TensorRT fuses it), or on none"),
+         "TensorRT fuses it), or on none", kind="placement"),
     Rule("TRT011", "Concat: all inputs quantized or none", "[EQ-PROC] TensorRT propagates Q/DQ through "
          "Concat only when every input is quantized; a mixed Concat forces a reformat to float",
-         "quantize every input of the Concat (with one scale where possible), or keep it in float"),
+         "quantize every input of the Concat (with one scale where possible), or keep it in float", kind="placement"),
     Rule("TRT012", "no dangling Q/DQ", "[EQ-PROC] TensorRT fuses a QuantizeLinear with the DequantizeLinear "
          "that follows; a Q feeding anything else, a DQ of a non-quantized tensor or an unused Q/DQ is left over",
          "every Q must feed only DQ nodes, every DQ must read a Q or an int8 initializer; remove leftovers"),
@@ -100,7 +104,7 @@ class Violation:
 
     def to_dict(self) -> dict[str, str]:
         r = RULES[self.rule]
-        return {**asdict(self), "title": r.title, "source": r.source, "fix": r.fix}
+        return {**asdict(self), "title": r.title, "kind": r.kind, "source": r.source, "fix": r.fix}
 
 
 @dataclass
@@ -115,16 +119,22 @@ class LintResult:
     def by_rule(self) -> dict[str, int]:
         return dict(sorted(Counter(v.rule for v in self.violations).items()))
 
+    def by_kind(self) -> dict[str, int]:
+        c = Counter(RULES[v.rule].kind for v in self.violations)
+        return {"required": c.get("required", 0), "placement": c.get("placement", 0)}
+
     def to_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "violations": len(self.violations), "by_rule": self.by_rule(),
+                "by_kind": self.by_kind(),
                 "counts": self.counts, "details": [v.to_dict() for v in self.violations]}
 
     def summary(self, *, limit: int = 50) -> str:
         if self.ok:
             return f"TensorRT lint: 0 violations ({self.counts.get('QuantizeLinear', 0)} Q, " \
                    f"{self.counts.get('DequantizeLinear', 0)} DQ checked against {len(RULES)} rules)"
-        lines = [f"TensorRT lint: {len(self.violations)} violation(s): " +
-                 ", ".join(f"{k} x{n}" for k, n in self.by_rule().items())]
+        kinds = self.by_kind()
+        lines = [f"TensorRT lint: {len(self.violations)} violation(s) ({kinds['required']} required, "
+                 f"{kinds['placement']} placement): " + ", ".join(f"{k} x{n}" for k, n in self.by_rule().items())]
         for v in self.violations[:limit]:
             lines.append(f"  {v.rule} {RULES[v.rule].title}: {v.op_type} '{v.node}': {v.message}")
         if len(self.violations) > limit:

@@ -81,3 +81,10 @@ def test_qcal_tensorrt_export_passes_lint(tiny_conv_onnx: Path, tmp_path: Path) 
     assert isinstance(cpu, QuantTable)
     assert {"TRT002", "TRT009"} <= set(lint_tensorrt(tmp_path / "cpu.onnx").by_rule())
     assert TensorQuant  # the table contract is what export_qdq consumed
+
+
+def test_rule_kinds_split_required_from_placement() -> None:
+    assert {r.id for r in RULES.values() if r.kind == "placement"} == {"TRT008", "TRT009", "TRT010", "TRT011"}
+    res = lint_tensorrt(conforming(act_zp=3, concat_float_input=True))
+    assert res.by_kind() == {"required": 2, "placement": 1}  # r1_Q and r1_DQ zero points; the Concat
+    assert "(2 required, 1 placement)" in res.summary()
