@@ -107,3 +107,11 @@ def test_quantize_target_tensorrt_end_to_end(tmp_path: Path) -> None:
     rep = engine(paths["fp32"], tmp_path / "m.engine", cache=paths["trt_cache"], calib="bundled:vtest[0:30]",
                  config_hash=cfg.hash())
     assert rep.cache_stamp and rep.cache_stamp["calib_hash"] == r.calib_hash
+
+
+def test_tensorrt_config_rejects_per_tensor_weights() -> None:
+    from qcal.config import QuantConfig, Target
+    from qcal.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="TRT006"):
+        QuantConfig(target=Target.TENSORRT, per_channel=False)
