@@ -165,7 +165,9 @@ def sim_agreement(adapter, work: Path, eval_spec: str, threads: int) -> dict:  #
     if "[" in eval_spec and not eval_spec.startswith("bundled:"):   # VIDEO[a:b:step]
         path, rng = eval_spec[:-1].split("[", 1)
         a, b, step = (int(v) for v in rng.split(":"))
-        es = calib_sets.video_set(path, every=step, start=a, stop=b)
+        from calib_sets.video import video_set
+
+        es = video_set(path, every=step, start=a, stop=b)
     else:
         es = calib_sets.load(eval_spec)
     images = [s.image for s in es.resized(640)]
@@ -179,7 +181,9 @@ def sim_agreement(adapter, work: Path, eval_spec: str, threads: int) -> dict:  #
     dets: dict[str, list] = {k: [] for k in runners}
     raw0: dict[str, np.ndarray] = {}
     t0 = time.perf_counter()
-    for i, img in enumerate(images):
+    from tqdm import tqdm
+
+    for i, img in enumerate(tqdm(images, desc="torch vs ORT", unit="img")):
         prep = adapter.prepare(img)
         for k, run in runners.items():
             out = run.run(None, prep.feeds)
