@@ -283,6 +283,8 @@ def markdown(d: dict) -> str:
         kinds = d.get("lint_by_kind", {}).get(k, {})
         lines.append(f"| {k} | {d['lint_violations'][k]} | {kinds.get('required', '?')} | "
                      f"{kinds.get('placement', '?')} | {d['lint_by_rule'][k] or '-'} |")
+    lines += ["", "Placement rules (TRT008-TRT011) flag layouts TensorRT builds but cannot fuse; required rules flag "
+              "models it rejects or computes differently. Violations:", ""]
     for k in ("qcal", "modelopt"):
         for v in d["lint_details"][k][:12]:
             lines.append(f"- {k}: {v['rule']} {v['op_type']} `{v['node']}`: {v['message']}")
@@ -318,6 +320,12 @@ def markdown(d: dict) -> str:
                   f"(|diff| {t.get('abs_diff_ort_vs_nudged', float('nan')):.4f}). Largest raw output difference on frame 0 "
                   f"(outputs up to {mx['output_abs_max']:.0f}): torch vs ORT unoptimized {mx['torch_vs_ort_unoptimized']:.2e}, "
                   f"torch vs ORT {mx['torch_vs_ort']:.2e}."]
+    if "torch_sim_vs_ort_bundled_40_frames" in d:
+        b = d["torch_sim_vs_ort_bundled_40_frames"]
+        lines += ["", f"On the {b['images']} bundled evaluation frames the same check gave ORT {b['map50_95']['ort']:.4f} "
+                  f"vs torch {b['map50_95']['torch']:.4f} (|diff| {b['abs_diff_torch_vs_ort']:.4f}, "
+                  f"{'pass' if b['passes'] else 'outside the bar'}): with 40 frames the difference is dominated by "
+                  "the float-rounding noise shown above."]
     if "latency_ms" in d:
         lat = d["latency_ms"]
         lines += ["", f"## Latency ({lat['runtime']}, {lat['runs']} runs, noisy machine)", "",
