@@ -18,6 +18,8 @@ class QdqProfile:
     op_types: tuple[str, ...] | None   # None: every op ORT's QDQ quantizer knows
     weights_as_qdq_pair: bool      # keep weights float with Q->DQ (TensorRT style) instead of int8 initializers
     quantize_bias: bool = True     # int32 biases (ORT CPU); TensorRT fuses float biases itself
+    quantize_outputs: bool = True  # Q/DQ on op outputs too (ORT CPU fuses DQ->op->Q); TensorRT wants inputs only
+    float_nodes_read_float: bool = False  # nodes kept in float read the float tensor, not a shared DQ output
 
     def replace(self, **kw: object) -> QdqProfile:
         import dataclasses
@@ -31,5 +33,5 @@ ORT_CPU = QdqProfile("ort-cpu", "uint8", "int8", False, True, True, False, 13, N
 # Q/DQ on the inputs TensorRT fuses (conv/gemm, residual add, pooling, resize, concat).
 TENSORRT = QdqProfile("tensorrt", "int8", "int8", True, True, True, False, 13,
                       ("Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "MaxPool", "AveragePool",
-                       "GlobalAveragePool", "Resize", "Concat"), True, False)
+                       "GlobalAveragePool", "Resize", "Concat"), True, False, False, True)
 PROFILES = {p.name: p for p in (ORT_CPU, TENSORRT)}

@@ -70,9 +70,11 @@ def export_qdq(fp32_model: str | Path, table: QuantTable, profile: QdqProfile, o
         src_path, cache, out_tmp = Path(tmp) / "fp32.onnx", Path(tmp) / "ranges.json", Path(tmp) / "qdq.onnx"
         onnx.save(src, str(src_path))
         save_tensors_data(TensorsData(CalibrationMethod.MinMax, ranges), cache)
-        extra = {"ActivationSymmetric": profile.activation_symmetric, "WeightSymmetric": profile.weight_symmetric,
+        extra: dict[str, object] = {"ActivationSymmetric": profile.activation_symmetric, "WeightSymmetric": profile.weight_symmetric,
                  "AddQDQPairToWeight": profile.weights_as_qdq_pair, "DedicatedQDQPair": False,
                  "QuantizeBias": profile.quantize_bias}
+        if not profile.quantize_outputs:   # TensorRT: Q/DQ on op inputs only (lint rule TRT009)
+            extra["OpTypesToExcludeOutputQuantization"] = quantizable_op_types(profile)
         ort_log = logging.getLogger()
         level = ort_log.level
         ort_log.setLevel(logging.ERROR)  # ORT warns about pre-processing on every call; restored below
@@ -90,12 +92,88 @@ def export_qdq(fp32_model: str | Path, table: QuantTable, profile: QdqProfile, o
         finally:
             ort_log.setLevel(level)
         model = onnx.load(str(out_tmp))
+    if profile.float_nodes_read_float:
+        unshare_float_nodes(model, table.float_nodes)
+    if profile.name == "tensorrt":   # qcal never writes a TensorRT model that breaks TensorRT's Q/DQ rules
+        from exporters.trt_lint import lint_tensorrt
+
+        res = lint_tensorrt(model)
+        if not res.ok:
+            raise ExporterError(f"the tensorrt export of {fp32_model} breaks TensorRT's Q/DQ rules (a qcal bug "
+                                f"or an unusual graph; please report it):\n{res.summary(limit=10)}")
     written = read_quant_table(model, target=profile.name)
     written = QuantTable(written.tensors, table.float_nodes, table.float_reasons, profile.name, table.meta)
     if metadata:
         stamp_metadata(model, metadata)
     atomic_save(model, out_path)
     return written
+
+
+_WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+_DATA_MOVEMENT = ("MaxPool", "Resize", "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Slice", "Split",
+                  "AveragePool", "GlobalAveragePool")
+
+
+def unshare_float_nodes(model: onnx.ModelProto, float_nodes: tuple[str, ...]) -> int:
+    """TensorRT placement: nodes kept in float (and non-fusing readers of a Conv's output) read the float
+    tensor itself, not the DQ output ORT shares among all consumers.
+
+    ORT puts one Q/DQ pair on a tensor and gives its DQ output to every consumer, the excluded ones included;
+    a float Concat would then mix quantized and float inputs (TensorRT lint TRT011/TRT012). Returns the number
+    of rewired inputs. Q/DQ left without consumers are removed.
+    """
+    keep = set(float_nodes)
+    producer = {o: n for n in model.graph.node for o in n.output}
+    consumers: dict[str, list[str]] = {}
+    for n in model.graph.node:
+        for t in n.input:
+            consumers.setdefault(t, []).append(n.name)
+    grew = True
+    while grew:  # a data-movement node (Resize, MaxPool, ...) that only feeds float nodes stays float too
+        grew = False
+        for n in model.graph.node:
+            users = [u for o in n.output for u in consumers.get(o, [])]
+            if n.op_type in _DATA_MOVEMENT and n.name not in keep and users and set(users) <= keep:
+                keep.add(n.name)
+                grew = True
+    rewired = 0
+    for node in model.graph.node:
+        if node.name not in keep:
+            continue
+        for i, t in enumerate(node.input):
+            dq = producer.get(t)
+            q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+            if q is not None and q.op_type == "QuantizeLinear":
+                node.input[i] = q.input[0]
+                rewired += 1
+    # A weighted op's output read by anything but a quantized weighted/data-movement op stays float: TensorRT
+    # fuses the following activation or residual Add into the convolution (lint rule TRT009).
+    for node in model.graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear", *_WEIGHTED, *_DATA_MOVEMENT, "Concat"):
+            continue
+        for i, t in enumerate(node.input):
+            dq = producer.get(t)
+            q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+            src = producer.get(q.input[0]) if q is not None and q.op_type == "QuantizeLinear" else None
+            if src is not None and src.op_type in _WEIGHTED:
+                node.input[i] = q.input[0]  # type: ignore[union-attr]
+                rewired += 1
+    _drop_unused_qdq(model)
+    return rewired
+
+
+def _drop_unused_qdq(model: onnx.ModelProto) -> None:
+    g = model.graph
+    while True:
+        used = {t for n in g.node for t in n.input} | {o.name for o in g.output}
+        dead = [n for n in g.node if n.op_type in ("QuantizeLinear", "DequantizeLinear") and n.output[0] not in used]
+        if not dead:
+            break
+        for n in dead:
+            g.node.remove(n)
+    used = {t for n in g.node for t in n.input}
+    for init in [i for i in g.initializer if i.name not in used]:
+        g.initializer.remove(init)
 
 
 def read_quant_table(model: onnx.ModelProto | str | Path, *, target: str = "") -> QuantTable:

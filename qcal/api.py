@@ -89,7 +89,8 @@ class QuantResult:
         return summary_table(self.to_dict())
 
     def export(self, directory: str | Path) -> dict[str, Path]:
-        """Write model.fp32.onnx, model.int8.onnx, quant_table.json, report.json and report.md atomically."""
+        """Write model.fp32.onnx, model.int8.onnx, quant_table.json, report.json and report.md atomically; for
+        target tensorrt also calib.cache and ort_trt/calibration.flatbuffers (each with a .qcal.json stamp)."""
         from qcal.report import report_markdown
 
         d = Path(directory)
@@ -104,6 +105,12 @@ class QuantResult:
         data = self.to_dict()
         atomic_write_text(paths["report_json"], json.dumps(data, indent=1))
         atomic_write_text(paths["report_md"], report_markdown(data))
+        if self.config.target is Target.TENSORRT:   # calib.cache + ort_trt/calibration.flatbuffers, stamped
+            from qcal.deploy import write_caches
+
+            paths.update(write_caches(self.out.table, d, paths["fp32"], calib_hash=self.calib_hash,
+                                      config_hash=self.config.hash(), model_sha256=self.adapter.model_hash(),
+                                      calib_size=self.config.calib_size))
         return paths
 
     def evaluate(self, eval_set: Any, *, latency_runs: int = 30, threads: int = 2,

@@ -1,4 +1,5 @@
-"""The qcal command line: `qcal quantize`, `qcal demo`, `qcal bench`, `qcal check`, `qcal config`."""
+"""The qcal command line: `qcal quantize`, `qcal demo`, `qcal bench`, `qcal check`, `qcal config`, `qcal lint`,
+`qcal engine`."""
 
 from __future__ import annotations
 
@@ -71,6 +72,10 @@ def main(argv: list[str] | None = None) -> int:
     _add_common(d)
     _add_bench(sub)
     _add_check(sub)
+    from qcal.deploy import add_engine, add_lint
+
+    add_lint(sub)
+    add_engine(sub)
     c = sub.add_parser("config", help="print the default config as TOML (edit it and pass --config)")
     c.add_argument("--config", help="print this config after validation instead")
     args = ap.parse_args(argv)
@@ -81,6 +86,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.cmd == "check":
             return _run_check(args)
+        if args.cmd in ("lint", "engine"):
+            from qcal.deploy import run_engine, run_lint
+
+            return run_lint(args) if args.cmd == "lint" else run_engine(args)
         if args.cmd == "bench":
             return _run_bench(args, argv)
         from qcal.api import quantize
@@ -129,6 +138,9 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     b.add_argument("--latency-runs", type=int, default=30, help="timed runs per precision (0: skip latency)")
     b.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for calibration comparisons")
     b.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads")
+    b.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the cells run: cpu (ONNX "
+                   "Runtime) or cuda (torch execution of the same ONNX files, INT8 as fake quantization)")
+    b.add_argument("--runtime", choices=["ort", "torch"], help="cell runtime (default: ort on cpu, torch on cuda)")
     b.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -142,7 +154,8 @@ def _run_bench(args: argparse.Namespace, argv: list[str] | None) -> int:
     report = robustness(args.checkpoint, eval=args.eval, calib=args.calib, conditions=args.conditions,
                         precisions=args.precisions, out=args.out, config=cfg,
                         trust_checkpoint=args.trust_checkpoint, latency_runs=args.latency_runs,
-                        bootstrap=args.bootstrap, threads=args.threads, progress=not args.no_progress, command=cmd)
+                        bootstrap=args.bootstrap, threads=args.threads, progress=not args.no_progress, command=cmd,
+                        device=args.device, runtime=args.runtime)
     print(report.summary())
     print(f"\nwrote {', '.join(str(p) for p in report.paths.values())}")
     return 0

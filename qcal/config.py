@@ -85,6 +85,9 @@ class QuantConfig:
             raise ConfigError(f"imgsz={self.imgsz}: must be a multiple of 32 (YOLO strides), e.g. 640.")
         if self.opset < 13:
             raise ConfigError(f"opset={self.opset}: QDQ with per-channel weights needs opset >= 13.")
+        if self.target is Target.TENSORRT and not self.per_channel:
+            raise ConfigError("per_channel=False with target=tensorrt: TensorRT wants per-channel weights on the "
+                              "output-channel axis (lint rule TRT006); drop per_channel.")
         if self.target is Target.TENSORRT and self.reduce_range:
             raise ConfigError("reduce_range=True with target=tensorrt: TensorRT uses full int8; drop reduce_range.")
 

@@ -64,8 +64,12 @@ def robustness(model: Any, *, eval: Any, calib: str | None = None, conditions: s
                precisions: str | Sequence[str] = DEFAULT_PRECISIONS, out: str | Path = "report",
                config: QuantConfig | None = None, trust_checkpoint: bool = False, latency_runs: int = 30,
                bootstrap: int = 1000, threads: int = 2, progress: bool = True,
-               command: str | None = None) -> RobustnessReport:
-    """Evaluate every precision under every condition; write report.json/.md/.html into `out`."""
+               command: str | None = None, device: str = "cpu", runtime: str | None = None) -> RobustnessReport:
+    """Evaluate every precision under every condition; write report.json/.md/.html into `out`.
+
+    device "cuda" (or runtime "torch") runs the cells with qcal.sim's torch execution of the same ONNX files:
+    FP32, FP16 and the INT8 QDQ models as fake quantization (ORT's integer-only int8-dynamic is not supported).
+    Latency is always ONNX Runtime on CPU."""
     cfg = config or QuantConfig()
     seconds: dict[str, float] = {}
     log = (lambda msg: print(f"qcal bench: {msg}", file=sys.stderr)) if progress else (lambda msg: None)
@@ -91,7 +95,9 @@ def robustness(model: Any, *, eval: Any, calib: str | None = None, conditions: s
     need_fp32 = not labelled and "fp32" not in models
     run_models = {**models, **({"fp32": {"file": str(store.model_path("fp32")),
                                          "sha256": store.model_info("fp32")["sha256"]}} if need_fp32 else {})}
-    cells = run_cells(adapter, run_models, conds, images, es.content_hash, store, threads=threads, progress=progress)
+    rt = runtime or ("ort" if device == "cpu" else "torch")
+    cells = run_cells(adapter, run_models, conds, images, es.content_hash, store, threads=threads, progress=progress,
+                      runtime=rt, device=device)
     done()
     if labelled:
         reference = [labels_to_detections(s.labels, h) for s, h in zip(samples, hw, strict=True)]  # type: ignore[arg-type]
@@ -123,6 +129,7 @@ def robustness(model: Any, *, eval: Any, calib: str | None = None, conditions: s
         "size_mb": {k: v["size_mb"] for k, v in models.items()},
         "comparisons": comparisons,
         "machine": {**machine_info().to_dict(), "threads": threads},
+        "runtime": {"cells": rt, "device": device},
         "seconds": seconds,
     }
     paths = write_report(data, out)

@@ -26,7 +26,6 @@ from exporters.float16 import export_fp16
 from qcal import __version__
 from qcal.bench.cells import CellStore, file_sha256, key_of
 from qcal.bench.spec import Precision, calibration_set, condition_dict, condition_name
-from qcal.calibrate import make_session
 from qcal.config import QuantConfig
 from qcal.errors import CalibrationError
 from qcal.eval.bootstrap import ImageEvals, bootstrap_diff, image_evals
@@ -101,15 +100,21 @@ def build_models(adapter: ModelAdapter, precisions: Sequence[Precision], store: 
 
 def run_cells(adapter: ModelAdapter, models: dict[str, dict[str, Any]], conditions: Sequence[Condition | None],
               images: list[np.ndarray], eval_hash: str, store: CellStore, *, threads: int,
-              progress: bool) -> dict[str, dict[str, list[Detections]]]:
-    """Detections of every (precision, condition) cell; cached cells are loaded, not rerun."""
+              progress: bool, runtime: str = "ort", device: str = "cpu") -> dict[str, dict[str, list[Detections]]]:
+    """Detections of every (precision, condition) cell; cached cells are loaded, not rerun.
+
+    runtime "ort": ONNX Runtime on CPU; "torch": qcal.sim's torch execution of the same ONNX files (Q/DQ as fake
+    quantization) on `device` (cpu or cuda)."""
+    from qcal.sim import open_runner
+
     thresholds = {k: getattr(adapter, k, None) for k in ("conf", "iou", "max_det")}
+    backend = {} if runtime == "ort" else {"runtime": runtime, "device": device}   # ORT keys stay as before
     out: dict[str, dict[str, list[Detections]]] = {name: {} for name in models}
     todo: list[tuple[str, Condition | None, str]] = []
     for c in conditions:
         for name, info in models.items():
             key = key_of({"v": __version__, "model": info["sha256"], "cond": condition_dict(c), "eval": eval_hash,
-                          "post": thresholds})
+                          "post": thresholds, **backend})
             cached = store.load(key)
             if cached is not None and len(cached) == len(images):
                 out[name][condition_name(c)] = cached
@@ -124,7 +129,7 @@ def run_cells(adapter: ModelAdapter, models: dict[str, dict[str, Any]], conditio
         degraded = images if c is None else [c(img, seed=i) for i, img in enumerate(images)]
         for name, key in cell_todo:
             if name not in sessions:
-                sessions[name] = make_session(Path(models[name]["file"]).read_bytes(), threads)
+                sessions[name] = open_runner(models[name]["file"], runtime=runtime, device=device, threads=threads)
             sess, dets = sessions[name], []
             for img in degraded:
                 prep = adapter.prepare(img)

@@ -1,0 +1,109 @@
+"""The torch INT8 simulation agrees with ONNX Runtime on the same QDQ model (and on the FP32 + QuantTable form)."""
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from exporters import PROFILES, export_qdq
+from qcal.sim import SimulationError, TorchRunner, open_runner
+from tests.exporters.qdq_graphs import conforming
+from tests.exporters.test_qdq import _table
+
+# Stated tolerances. The QDQ graph in torch is the ONNX semantics of the graph: against ONNX Runtime with graph
+# optimizations off it agrees to float rounding (measured: max 6e-8 on outputs of magnitude ~60). ORT's default
+# (optimized) CPU session fuses DQ->Conv->Q into integer kernels that requantize differently; against that, the
+# tensorrt-profile model (op inputs only, little to fuse) agrees within 1% mean absolute error; the end-to-end
+# agreement bar (fidelity within 0.005) is measured on the real model in benchmarks/tensorrt_profile.py.
+EXACT_REL = 1e-6
+OPTIMIZED_REL = 0.01
+TABLE_TOL_REL = 0.02
+
+
+def _x(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(0, 1, (1, 3, 32, 32)).astype(np.float32)
+
+
+def _ort(path: Path, x: np.ndarray, *, optimized: bool = True) -> np.ndarray:
+    so = ort.SessionOptions()
+    if not optimized:
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+
+
+@pytest.mark.parametrize("profile", ["tensorrt", "ort-cpu"])
+def test_torch_qdq_simulation_matches_ort(tiny_conv_onnx: Path, tmp_path: Path, profile: str) -> None:
+    table = _table(tiny_conv_onnx, profile, ("/Concat",))
+    qdq = tmp_path / f"{profile}.onnx"
+    export_qdq(tiny_conv_onnx, table, PROFILES[profile], qdq)
+    sim = TorchRunner(qdq)
+    fp32 = TorchRunner(tiny_conv_onnx)
+    for seed in range(3):
+        x = _x(seed)
+        ref, got = _ort(qdq, x, optimized=False), sim.run(None, {"input": x})[0]
+        assert got.shape == ref.shape
+        scale = np.abs(ref).mean()
+        assert np.abs(got - ref).max() <= EXACT_REL * np.abs(ref).max() * 10 and np.abs(got - ref).mean() < \
+            EXACT_REL * scale
+        if profile == "tensorrt":
+            assert np.abs(got - _ort(qdq, x)).mean() < OPTIMIZED_REL * scale
+        # the float graph in torch is ORT's float model, and the INT8 simulation visibly is not
+        f = fp32.run(None, {"input": x})[0]
+        np.testing.assert_allclose(f, _ort(tiny_conv_onnx, x), rtol=1e-4, atol=1e-3)
+        assert np.abs(f - ref).mean() > 1e-3 * scale
+
+
+def test_fp32_plus_table_matches_qdq(tiny_conv_onnx: Path, tmp_path: Path) -> None:
+    table = _table(tiny_conv_onnx, "tensorrt", ("/Concat",))
+    qdq = tmp_path / "trt.onnx"
+    written = export_qdq(tiny_conv_onnx, table, PROFILES["tensorrt"], qdq)
+    sim = TorchRunner(tiny_conv_onnx, table=written)
+    x = _x(7)
+    ref, got = _ort(qdq, x), sim.run(None, {"input": x})[0]
+    f = _ort(tiny_conv_onnx, x)
+    err, qerr = np.abs(got - ref).mean(), np.abs(f - ref).mean()
+    assert err < TABLE_TOL_REL * np.abs(ref).mean()
+    assert err < 0.5 * qerr  # much closer to the QDQ model than the float model is
+
+
+def test_unsupported_ops_and_devices_are_named(tmp_path: Path) -> None:
+    m = conforming(integer_op=True)
+    with pytest.raises(SimulationError, match="DynamicQuantizeLinear"):
+        TorchRunner(m)
+    import torch
+
+    if not torch.cuda.is_available():
+        with pytest.raises(SimulationError, match="no CUDA GPU"):
+            TorchRunner(conforming(), device="cuda")
+    with pytest.raises(SimulationError, match="choose 'ort' or 'torch'"):
+        open_runner(tmp_path / "x.onnx", runtime="tvm")
+
+
+@pytest.mark.slow
+def test_bench_cells_through_the_torch_runtime(tmp_path: Path) -> None:
+    """The robustness harness runs FP32 and FP16 ONNX files through the torch runtime (what --device cuda uses);
+    detections match ONNX Runtime's closely and the cache keys keep the runtimes apart."""
+    import json
+
+    import qcal
+    from qcal.cli import _demo_checkpoint
+    from qcal.errors import QcalError
+
+    try:
+        ckpt = _demo_checkpoint()
+    except QcalError:
+        pytest.skip("the fall-detection checkpoint is not installed (make test installs it)")
+    cfg = qcal.QuantConfig(imgsz=320)
+    from qcal.models import load_model
+
+    adapter = load_model(ckpt, trust_checkpoint=True, imgsz=320)
+    kw = dict(eval="bundled:vtest[450:462]", conditions="clean", precisions="fp32,fp16", out=tmp_path, config=cfg,
+              latency_runs=0, bootstrap=0, progress=False, trust_checkpoint=True)
+    t = qcal.robustness(adapter, runtime="torch", device="cpu", **kw).to_dict()
+    o = qcal.robustness(adapter, **kw).to_dict()
+    assert t["runtime"] == {"cells": "torch", "device": "cpu"} and o["runtime"]["cells"] == "ort"
+    assert t["cells"]["fp32"]["clean"]["map50_95"] == 1.0
+    assert abs(t["cells"]["fp16"]["clean"]["map50_95"] - o["cells"]["fp16"]["clean"]["map50_95"]) < 0.05
+    cells = json.loads((tmp_path / "report.json").read_text())["cells"]
+    assert set(cells) == {"fp32", "fp16"}
