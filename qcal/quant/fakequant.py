@@ -1,0 +1,112 @@
+"""Differentiable fake quantization in torch (pure functions, no modules, no state).
+
+Rounding uses a straight-through estimator; clamping passes no gradient to x outside the range, and the
+step size gets the LSQ-style gradient, so AdaQuant can optimise weights, biases and step sizes together.
+torch.round rounds half to even, as ONNX QuantizeLinear does, so a fake-quantized tensor equals the
+dequantized output of the exported QDQ graph for the same scale and zero point.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+import torch
+
+from qcal.errors import ConfigError
+
+
+class Precision(str, enum.Enum):
+    """A per-layer precision choice. int8/fp16/fp32 deploy today; the 4-bit ones are simulated (research)."""
+
+    FP32 = "fp32"
+    FP16 = "fp16"
+    INT8 = "int8"     # W8A8
+    W4A8 = "w4a8"
+    W4A4 = "w4a4"
+    INT4 = "int4"     # W4A4 (alias kept separate so a plan says what the user asked for)
+    W6A6 = "w6a6"     # for uniform baselines between 4 and 8 bits
+    W5A5 = "w5a5"
+
+    @property
+    def weight_bits(self) -> int:
+        return _BITS[self][0]
+
+    @property
+    def act_bits(self) -> int:
+        return _BITS[self][1]
+
+    @property
+    def is_float(self) -> bool:
+        return self in (Precision.FP32, Precision.FP16)
+
+    @property
+    def deployable(self) -> bool:
+        """What the QDQ/FP16 exporters can write today (int8 QDQ, float layers left float)."""
+        return self in (Precision.FP32, Precision.FP16, Precision.INT8)
+
+
+_BITS = {Precision.FP32: (32, 32), Precision.FP16: (16, 16), Precision.INT8: (8, 8), Precision.W4A8: (4, 8),
+         Precision.W4A4: (4, 4), Precision.INT4: (4, 4), Precision.W6A6: (6, 6), Precision.W5A5: (5, 5)}
+
+
+@dataclass(frozen=True)
+class IntGrid:
+    """An integer grid: qmin..qmax. Weights use the narrow signed grid (-(2^(b-1)-1)..2^(b-1)-1, zero point 0);
+    activations use unsigned 0..2^b-1 when they are never negative (after ReLU), else the narrow signed grid."""
+
+    qmin: int
+    qmax: int
+
+    @staticmethod
+    def of(bits: int, *, signed: bool) -> IntGrid:
+        if not 2 <= bits <= 16:
+            raise ConfigError(f"bits={bits}: integer fake quantization supports 2..16 bits.")
+        if signed:
+            return IntGrid(-(2 ** (bits - 1) - 1), 2 ** (bits - 1) - 1)
+        return IntGrid(0, 2**bits - 1)
+
+
+def round_ste(x: torch.Tensor) -> torch.Tensor:
+    """round(x) forward, identity backward."""
+    return (torch.round(x) - x).detach() + x
+
+
+def fake_quant(x: torch.Tensor, scale: torch.Tensor, grid: IntGrid) -> torch.Tensor:
+    """Symmetric / unsigned (zero point 0) fake quantization. `scale` broadcasts against x (per channel: shape
+    (C, 1, 1, 1) for a conv weight). Gradients flow to x inside the range and to scale everywhere."""
+    s = scale.abs().clamp_min(1e-12)
+    q = torch.clamp(round_ste(x / s), grid.qmin, grid.qmax)
+    return q * s
+
+
+def to_fp16(x: torch.Tensor) -> torch.Tensor:
+    """Simulated FP16 storage/compute of a float tensor (round to half, back to float32)."""
+    return x.half().float()
+
+
+def weight_scale_minmax(w: torch.Tensor, grid: IntGrid) -> torch.Tensor:
+    """Per-output-channel scale from |w| max (channel axis 0), shaped to broadcast against w."""
+    absmax = w.detach().abs().reshape(w.shape[0], -1).amax(dim=1).clamp_min(1e-8)
+    return (absmax / grid.qmax).reshape(-1, *([1] * (w.dim() - 1)))
+
+
+def mse_scale(x: torch.Tensor, grid: IntGrid, *, steps: int = 100, lo: float = 0.2) -> torch.Tensor:
+    """Per-tensor scale minimising the fake-quantization MSE of x, searched over clipping ratios lo..1 of the
+    largest magnitude (the grid ends at the clip value). Returns a 0-d tensor."""
+    x = x.detach().float().reshape(-1)
+    if grid.qmin == 0:
+        x = x.clamp_min(0)
+    amax = float(x.abs().max())
+    if amax == 0.0:
+        return torch.tensor(1.0)
+    best, best_err = amax / grid.qmax, float("inf")
+    for r in torch.linspace(lo, 1.0, steps).tolist():
+        s = torch.tensor(amax * r / grid.qmax)
+        err = float(((fake_quant(x, s, grid) - x) ** 2).mean())
+        if err < best_err:
+            best, best_err = float(s), err
+    return torch.tensor(best)
+
+
+__all__ = ["IntGrid", "Precision", "fake_quant", "mse_scale", "round_ste", "to_fp16", "weight_scale_minmax"]
