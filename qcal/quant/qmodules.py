@@ -112,7 +112,10 @@ def fold_batchnorm(model: nn.Module) -> dict[str, BnTarget]:
     the BN becomes Identity. Returns conv name -> the BN's target output statistics."""
     import torch.fx
 
-    traced = torch.fx.symbolic_trace(model)
+    try:
+        traced = torch.fx.symbolic_trace(model)
+    except Exception:  # data-dependent control flow (e.g. Ultralytics' layer loop): nothing is folded here;
+        return {}      # such models come with BN already fused by their adapter
     mods = dict(model.named_modules())
     targets: dict[str, BnTarget] = {}
     for node in traced.graph.nodes:
@@ -145,7 +148,8 @@ class QuantModel(nn.Module):
         super().__init__()
         self.model = copy.deepcopy(model).eval()
         self.bn_targets = fold_batchnorm(self.model) if fold_bn else {}
-        names = [n for n, m in self.model.named_modules() if isinstance(m, QUANTIZABLE)]
+        # Layers whose weight the model itself froze (e.g. YOLO's DFL decode conv) stay as they are.
+        names = [n for n, m in self.model.named_modules() if isinstance(m, QUANTIZABLE) and m.weight.requires_grad]
         for n in names:
             p = precision.get(n, Precision.INT8) if isinstance(precision, dict) else precision
             layer = self.model.get_submodule(n)
@@ -179,6 +183,18 @@ class QuantModel(nn.Module):
             lay.set_precision(saved[n])
             lay.calibrate_input(torch.cat(seen[n]))
             seen[n] = []
+
+    def float_module(self) -> nn.Module:
+        """A float copy of the model with every QuantLayer replaced by its (possibly optimised) float layer:
+        what the ONNX exporter writes and the QDQ pipeline then quantizes."""
+        out = copy.deepcopy(self.model)
+        for n in self.layers:
+            lay = out.get_submodule(n)
+            assert isinstance(lay, QuantLayer)
+            _set_module(out, n, lay.float_layer)
+        for p in out.parameters():
+            p.requires_grad_(False)
+        return out
 
     def set_precisions(self, plan: dict[str, Precision]) -> None:
         for n, p in plan.items():
