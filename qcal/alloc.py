@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from qcal.errors import QcalError
-from qcal.quant.fakequant import Precision
+from qcal.quant.precision import Precision
 
 
 class AllocationError(QcalError):
@@ -91,7 +91,8 @@ class Allocation:
     cost_ratio: float                           # predicted cost / FP32 cost
     predicted_loss_increase: float              # sum of the chosen sensitivities
     sensitivity: dict[str, dict[str, float]]    # layer -> choice -> measured loss increase
-    measured: dict[str, Any] = field(default_factory=dict)   # filled by whoever evaluates the plan
+    measured: dict[str, Any] = field(default_factory=dict)   # filled by whoever evaluates the plan (JSON-able)
+    export_config: Any = None                   # a QuantConfig keeping the float layers float (allocate_bits)
 
     def to_dict(self) -> dict[str, Any]:
         return {"budget": {self.budget.kind: self.budget.ratio}, "cost_ratio": self.cost_ratio,

@@ -3,7 +3,8 @@ given choice and every other layer at the base precision.
 
 Layers come from a bank of quantized models, one per choice (e.g. W4A4 and W8A8 after parallel-mode AdaQuant,
 whose layers are independent of each other and can be mixed). The loss is the task loss when labels are given
-(cross-entropy), else the KL divergence of the model's softmax output from FP32's.
+(cross-entropy), else the output's relative squared error against FP32 per output channel (axis 1), averaged
+over channels, so outputs of different scales count alike (YOLO's box pixels and class scores; logits).
 """
 
 from __future__ import annotations
@@ -35,10 +36,12 @@ def compose(bank: Mapping[Precision, QuantModel], plan: Mapping[str, Precision],
 
 def evaluate_loss(model: torch.nn.Module, calib: torch.Tensor, *, labels: torch.Tensor | None,
                   reference: torch.Tensor | None, batch: int = 250) -> float:
-    """Mean cross-entropy vs labels, or mean KL(reference softmax || model softmax) per sample."""
+    """Mean cross-entropy vs labels, or the relative squared error vs the reference per output channel."""
     if labels is None and reference is None:
         raise ConfigError("sensitivity needs labels or FP32 reference outputs.")
     total = 0.0
+    noise: torch.Tensor | float = 0.0
+    signal: torch.Tensor | float = 0.0
     with torch.no_grad():
         for i in range(0, len(calib), batch):
             out = model(calib[i:i + batch])
@@ -46,10 +49,14 @@ def evaluate_loss(model: torch.nn.Module, calib: torch.Tensor, *, labels: torch.
                 total += float(torch.nn.functional.cross_entropy(out, labels[i:i + batch], reduction="sum"))
             else:
                 assert reference is not None
-                ref = reference[i:i + batch]
-                total += float(torch.nn.functional.kl_div(out.log_softmax(-1), ref.log_softmax(-1),
-                                                          log_target=True, reduction="sum"))
-    return total / len(calib)
+                ref = reference[i:i + batch].double()
+                dims = [d for d in range(ref.dim()) if d != 1]
+                noise = noise + ((out.double() - ref) ** 2).sum(dim=dims)
+                signal = signal + (ref**2).sum(dim=dims)
+    if labels is not None:
+        return total / len(calib)
+    assert isinstance(noise, torch.Tensor) and isinstance(signal, torch.Tensor)
+    return float((noise / signal.clamp_min(1e-30)).mean())
 
 
 def measure(bank: Mapping[Precision, QuantModel], calib: torch.Tensor, choices: Sequence[Precision], base: Precision,
