@@ -7,7 +7,7 @@ is quantized: weights per output channel (symmetric), each conv/linear input per
 
 Rows: FP32; W8A8 and W4A4 round-to-nearest; W4A4 AdaQuant (sequential); W4A4 BN re-estimation + AdaQuant +
 bias correction; IP mixed W4A4/W8A8 at size budgets D (fraction of FP32 weight bits) from a bank of
-parallel-mode AdaQuant layers; uniform W4A4/W5A5/W6A6/W8A8 with the same parallel AdaQuant.
+parallel-mode AdaQuant layers; uniform W4A4/W6A6/W8A8 with the same parallel AdaQuant.
 
     nice -n 10 .venv/bin/python benchmarks/adaquant_fmnist.py            # writes results/adaquant_fmnist.{json,md}
 Data: Debian dataset-fashion-mnist (/usr/share/datasets/fashion-mnist), or --data DIR with the idx .gz files
@@ -178,7 +178,7 @@ def main() -> None:
     par = AdaQuantConfig(iters=args.iters, mode=AdaQuantMode.PARALLEL)
     bank = {}
     res["uniform"] = []
-    for p in (Precision.W4A4, Precision.W5A5, Precision.W6A6, Precision.INT8):
+    for p in (Precision.W4A4, Precision.W6A6, Precision.INT8):
         ctx = ctx_for(p)
         t0 = time.perf_counter()
         run_passes(ctx, ["adaquant"], {"adaquant": par})

@@ -39,8 +39,21 @@ def layer_mse(q: QuantLayer, fp: QuantLayer, x_in: ActivationCache, x_fp: Activa
     return total / max(n, 1)
 
 
-def optimise_layer(q: QuantLayer, fp: QuantLayer, x_in: ActivationCache, x_fp: ActivationCache,
-                   cfg: AdaQuantConfig, rng: np.random.Generator) -> None:
+def targets(fp: QuantLayer, x_fp: ActivationCache, max_memory_mb: float, chunk: int = 256) -> ActivationCache:
+    """The FP32 layer's outputs on its FP32 inputs, every sample, computed once (bounded like the inputs)."""
+    out: ActivationCache | None = None
+    with torch.no_grad():
+        for i in range(0, len(x_fp), chunk):
+            y = fp.forward_float(x_fp.get(slice(i, i + chunk)))
+            if out is None:
+                out = ActivationCache(len(x_fp), tuple(y.shape[1:]), max_memory_mb, None)
+            out.append(y)
+    assert out is not None
+    return out
+
+
+def optimise_layer(q: QuantLayer, y_fp: ActivationCache, x_in: ActivationCache, cfg: AdaQuantConfig,
+                   rng: np.random.Generator) -> None:
     """Adam on (weight, bias, weight step sizes, input step size) of one layer, random minibatches."""
     groups = [(q.weight, cfg.lr_weight), (q.bias, cfg.lr_bias), (q.w_scale, cfg.lr_weight_scale),
               (q.a_scale, cfg.lr_act_scale)]
@@ -55,9 +68,7 @@ def optimise_layer(q: QuantLayer, fp: QuantLayer, x_in: ActivationCache, x_fp: A
     n = len(x_in)
     for _ in range(cfg.iters):
         idx = np.sort(rng.choice(n, size=min(cfg.batch, n), replace=False))
-        with torch.no_grad():
-            target = fp.forward_float(x_fp.get(idx))
-        loss = torch.nn.functional.mse_loss(q(x_in.get(idx)), target)
+        loss = torch.nn.functional.mse_loss(q(x_in.get(idx)), y_fp.get(idx))
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -91,7 +102,9 @@ class AdaQuant:
             x_in, x_fp = self.layer_inputs(ctx, name)
             before = layer_mse(q, fp, x_in, x_fp)
             saved = {k: v.detach().clone() for k, v in q.state_dict().items()}
-            optimise_layer(q, fp, x_in, x_fp, cfg, rng)
+            y_fp = targets(fp, x_fp, ctx.max_memory_mb)
+            optimise_layer(q, y_fp, x_in, cfg, rng)
+            y_fp.close()
             after = layer_mse(q, fp, x_in, x_fp)
             reverted = after > before   # never leave a layer worse than round-to-nearest on the calibration set
             change = float((q.weight.detach() - saved["float_layer.weight"]).norm() / saved["float_layer.weight"].norm())
