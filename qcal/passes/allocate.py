@@ -47,6 +47,14 @@ def onnx_nodes_of_layers(onnx_path: Path, qmodel: QuantModel) -> dict[str, str]:
     return out
 
 
+def float_nodes_config(cfg: QuantConfig, choices: dict[str, Precision],
+                       nodes: dict[str, str]) -> tuple[QuantConfig, list[str]]:
+    """cfg with the ONNX nodes of the float-choice layers added to keep_float.nodes; and those nodes."""
+    float_nodes = [nodes[n] for n, p in choices.items() if p.is_float and n in nodes]
+    kept = tuple(sorted(set(cfg.keep_float.nodes) | set(float_nodes)))
+    return cfg.replace(keep_float=KeepFloatConfig(**{**cfg.keep_float.__dict__, "nodes": kept})), float_nodes
+
+
 def allocate_bits(model: Any, calib: Any = None, *, budget: Budget, choices: Sequence[str | Precision] = ("int8", "fp16"),
                   base: str | Precision | None = None, labels: Any = None, config: QuantConfig | None = None,
                   example_input: Any = None, trust_checkpoint: bool = False, latency_runs: int = 20,
@@ -99,11 +107,10 @@ def allocate_bits(model: Any, calib: Any = None, *, budget: Budget, choices: Seq
                                   workdir=Path(tmp), progress=progress)
             costs = {n: LayerCost(c.params, c.macs, lat.get(n, {})) for n, c in costs.items()}
     plan = allocate(sens, costs, opts, budget)
-    float_nodes = [nodes[n] for n, p in plan.choices.items() if p.is_float and n in nodes]
+    plan.export_config, float_nodes = float_nodes_config(cfg, plan.choices, nodes)
     plan.measured["float_nodes"] = float_nodes
+    plan.measured["layer_nodes"] = nodes
     plan.measured["unmatched_layers"] = [n for n in plan.choices if n not in nodes]
-    plan.export_config = cfg.replace(keep_float=KeepFloatConfig(
-        **{**cfg.keep_float.__dict__, "nodes": tuple(sorted(set(cfg.keep_float.nodes) | set(float_nodes)))}))
     plan.measured["layer_costs"] = {n: {"params": c.params, "macs": c.macs, "latency_ms": dict(c.latency_ms)}
                                     for n, c in costs.items()}
     return plan
