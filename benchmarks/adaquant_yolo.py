@@ -79,7 +79,14 @@ def main() -> None:
     res_path = out.with_suffix(".json")
     adapter = YoloAdapter.load(_demo_checkpoint(), trust_checkpoint=True, imgsz=args.imgsz)
     ev = calib_sets.load("bundled:vtest[360:480]")
-    images = [s.image for s in ev][: args.eval]
+    import cv2
+
+    # QRID values are defined at model resolution: resize (long side = imgsz) before degrading.
+    def fit(im):  # type: ignore[no-untyped-def]
+        f = args.imgsz / max(im.shape[:2])
+        return cv2.resize(im, (round(im.shape[1] * f), round(im.shape[0] * f)), interpolation=cv2.INTER_AREA)
+
+    images = [fit(s.image) for s in ev][: args.eval]
     if args.latency_only:
         res = json.loads(res_path.read_text())
         paths = {k: models / f"{k}.onnx" for k in ("fp32", "int8", "int8_adaquant", "mixed")}
