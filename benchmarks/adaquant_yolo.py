@@ -152,12 +152,15 @@ def _write(out: Path, res: dict) -> None:
     md = ["# AdaQuant and int8/fp16 allocation on the fall-detection YOLOv8s", "", f"Command: `{res['command']}`  ",
           f"Machine: {res['machine']['cpu_model']} ({','.join(res['machine']['flags'])}); shared and loaded "
           "(noisy_machine: latency is indicative; re-time with --latency-only).", "",
+          f"{res['config']['calib_frames']} calibration frames, {res['config']['eval_frames']} evaluation frames at "
+          f"{res['config']['imgsz']} px, AdaQuant {res['config']['adaquant_iters']} iterations per layer (paper: 1000).",
+          "",
           "| condition | INT8 | INT8 + AdaQuant | mixed int8/fp16 |", "|---|---|---|---|"]
     for cond, row in res["fidelity_map50_95"].items():
         md.append(f"| {cond} | {row['int8']:.4f} | {row['int8_adaquant']:.4f} | {row['mixed']:.4f} |")
     a = res["allocation"]
     md += ["", "Fidelity: mAP50-95 against the FP32 model's detections on the same images.", "",
-           "| model | median latency ms |", "|---|---|"] + [f"| {k} | {v} |" for k, v in res["latency_ms"].items()]
+           "", "| model | median latency ms |", "|---|---|"] + [f"| {k} | {v} |" for k, v in res["latency_ms"].items()]
     md += ["", f"Allocation at latency budget {a['budget_latency_ratio']} of FP32 (profiled all-INT8: "
            f"{a['all_int8_predicted_ratio']}): predicted {a['predicted_latency_ratio']}, measured "
            f"{a['measured_latency_ratio']} (all-INT8 measured {a['measured_int8_latency_ratio']}); "

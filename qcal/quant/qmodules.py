@@ -161,23 +161,31 @@ class QuantModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)  # type: ignore[no-any-return]
 
-    def calibrate(self, calib: torch.Tensor, batch: int = 256, max_samples: int = 256) -> None:
+    def calibrate(self, calib: torch.Tensor, batch: int = 32, max_samples: int = 256,
+                  per_batch: int = 1 << 16) -> None:
         """Set every layer's input step size by MSE search on the FP32 inputs it sees on the first max_samples
-        calibration samples (memory: those samples' inputs of every layer)."""
+        calibration samples. Memory is bounded: each batch keeps an evenly strided subsample of at most
+        per_batch values per layer, plus the batch's true min and max (so the clipping range is exact)."""
         calib = calib[:max_samples]
-        for layer in self.layers.values():
-            layer.calibrated = True
         saved = {n: lay.precision for n, lay in self.layers.items()}
         for lay in self.layers.values():
+            lay.calibrated = True
             lay.precision = Precision.FP32
         seen: dict[str, list[torch.Tensor]] = {n: [] for n in self.layers}
-        hooks = [lay.register_forward_pre_hook(lambda m, a, n=n: seen[n].append(a[0].detach()))
-                 for n, lay in self.layers.items()]
-        with torch.no_grad():
-            for i in range(0, len(calib), batch):
-                self.model(calib[i:i + batch])
-        for h in hooks:
-            h.remove()
+
+        def keep(name: str, x: torch.Tensor) -> None:
+            t = x.detach().reshape(-1)
+            sub = t[:: max(1, t.numel() // per_batch)]
+            seen[name].append(torch.cat([sub, t.min().reshape(1), t.max().reshape(1)]))
+
+        hooks = [lay.register_forward_pre_hook(lambda m, a, n=n: keep(n, a[0])) for n, lay in self.layers.items()]
+        try:
+            with torch.no_grad():
+                for i in range(0, len(calib), batch):
+                    self.model(calib[i:i + batch])
+        finally:
+            for h in hooks:
+                h.remove()
         for n, lay in self.layers.items():
             lay.precision = saved[n]
             lay.set_precision(saved[n])

@@ -64,7 +64,8 @@ def test_sequential_adaquant_on_a_bn_net(bn_net: tuple[nn.Module, torch.Tensor])
     with torch.no_grad():
         after = float(((ctx.qmodel(x) - m(x)) ** 2).mean())
     assert list(r.per_layer) == ["0", "3", "8"]
-    assert all(v["mse_after"] < v["mse_before"] for v in r.per_layer.values())
+    assert all(v["mse_after"] <= v["mse_before"] for v in r.per_layer.values())   # reverted layers: equal
+    assert any(v["mse_after"] < 0.9 * v["mse_before"] for v in r.per_layer.values())
     assert after < before
 
 
