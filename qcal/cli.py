@@ -110,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
                 from exporters.quant_table import atomic_write_text
 
                 plan.measured["quantized_float_nodes"] = sorted(result.table.float_nodes)
+                if result.evaluation is not None:   # measured beside the plan's predicted cost ratio
+                    plan.measured["evaluation"] = result.evaluation.to_dict()
                 atomic_write_text(Path(args.out) / "allocation.json", json.dumps(plan.to_dict(), indent=1))
                 print(f"allocation: {len(plan.measured['float_nodes'])} layer(s) kept float, predicted "
                       f"{plan.budget.kind} {plan.cost_ratio:.3f} of FP32 -> {Path(args.out) / 'allocation.json'}")
