@@ -59,6 +59,7 @@ def main() -> None:
     ap.add_argument("--latency-runs", type=int, default=20)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--latency-only", action="store_true")
+    ap.add_argument("--no-allocation", action="store_true", help="only INT8 vs INT8 + AdaQuant")
     ap.add_argument("--models", default=str(ROOT / "out" / "adaquant_yolo_models"),
                     help="where the ONNX models are kept for --latency-only (not committed: 40+ MB)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "adaquant_yolo"))
@@ -106,6 +107,21 @@ def main() -> None:
     ada = qcal.quantize(adapter, calib=calib, config=ada_cfg, progress=True)
     res["seconds"]["int8_adaquant"] = round(time.perf_counter() - t0, 1)
     res["adaquant_layers"] = ada.passes[0].per_layer
+    models.mkdir(parents=True, exist_ok=True)
+    paths = {"fp32": models / "fp32.onnx", "int8": models / "int8.onnx", "int8_adaquant": models / "int8_adaquant.onnx"}
+    for k, src in (("fp32", plain.out.fp32_path), ("int8", plain.out.int8_path), ("int8_adaquant", ada.out.int8_path)):
+        paths[k].write_bytes(Path(src).read_bytes())
+    res["config"] = {"imgsz": args.imgsz, "calib_frames": args.calib, "eval_frames": len(images),
+                     "adaquant_iters": args.iters, "adaquant_batch": 4, "conditions": list(CONDITIONS),
+                     "adaquant_weight_bits": 7 if plain.out.profile.reduce_range else 8}
+    res["command"] = "python " + " ".join(shlex.quote(a) for a in [f"benchmarks/{Path(__file__).name}", *sys.argv[1:]])
+    res["machine"] = machine_info().to_dict()
+    res["noisy_machine"] = True
+    if args.no_allocation:
+        res["fidelity_map50_95"] = fidelity(adapter, paths, images, args.threads)
+        res["latency_ms"] = latency(paths, adapter.prepare(images[0]).feeds, args.latency_runs, args.threads)
+        _write(out, res)
+        return
     # Allocation: measure once (budget 1.0 is always feasible), then solve at the halfway latency budget.
     t0 = time.perf_counter()
     probe = qcal.allocate_bits(adapter, calib, budget=Budget(latency=1.0), choices=["int8", "fp16"], config=base,
@@ -122,12 +138,8 @@ def main() -> None:
     mixed_cfg, float_nodes = float_nodes_config(base, plan.choices, probe.measured["layer_nodes"])
     mixed = qcal.quantize(adapter, calib=calib, config=mixed_cfg, progress=True)
     res["seconds"]["allocation"] = round(time.perf_counter() - t0, 1)
-    models.mkdir(parents=True, exist_ok=True)
-    paths = {"fp32": models / "fp32.onnx", "int8": models / "int8.onnx", "int8_adaquant": models / "int8_adaquant.onnx",
-             "mixed": models / "mixed.onnx"}
-    for k, src in (("fp32", plain.out.fp32_path), ("int8", plain.out.int8_path), ("int8_adaquant", ada.out.int8_path),
-                   ("mixed", mixed.out.int8_path)):
-        paths[k].write_bytes(Path(src).read_bytes())
+    paths["mixed"] = models / "mixed.onnx"
+    paths["mixed"].write_bytes(Path(mixed.out.int8_path).read_bytes())
     res["fidelity_map50_95"] = fidelity(adapter, paths, images, args.threads)
     res["latency_ms"] = latency(paths, adapter.prepare(images[0]).feeds, args.latency_runs, args.threads)
     res["allocation"] = {"budget_latency_ratio": budget, "all_int8_predicted_ratio": round(r8, 4),
@@ -137,11 +149,6 @@ def main() -> None:
                          "predicted_output_error_increase": plan.predicted_loss_increase,
                          "float_layers": [n for n, p in plan.choices.items() if p.is_float],
                          "float_nodes": float_nodes, "layers": len(plan.choices)}
-    res["config"] = {"imgsz": args.imgsz, "calib_frames": args.calib, "eval_frames": len(images),
-                     "adaquant_iters": args.iters, "adaquant_batch": 4, "conditions": list(CONDITIONS)}
-    res["command"] = "python " + " ".join(shlex.quote(a) for a in [f"benchmarks/{Path(__file__).name}", *sys.argv[1:]])
-    res["machine"] = machine_info().to_dict()
-    res["noisy_machine"] = True
     _write(out, res)
 
 
@@ -157,11 +164,11 @@ def _write(out: Path, res: dict) -> None:
           "",
           "| condition | INT8 | INT8 + AdaQuant | mixed int8/fp16 |", "|---|---|---|---|"]
     for cond, row in res["fidelity_map50_95"].items():
-        md.append(f"| {cond} | {row['int8']:.4f} | {row['int8_adaquant']:.4f} | {row['mixed']:.4f} |")
-    a = res["allocation"]
+        md.append(f"| {cond} | {row['int8']:.4f} | {row['int8_adaquant']:.4f} | {row.get('mixed', float('nan')):.4f} |")
+    a = res.get("allocation")
     md += ["", "Fidelity: mAP50-95 against the FP32 model's detections on the same images.", "",
            "", "| model | median latency ms |", "|---|---|"] + [f"| {k} | {v} |" for k, v in res["latency_ms"].items()]
-    md += ["", f"Allocation at latency budget {a['budget_latency_ratio']} of FP32 (profiled all-INT8: "
+    md += [] if a is None else ["", f"Allocation at latency budget {a['budget_latency_ratio']} of FP32 (profiled all-INT8: "
            f"{a['all_int8_predicted_ratio']}): predicted {a['predicted_latency_ratio']}, measured "
            f"{a['measured_latency_ratio']} (all-INT8 measured {a['measured_int8_latency_ratio']}); "
            f"{len(a['float_layers'])} of {a['layers']} layers kept float.", ""]

@@ -1,6 +1,7 @@
 """Run the configured torch passes on a model adapter's float module before ONNX export.
 
-The passes see the model as W8A8 (weights per channel, inputs per tensor, simulated in torch). What they
+The passes see the model as W8A8 (W7A8 where the target profile uses reduce_range: ORT CPU without VNNI;
+weights per channel, inputs per tensor, simulated in torch). What they
 change in the float weights and biases (AdaQuant, BN re-estimation, bias correction) is written back into a
 float copy of the module; the ONNX pipeline then exports it and quantizes it with its own observers. The learned
 step sizes are not carried into the QDQ graph: the pipeline re-derives them (per-channel min/max weights,
@@ -40,7 +41,11 @@ def refine(adapter: Any, images: Iterable[np.ndarray], config: QuantConfig, *, p
     ada = config.adaquant
     if ada.lr_weight_scale > 0:   # the QDQ exporter recomputes weight scales from min/max: do not learn them
         ada = dataclasses.replace(ada, lr_weight_scale=0.0)
-    ctx = PassContext.build(module, x, Precision.INT8, batch=batch, progress=progress)
+    from qcal.pipeline import resolve_profile
+
+    # Simulate the weights the exporter will write: 7-bit where the ort-cpu profile uses reduce_range.
+    precision = Precision.W7A8 if resolve_profile(config).reduce_range else Precision.INT8
+    ctx = PassContext.build(module, x, precision, batch=batch, progress=progress)
     reports = run_passes(ctx, config.passes, {"adaquant": ada})
     tag = f"passes={','.join(config.passes)}:{config.hash()}"
     return adapter.with_module(ctx.qmodel.float_module(), tag), reports

@@ -11,6 +11,7 @@ class Precision(str, enum.Enum):
     FP32 = "fp32"
     FP16 = "fp16"
     INT8 = "int8"     # W8A8
+    W7A8 = "w7a8"     # what ORT CPU deploys without VNNI (reduce_range: 7-bit weights)
     W4A8 = "w4a8"
     W4A4 = "w4a4"
     INT4 = "int4"     # W4A4 (alias kept separate so a plan says what the user asked for)
@@ -35,5 +36,5 @@ class Precision(str, enum.Enum):
         return self in (Precision.FP32, Precision.FP16, Precision.INT8)
 
 
-_BITS = {Precision.FP32: (32, 32), Precision.FP16: (16, 16), Precision.INT8: (8, 8), Precision.W4A8: (4, 8),
+_BITS = {Precision.FP32: (32, 32), Precision.FP16: (16, 16), Precision.INT8: (8, 8), Precision.W7A8: (7, 8), Precision.W4A8: (4, 8),
          Precision.W4A4: (4, 4), Precision.INT4: (4, 4), Precision.W6A6: (6, 6), Precision.W5A5: (5, 5)}
