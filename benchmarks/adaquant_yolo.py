@@ -162,11 +162,20 @@ def _write(out: Path, res: dict) -> None:
           f"{res['config']['calib_frames']} calibration frames, {res['config']['eval_frames']} evaluation frames at "
           f"{res['config']['imgsz']} px, AdaQuant {res['config']['adaquant_iters']} iterations per layer (paper: 1000).",
           "",
-          "| condition | INT8 | INT8 + AdaQuant | mixed int8/fp16 |", "|---|---|---|---|"]
-    for cond, row in res["fidelity_map50_95"].items():
-        md.append(f"| {cond} | {row['int8']:.4f} | {row['int8_adaquant']:.4f} | {row.get('mixed', float('nan')):.4f} |")
+          f"AdaQuant simulated {res['config'].get('adaquant_weight_bits', 8)}-bit weights.", ""]
     a = res.get("allocation")
-    md += ["", "Fidelity: mAP50-95 against the FP32 model's detections on the same images.", "",
+    if a is None:
+        md += ["| condition | INT8 | INT8 + AdaQuant |", "|---|---|---|"]
+        md += [f"| {c} | {r['int8']:.4f} | {r['int8_adaquant']:.4f} |" for c, r in res["fidelity_map50_95"].items()]
+    else:
+        md += ["| condition | INT8 | INT8 + AdaQuant | mixed int8/fp16 |", "|---|---|---|---|"]
+        md += [f"| {c} | {r['int8']:.4f} | {r['int8_adaquant']:.4f} | {r['mixed']:.4f} |"
+               for c, r in res["fidelity_map50_95"].items()]
+    layers = res.get("adaquant_layers", {})
+    if layers:
+        md += ["", f"AdaQuant restored {int(sum(v['reverted'] for v in layers.values()))} of {len(layers)} layers "
+               "(no lower calibration MSE than round-to-nearest in simulation)."]
+    md += ["", "Fidelity: mAP50-95 against the FP32 model's detections on the same images.",
            "", "| model | median latency ms |", "|---|---|"] + [f"| {k} | {v} |" for k, v in res["latency_ms"].items()]
     md += [] if a is None else ["", f"Allocation at latency budget {a['budget_latency_ratio']} of FP32 (profiled all-INT8: "
            f"{a['all_int8_predicted_ratio']}): predicted {a['predicted_latency_ratio']}, measured "
