@@ -45,6 +45,7 @@ class QuantResult:
     out: PipelineOutput
     quantize_seconds: float
     evaluation: Evaluation | None = None
+    passes: list[Any] = field(default_factory=list)   # qcal.passes.PassReport, one per configured pass
     _workdir: Any = field(default=None, repr=False)   # TemporaryDirectory owning the artifacts
 
     @property
@@ -80,6 +81,7 @@ class QuantResult:
             "quantized_tensors": len(o.table.tensors),
             "seconds": {**{k: round(v, 2) for k, v in o.seconds.items()}, "total": round(self.quantize_seconds, 2)},
             "evaluation": self.evaluation.to_dict() if self.evaluation else None,
+            "passes": [r.to_dict() for r in self.passes],
             "machine": machine_info().to_dict(),
         }
 
@@ -157,13 +159,18 @@ def quantize(model: Any, calib: Any = None, *, target: str | Target | None = Non
         cs = cs.take(cfg.calib_size)
     if len(cs) == 0:
         raise CalibrationError(f"calibration set {calib!r} is empty: give a folder of images or a video.")
+    reports: list[Any] = []
+    if cfg.passes:   # torch passes (BN re-estimation, AdaQuant, bias correction) refine the float weights first
+        from qcal.passes.apply import refine
+
+        adapter, reports = refine(adapter, (s.image for s in cs), cfg, progress=progress)
     workdir = tempfile.TemporaryDirectory(prefix="qcal-")
     metadata = {"qcal.version": __version__, "qcal.config": json.dumps(cfg.to_dict(), sort_keys=True),
                 "qcal.config_hash": cfg.hash(), "qcal.calib_hash": cs.content_hash,
                 "qcal.model_sha256": adapter.model_hash(), "qcal.target": cfg.target.value}
     out = run_pipeline(adapter, (s.image for s in cs), len(cs), cfg, Path(workdir.name), metadata=metadata,
                        progress=progress, threads=threads)
-    result = QuantResult(cfg, adapter, cs, out, time.perf_counter() - t0, None, workdir)
+    result = QuantResult(cfg, adapter, cs, out, time.perf_counter() - t0, None, reports, workdir)
     if eval is not None:
         result.evaluate(eval, threads=threads, progress=progress)
     return result

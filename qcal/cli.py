@@ -7,6 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from qcal.alloc import Allocation
 from qcal.config import KeepFloatConfig, Observer, QuantConfig, Target
 from qcal.errors import QcalError
 
@@ -33,6 +34,8 @@ def _config(args: argparse.Namespace) -> QuantConfig:
         changes["observer"] = Observer(args.observer)
     if args.calib_size:
         changes["calib_size"] = args.calib_size
+    if getattr(args, "passes", None):
+        changes["passes"] = tuple(p for arg in args.passes for p in arg.split(",") if p)
     if args.keep_float:
         changes["keep_float"] = KeepFloatConfig(**{**cfg.keep_float.__dict__, "nodes": tuple(args.keep_float)})
     return cfg.replace(**changes)
@@ -50,6 +53,12 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keep-float", nargs="*", metavar="NODE", help="ONNX node names to keep in float, in addition "
                    "to those qcal finds by measurement")
     p.add_argument("--config", help="a TOML config (see `qcal config`)")
+    p.add_argument("--passes", nargs="+", metavar="PASS", help="torch passes on the float weights before export, "
+                   "in order: bn_reestimate, adaquant, bias_correction (AdaQuant options: [adaquant] in --config)")
+    p.add_argument("--allocate", metavar="KIND=RATIO", help="choose int8 or float per layer by integer "
+                   "programming under a budget relative to FP32: latency=0.7, size=0.5 or bops=0.3; the float "
+                   "layers stay float in the QDQ model (allocation.json lists them)")
+    p.add_argument("--choices", default="int8,fp16", help="precision choices for --allocate (default int8,fp16)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -99,8 +108,22 @@ def main(argv: list[str] | None = None) -> int:
             result = quantize(_demo_checkpoint(), calib=DEMO_CALIB, config=cfg, trust_checkpoint=True,
                               eval=DEMO_EVAL, progress=not args.no_progress)
         else:
+            plan = None
+            if args.allocate:
+                cfg, plan = _allocate(args, cfg)
             result = quantize(args.checkpoint, calib=args.calib, config=cfg, trust_checkpoint=args.trust_checkpoint,
                               eval=args.eval, progress=not args.no_progress)
+            if plan is not None:
+                import json
+
+                from exporters.quant_table import atomic_write_text
+
+                plan.measured["quantized_float_nodes"] = sorted(result.table.float_nodes)
+                if result.evaluation is not None:   # measured beside the plan's predicted cost ratio
+                    plan.measured["evaluation"] = result.evaluation.to_dict()
+                atomic_write_text(Path(args.out) / "allocation.json", json.dumps(plan.to_dict(), indent=1))
+                print(f"allocation: {len(plan.measured['float_nodes'])} layer(s) kept float, predicted "
+                      f"{plan.budget.kind} {plan.cost_ratio:.3f} of FP32 -> {Path(args.out) / 'allocation.json'}")
         paths = result.export(args.out)
         print(result.summary())
         print(f"\nwrote {', '.join(str(p) for p in paths.values())}")
@@ -108,6 +131,17 @@ def main(argv: list[str] | None = None) -> int:
     except QcalError as e:
         print(f"qcal: error: {e}", file=sys.stderr)
         return 2
+
+
+def _allocate(args: argparse.Namespace, cfg: QuantConfig) -> tuple[QuantConfig, Allocation]:
+    from qcal.alloc import Budget
+    from qcal.passes.allocate import allocate_bits
+
+    plan = allocate_bits(args.checkpoint, args.calib, budget=Budget.parse(args.allocate),
+                         choices=[c.strip() for c in args.choices.split(",")], config=cfg,
+                         trust_checkpoint=args.trust_checkpoint, progress=not args.no_progress)
+    assert isinstance(plan.export_config, QuantConfig)
+    return plan.export_config, plan
 
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

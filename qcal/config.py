@@ -60,6 +60,32 @@ class KeepFloatConfig:
             raise ConfigError("keep_float.sensitivity_samples and keep_float.max_nodes must be >= 0.")
 
 
+class AdaQuantMode(str, enum.Enum):
+    PARALLEL = "parallel"
+    SEQUENTIAL = "sequential"
+
+
+@dataclass(frozen=True)
+class AdaQuantConfig:
+    """AdaQuant (qcal.passes.adaquant). Defaults from the paper's code (CalibTIP): 1000 iterations per layer,
+    batch 50, Adam lr 1e-5 (weights), 1e-3 (bias), 1e-3 (weight step sizes), 1e-1 (input step sizes)."""
+
+    iters: int = 1000
+    batch: int = 50
+    lr_weight: float = 1e-5
+    lr_bias: float = 1e-3
+    lr_weight_scale: float = 1e-3
+    lr_act_scale: float = 1e-1
+    mode: AdaQuantMode = AdaQuantMode.SEQUENTIAL
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.iters < 0 or self.batch < 1:
+            raise ConfigError(f"adaquant: iters={self.iters} must be >= 0 and batch={self.batch} >= 1.")
+        if min(self.lr_weight, self.lr_bias, self.lr_weight_scale, self.lr_act_scale) < 0:
+            raise ConfigError("adaquant: learning rates must be >= 0 (0 freezes that parameter group).")
+
+
 @dataclass(frozen=True)
 class QuantConfig:
     """Everything that decides the quantized model. Two runs with equal configs and calibration sets agree."""
@@ -73,7 +99,8 @@ class QuantConfig:
     reduce_range: bool | None = None      # None: decided from the CPU (no VNNI -> True) for ort-cpu
     opset: int = 17
     keep_float: KeepFloatConfig = field(default_factory=KeepFloatConfig)
-    passes: tuple[str, ...] = ()
+    passes: tuple[str, ...] = ()         # torch passes before export: bn_reestimate, adaquant, bias_correction
+    adaquant: AdaQuantConfig = field(default_factory=AdaQuantConfig)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -90,6 +117,10 @@ class QuantConfig:
                               "output-channel axis (lint rule TRT006); drop per_channel.")
         if self.target is Target.TENSORRT and self.reduce_range:
             raise ConfigError("reduce_range=True with target=tensorrt: TensorRT uses full int8; drop reduce_range.")
+        allowed = ("bn_reestimate", "adaquant", "bias_correction")
+        bad = [p for p in self.passes if p not in allowed]
+        if bad:
+            raise ConfigError(f"passes={list(self.passes)}: unknown pass(es) {bad}; choose from {list(allowed)}.")
 
     # --- serialisation ---------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

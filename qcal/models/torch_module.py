@@ -33,6 +33,21 @@ class TorchModuleAdapter:
     def model_hash(self) -> str:
         return self._sha256
 
+    def float_module(self) -> Any:
+        import copy
+
+        m = copy.deepcopy(self.module).float().eval()
+        for p in m.parameters():
+            p.requires_grad_(True)   # QuantModel leaves frozen weights alone; a user's inference freeze is not that
+        return m
+
+    def with_module(self, module: Any, tag: str) -> TorchModuleAdapter:
+        """The same adapter over a changed float module (e.g. after AdaQuant); `tag` enters the model hash."""
+        a = TorchModuleAdapter(module, self.example)
+        a.source = self.source
+        a._sha256 = hashlib.sha256(f"{self._sha256}:{tag}".encode()).hexdigest()
+        return a
+
     def export_onnx(self, path: Path, *, opset: int) -> None:
         import torch
 

@@ -123,26 +123,46 @@ class YoloAdapter:
     def model_hash(self) -> str:
         return self._sha256
 
-    def export_onnx(self, path: Path, *, opset: int) -> None:
-        """FP32 ONNX with output (1, 4 + nc, anchors), prepared as Ultralytics' own exporter prepares it."""
+    def float_module(self) -> Any:
+        """A fused (BN folded), eval-mode, export-ready copy of the torch model: forward returns the
+        (1, 4 + nc, anchors) tensor the ONNX graph has. DFL's fixed decode conv is frozen (requires_grad False),
+        so passes leave it alone."""
         import copy
 
         import torch
-        from ultralytics.nn.modules import C2f, Detect
+        from ultralytics.nn.modules import DFL, C2f, Detect
 
-        model = copy.deepcopy(self.model).float().eval()
-        for p in model.parameters():
-            p.requires_grad = False
-        model = model.fuse()
+        model = copy.deepcopy(self.model).float().eval().fuse()
+        for p in model.parameters():   # fuse() freezes the fused convs; only DFL's is fixed by design
+            p.requires_grad = True
         for m in model.modules():
             if isinstance(m, Detect):
                 m.dynamic, m.export, m.format = False, True, "onnx"  # type: ignore[assignment]
                 m.shape = None
             elif isinstance(m, C2f):
                 m.forward = m.forward_split  # type: ignore[method-assign] # the Split-based C2f Ultralytics exports (no slicing of a chunk)
+            elif isinstance(m, DFL):
+                m.conv.weight.requires_grad_(False)
+        with torch.no_grad():
+            model(torch.zeros(1, 3, self.imgsz, self.imgsz))  # builds anchors
+        return model
+
+    def with_module(self, module: Any, tag: str) -> YoloAdapter:
+        """The same adapter over a changed float module (e.g. after AdaQuant); `tag` enters the model hash."""
+        sha = hashlib.sha256(f"{self._sha256}:{tag}".encode()).hexdigest()
+        a = YoloAdapter(module, self.source, self.imgsz, sha)
+        a.conf, a.iou, a.max_det = self.conf, self.iou, self.max_det
+        return a
+
+    def export_onnx(self, path: Path, *, opset: int) -> None:
+        """FP32 ONNX with output (1, 4 + nc, anchors), prepared as Ultralytics' own exporter prepares it."""
+        import torch
+
+        model = self.float_module()
+        for p in model.parameters():
+            p.requires_grad = False
         x = torch.zeros(1, 3, self.imgsz, self.imgsz)
         with torch.no_grad():
-            model(x)  # builds anchors
             torch.onnx.export(model, (x,), str(path), opset_version=opset, input_names=[self.input_name],
                               output_names=["output0"], do_constant_folding=True, dynamo=False)
 

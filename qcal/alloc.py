@@ -1,0 +1,151 @@
+"""Bit allocation as an integer program (Hubara et al., section 5), solved with scipy.optimize.milp (HiGHS).
+
+Variables: x[l, c] in {0, 1}, one per (layer, precision choice). Exactly one choice per layer. Minimise the
+summed measured sensitivity (loss increase when only layer l runs at choice c) subject to one budget:
+    sum_l,c cost[l, c] * x[l, c] <= budget
+where cost is bits x params (size), MACs x weight bits x activation bits (BOPs) or measured latency. Budgets
+are given as a fraction of the all-FP32 cost. An infeasible budget is an error naming the smallest feasible one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from qcal.errors import QcalError
+from qcal.quant.precision import Precision
+
+
+class AllocationError(QcalError):
+    """The bit-allocation problem has no solution (budget too small) or is malformed."""
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Exactly one of size / bops / latency, as a fraction of the all-FP32 model (e.g. size=0.2)."""
+
+    size: float | None = None
+    bops: float | None = None
+    latency: float | None = None
+
+    def __post_init__(self) -> None:
+        set_ = [(k, v) for k, v in (("size", self.size), ("bops", self.bops), ("latency", self.latency))
+                if v is not None]
+        if len(set_) != 1:
+            raise AllocationError(f"Budget: give exactly one of size=, bops=, latency= (got {dict(set_) or 'none'}),"
+                                  " e.g. Budget(size=0.2).")
+        if set_[0][1] <= 0:
+            raise AllocationError(f"Budget {set_[0][0]}={set_[0][1]}: must be > 0 (a fraction of FP32).")
+
+    @property
+    def kind(self) -> str:
+        return "size" if self.size is not None else "bops" if self.bops is not None else "latency"
+
+    @property
+    def ratio(self) -> float:
+        v = self.size if self.size is not None else self.bops if self.bops is not None else self.latency
+        assert v is not None
+        return float(v)
+
+    @staticmethod
+    def parse(text: str) -> Budget:
+        """'latency=0.7' / 'size=0.2' / 'bops=0.1' (the CLI's --allocate)."""
+        key, _, val = text.partition("=")
+        if key not in ("size", "bops", "latency") or not val:
+            raise AllocationError(f"--allocate {text!r}: write KIND=RATIO with KIND size, bops or latency, "
+                                  "e.g. latency=0.7.")
+        try:
+            return Budget(**{key: float(val)})
+        except ValueError:
+            raise AllocationError(f"--allocate {text!r}: {val!r} is not a number.") from None
+
+
+@dataclass(frozen=True)
+class LayerCost:
+    """What one layer costs: parameters and MACs per sample; latency per choice (ms) when measured."""
+
+    params: int
+    macs: int
+    latency_ms: Mapping[str, float] = field(default_factory=dict)
+
+    def cost(self, kind: str, p: Precision) -> float:
+        if kind == "size":
+            return float(self.params * p.weight_bits)
+        if kind == "bops":
+            return float(self.macs * p.weight_bits * p.act_bits)
+        if p.value not in self.latency_ms:
+            raise AllocationError(f"latency budget: no measured latency for choice {p.value!r}; measure it "
+                                  "(qcal.alloc_latency) or use a size/bops budget.")
+        return float(self.latency_ms[p.value])
+
+
+@dataclass
+class Allocation:
+    """The solved plan: each layer's choice with its sensitivity and cost, and the predicted totals."""
+
+    choices: dict[str, Precision]
+    budget: Budget
+    cost_ratio: float                           # predicted cost / FP32 cost
+    predicted_loss_increase: float              # sum of the chosen sensitivities
+    sensitivity: dict[str, dict[str, float]]    # layer -> choice -> measured loss increase
+    measured: dict[str, Any] = field(default_factory=dict)   # filled by whoever evaluates the plan (JSON-able)
+    export_config: Any = None                   # a QuantConfig keeping the float layers float (allocate_bits)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"budget": {self.budget.kind: self.budget.ratio}, "cost_ratio": self.cost_ratio,
+                "predicted_loss_increase": self.predicted_loss_increase,
+                "layers": [{"layer": n, "choice": p.value, "sensitivity": self.sensitivity.get(n, {})}
+                           for n, p in self.choices.items()],
+                "float_layers": [n for n, p in self.choices.items() if p.is_float],
+                "measured": self.measured}
+
+
+def solve(sensitivity: np.ndarray, cost: np.ndarray, budget: float) -> np.ndarray:
+    """The integer program on arrays: sensitivity, cost (L, C); returns the chosen column per layer (L,).
+
+    Raises AllocationError when even the cheapest choice per layer exceeds `budget`, naming that minimum."""
+    from scipy.optimize import Bounds, LinearConstraint, milp
+
+    s, c = np.asarray(sensitivity, np.float64), np.asarray(cost, np.float64)
+    if s.shape != c.shape or s.ndim != 2 or s.size == 0:
+        raise AllocationError(f"sensitivity {s.shape} and cost {c.shape} must be equal, non-empty (layers, choices).")
+    if not (np.isfinite(s).all() and np.isfinite(c).all()):
+        raise AllocationError("sensitivity/cost contain NaN or inf: re-measure the sensitivities.")
+    n_layers, n_choices = s.shape
+    smallest = float(c.min(axis=1).sum())
+    if budget < smallest * (1 - 1e-12):
+        raise AllocationError(f"budget {budget:.6g} is infeasible: the cheapest choice for every layer already "
+                              f"costs {smallest:.6g}; the smallest feasible budget is {smallest:.6g}.")
+    one_each = np.kron(np.eye(n_layers), np.ones((1, n_choices)))
+    constraints = [LinearConstraint(one_each, 1, 1), LinearConstraint(c.reshape(1, -1), -np.inf, budget)]
+    res = milp(s.reshape(-1), constraints=constraints, integrality=np.ones(s.size), bounds=Bounds(0, 1))
+    if res.x is None:
+        raise AllocationError(f"the integer program found no solution ({res.message}); the smallest feasible "
+                              f"budget is {smallest:.6g}.")
+    x = np.round(res.x).reshape(n_layers, n_choices)
+    return np.asarray(x.argmax(axis=1))
+
+
+def allocate(sensitivity: Mapping[str, Mapping[str, float]], costs: Mapping[str, LayerCost],
+             choices: Sequence[Precision], budget: Budget) -> Allocation:
+    """Per-layer choices minimising summed sensitivity under `budget` (a fraction of the all-FP32 cost)."""
+    layers = list(costs)
+    missing = [n for n in layers if any(p.value not in sensitivity.get(n, {}) for p in choices)]
+    if missing:
+        raise AllocationError(f"no sensitivity measured for layer(s) {missing[:3]} at every choice "
+                              f"{[p.value for p in choices]}: measure them first (qcal.passes.sensitivity).")
+    s = np.array([[sensitivity[n][p.value] for p in choices] for n in layers])
+    kind = budget.kind
+    fp32_cost = sum(costs[n].cost(kind, Precision.FP32) for n in layers)
+    c = np.array([[costs[n].cost(kind, p) / fp32_cost for p in choices] for n in layers])
+    try:
+        pick = solve(s, c, budget.ratio)
+    except AllocationError as e:
+        raise AllocationError(f"{kind} budget {budget.ratio:g} of FP32: {e}") from None
+    plan = {n: choices[int(j)] for n, j in zip(layers, pick, strict=True)}
+    return Allocation(plan, budget, float(sum(c[i, j] for i, j in enumerate(pick))),
+                      float(sum(s[i, j] for i, j in enumerate(pick))),
+                      {n: dict(sensitivity[n]) for n in layers})

@@ -1,0 +1,120 @@
+"""AdaQuant (Hubara et al., "Improving Post Training Neural Quantization: Layer-wise Calibration and Integer
+Programming"): per layer, minimise ||Q(W, b, s_w, s_a)(x) - W_fp x_fp||^2 over the calibration set with Adam,
+optimising the weights, the bias and both step sizes.
+
+Modes:
+- parallel: each layer's input is the FP32 model's activation (layers are independent; their results can be
+  mixed freely afterwards, which bit allocation uses).
+- sequential: each layer's input comes from the quantized model with every earlier layer already optimised,
+  for EVERY calibration sample (the reference code replaced only the first cached batch).
+The target is always the FP32 layer applied to the FP32 input. One layer's inputs are held at a time, in RAM
+up to `max_memory_mb`, on disk (memmap) beyond.
+Defaults follow the paper's code: 1000 iterations, batch 50, lr 1e-5 (weights), 1e-3 (bias), 1e-3 (weight
+step sizes), 1e-1 (input step sizes).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from qcal.config import AdaQuantConfig, AdaQuantMode
+from qcal.passes.base import PassContext, PassReport
+from qcal.passes.cache import ActivationCache
+from qcal.quant.qmodules import QuantLayer
+
+__all__ = ["AdaQuant", "AdaQuantConfig", "AdaQuantMode", "layer_mse", "optimise_layer"]
+
+
+def layer_mse(q: QuantLayer, fp: QuantLayer, x_in: ActivationCache, x_fp: ActivationCache, chunk: int = 256) -> float:
+    """Mean squared error of the quantized layer on its inputs vs the FP32 layer on FP32 inputs."""
+    total, n = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, len(x_in), chunk):
+            y = q(x_in.get(slice(i, i + chunk)))
+            t = fp.forward_float(x_fp.get(slice(i, i + chunk)))
+            total += float(((y - t) ** 2).double().sum())
+            n += y.numel()
+    return total / max(n, 1)
+
+
+def targets(fp: QuantLayer, x_fp: ActivationCache, max_memory_mb: float, chunk: int = 256) -> ActivationCache:
+    """The FP32 layer's outputs on its FP32 inputs, every sample, computed once (bounded like the inputs)."""
+    out: ActivationCache | None = None
+    with torch.no_grad():
+        for i in range(0, len(x_fp), chunk):
+            y = fp.forward_float(x_fp.get(slice(i, i + chunk)))
+            if out is None:
+                out = ActivationCache(len(x_fp), tuple(y.shape[1:]), max_memory_mb, None)
+            out.append(y)
+    assert out is not None
+    return out
+
+
+def optimise_layer(q: QuantLayer, y_fp: ActivationCache, x_in: ActivationCache, cfg: AdaQuantConfig,
+                   rng: np.random.Generator) -> None:
+    """Adam on (weight, bias, weight step sizes, input step size) of one layer, random minibatches."""
+    groups = [(q.weight, cfg.lr_weight), (q.bias, cfg.lr_bias), (q.w_scale, cfg.lr_weight_scale),
+              (q.a_scale, cfg.lr_act_scale)]
+    active = [{"params": [p], "lr": lr} for p, lr in groups if lr > 0]
+    if not active or cfg.iters == 0:
+        return
+    opt = torch.optim.Adam(active)
+    # Cosine-annealed learning rates (the reference code keeps them constant): with a constant rate the
+    # straight-through weights keep flipping across rounding boundaries; measured on a toy layer, a constant
+    # rate raised the layer MSE while the annealed one lowered it.
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(cfg.iters, 1))
+    n = len(x_in)
+    for _ in range(cfg.iters):
+        idx = np.sort(rng.choice(n, size=min(cfg.batch, n), replace=False))
+        loss = torch.nn.functional.mse_loss(q(x_in.get(idx)), y_fp.get(idx))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+    q.zero_grad(set_to_none=True)
+
+
+class AdaQuant:
+    name = "adaquant"
+
+    def __init__(self, config: AdaQuantConfig | None = None) -> None:
+        self.config = config or AdaQuantConfig()
+
+    def layer_inputs(self, ctx: PassContext, name: str) -> tuple[ActivationCache, ActivationCache]:
+        """(inputs the quantized layer is optimised on, FP32 inputs for the target), every calibration sample."""
+        inputs = ctx.inputs  # augmented once per layer so both captures see the same samples
+        x_fp = ctx.capture("fp", name, "input", inputs)
+        if self.config.mode is AdaQuantMode.PARALLEL:
+            return x_fp, x_fp
+        return ctx.capture("q", name, "input", inputs), x_fp
+
+    def run(self, ctx: PassContext) -> PassReport:
+        cfg = self.config
+        report = PassReport(self.name, changed={"mode": cfg.mode.value, "iters": cfg.iters, "batch": cfg.batch})
+        rng = np.random.default_rng(cfg.seed)
+        for p in ctx.fp_model.parameters():
+            p.requires_grad_(False)
+        layers = ctx.quantized_layers()
+        for name, q, fp in tqdm(layers, desc=f"adaquant ({cfg.mode.value})", disable=not ctx.progress,
+                                leave=False):
+            x_in, x_fp = self.layer_inputs(ctx, name)
+            before = layer_mse(q, fp, x_in, x_fp)
+            saved = {k: v.detach().clone() for k, v in q.state_dict().items()}
+            y_fp = targets(fp, x_fp, ctx.max_memory_mb)
+            optimise_layer(q, y_fp, x_in, cfg, rng)
+            y_fp.close()
+            after = layer_mse(q, fp, x_in, x_fp)
+            reverted = after > before   # never leave a layer worse than round-to-nearest on the calibration set
+            change = float((q.weight.detach() - saved["float_layer.weight"]).norm() / saved["float_layer.weight"].norm())
+            if reverted:
+                q.load_state_dict(saved)
+            report.per_layer[name] = {"mse_before": before, "mse_after": min(before, after),
+                                      "mse_optimised": after, "reverted": float(reverted),
+                                      "weight_rel_change": 0.0 if reverted else change}
+            x_in.close()
+            x_fp.close()
+        report.changed["layers_optimised"] = len(report.per_layer)
+        report.changed["layers_reverted"] = [n for n, v in report.per_layer.items() if v["reverted"]]
+        return report

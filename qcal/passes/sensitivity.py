@@ -1,0 +1,84 @@
+"""Per-layer sensitivity for bit allocation: the loss increase on the calibration set when ONE layer runs at a
+given choice and every other layer at the base precision.
+
+Layers come from a bank of quantized models, one per choice (e.g. W4A4 and W8A8 after parallel-mode AdaQuant,
+whose layers are independent of each other and can be mixed). The loss is the task loss when labels are given
+(cross-entropy), else the output's relative squared error against FP32 per output channel (axis 1), averaged
+over channels, so outputs of different scales count alike (YOLO's box pixels and class scores; logits).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+
+import torch
+from tqdm import tqdm
+
+from qcal.errors import ConfigError
+from qcal.quant.fakequant import Precision
+from qcal.quant.qmodules import QuantModel, _set_module
+
+
+def compose(bank: Mapping[Precision, QuantModel], plan: Mapping[str, Precision], base: Precision) -> QuantModel:
+    """A model whose layer n is the layer of bank[plan.get(n, base)]."""
+    missing = sorted({p.value for p in [*plan.values(), base]} - {p.value for p in bank})
+    if missing:
+        raise ConfigError(f"no quantized model for choice(s) {missing} in the bank; build one per choice.")
+    out = copy.deepcopy(bank[base])
+    for n, p in plan.items():
+        if p is not base:
+            layer = copy.deepcopy(bank[p].layers[n])
+            _set_module(out.model, n, layer)
+            out.layers[n] = layer
+    return out
+
+
+def evaluate_loss(model: torch.nn.Module, calib: torch.Tensor, *, labels: torch.Tensor | None,
+                  reference: torch.Tensor | None, batch: int = 250) -> float:
+    """Mean cross-entropy vs labels, or the relative squared error vs the reference per output channel."""
+    if labels is None and reference is None:
+        raise ConfigError("sensitivity needs labels or FP32 reference outputs.")
+    total = 0.0
+    noise: torch.Tensor | float = 0.0
+    signal: torch.Tensor | float = 0.0
+    with torch.no_grad():
+        for i in range(0, len(calib), batch):
+            out = model(calib[i:i + batch])
+            if labels is not None:
+                total += float(torch.nn.functional.cross_entropy(out, labels[i:i + batch], reduction="sum"))
+            else:
+                assert reference is not None
+                ref = reference[i:i + batch].double()
+                dims = [d for d in range(ref.dim()) if d != 1]
+                noise = noise + ((out.double() - ref) ** 2).sum(dim=dims)
+                signal = signal + (ref**2).sum(dim=dims)
+    if labels is not None:
+        return total / len(calib)
+    assert isinstance(noise, torch.Tensor) and isinstance(signal, torch.Tensor)
+    return float((noise / signal.clamp_min(1e-30)).mean())
+
+
+def measure(bank: Mapping[Precision, QuantModel], calib: torch.Tensor, choices: Sequence[Precision], base: Precision,
+            *, labels: torch.Tensor | None = None, fp_model: torch.nn.Module | None = None,
+            progress: bool = True) -> dict[str, dict[str, float]]:
+    """layer -> choice -> loss(layer at choice, others at base) - loss(all at base)."""
+    reference = None
+    if labels is None:
+        if fp_model is None:
+            raise ConfigError("sensitivity without labels needs the FP32 model for reference outputs.")
+        with torch.no_grad():
+            reference = torch.cat([fp_model(calib[i:i + 250]) for i in range(0, len(calib), 250)])
+    base_model = compose(bank, {}, base)
+    base_loss = evaluate_loss(base_model, calib, labels=labels, reference=reference)
+    out: dict[str, dict[str, float]] = {}
+    layers = list(base_model.layers)
+    for n in tqdm(layers, desc="sensitivity", disable=not progress, leave=False):
+        out[n] = {}
+        for p in choices:
+            if p is base:
+                out[n][p.value] = 0.0
+                continue
+            loss = evaluate_loss(compose(bank, {n: p}, base), calib, labels=labels, reference=reference)
+            out[n][p.value] = loss - base_loss
+    return out
