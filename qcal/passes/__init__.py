@@ -1,0 +1,1 @@
+"""Quantization passes: one algorithm per file."""
