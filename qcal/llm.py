@@ -24,7 +24,7 @@ from torch import nn
 from tqdm import tqdm
 
 from qcal.config import Activations, LLMConfig, QuantConfig, Scheme
-from qcal.errors import CalibrationError, ConfigError
+from qcal.errors import CalibrationError, CheckpointError, ConfigError
 from qcal.eval.outliers import ActivationStats, summarize
 from qcal.eval.perplexity import LMScore, evaluate_lms
 from qcal.models.hf_llm import HFCausalLM
@@ -127,6 +127,9 @@ def quantize_llm(model: Any, calib: Any, config: QuantConfig, *, trust_checkpoin
         raise ConfigError(f"LLM passes {unknown} are unknown; the LLM path runs {list(KNOWN_PASSES)} "
                           "(layer-wise reconstruction is not wired for LLMs yet).")
     t0 = time.perf_counter()
+    if not isinstance(model, HFCausalLM | str | Path):
+        raise CheckpointError(f"an in-memory {type(model).__name__}: wrap it with its tokenizer, "
+                              "qcal.models.hf_llm.HFCausalLM(model, tokenizer, source), or pass its folder / .gguf.")
     lm = model if isinstance(model, HFCausalLM) else HFCausalLM.load(model, trust_checkpoint=trust_checkpoint)
     seconds = {"load": time.perf_counter() - t0}
     textset = calib_windows(lm, calib, cfg.seq_len, config.calib_size, config.seed)
@@ -227,6 +230,42 @@ def keep_float(sens: dict[str, float], ratio: float, max_layers: int) -> list[Fl
     out = [n for n, v in sorted(sens.items(), key=lambda kv: -kv[1]) if v > ratio * med][:max_layers]
     return [FloatDecision(n, "sensitivity", f"noise-to-signal {sens[n]:.4g} = {sens[n] / med:.1f}x the median "
                           f"layer's {med:.3g} (> {ratio:g}x)") for n in out]
+
+
+@dataclass
+class LLMReport:
+    """FP32 vs quantized on held-out text, and the FP32 model's per-layer activation statistics there."""
+
+    scores: dict[str, LMScore]
+    act_stats: dict[str, dict[str, float]]
+    result: LLMQuantResult
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"scores": {k: v.to_dict() for k, v in self.scores.items()},
+                "activation_summary": summarize(self.act_stats), "layers": self.act_stats,
+                "quantization": self.result.to_dict()}
+
+    def summary(self) -> str:
+        fp = self.scores["fp32"].ppl
+        lines = [f"{'model':<10}{'ppl':>10}{'vs fp32':>10}{'KL':>9}"]
+        lines += [f"{k:<10}{v.ppl:>10.3f}{100 * (v.ppl / fp - 1):>+9.2f}%{v.kl:>9.4f}" for k, v in self.scores.items()]
+        worst = sorted(self.act_stats.items(), key=lambda kv: -kv[1]["max_abs"])[:5]
+        lines += ["", f"{'layer (largest inputs)':<40}{'max|x|':>10}{'kurtosis':>10}{'outlier ch':>11}"]
+        lines += [f"{k:<40}{v['max_abs']:>10.1f}{v['kurtosis']:>10.1f}{v['outlier_channel_frac']:>11.4f}"
+                  for k, v in worst]
+        return "\n".join(lines)
+
+
+def robustness_llm(result: LLMQuantResult, eval: Any, *, n_tokens: int = 8192, window: int = 512,
+                   stride: int | None = None, progress: bool = True) -> LLMReport:
+    """Perplexity FP32 vs quantized and mean KL on held-out text, with per-layer outlier statistics."""
+    ids = eval_tokens(result.lm, eval, n_tokens)
+    _refuse_overlap(result.calib, ids)
+    stats = ActivationStats(result.lm.model)
+    with stats.recording():
+        scores = evaluate_lms(result.logits_fns(), ids, reference="fp32", window=window, stride=stride,
+                              progress=progress)
+    return LLMReport(scores, stats.table(), result)
 
 
 # --- text in -----------------------------------------------------------------------------------------------
