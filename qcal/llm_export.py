@@ -51,7 +51,8 @@ class _Plain(nn.Module):
 
 
 def export_decoder(model: nn.Module, path: Path, *, opset: int = 17) -> None:
-    ids = torch.randint(0, int(model.get_input_embeddings().weight.shape[0]), (1, 8))
+    vocab = int(model.get_input_embeddings().weight.shape[0])  # type: ignore[operator]
+    ids = torch.randint(0, vocab, (1, 8))
     feeds = (ids, torch.ones_like(ids), torch.arange(8)[None])
     axes = {k: {0: "batch", 1: "seq"} for k in ("input_ids", "attention_mask", "position_ids", "logits")}
     tmp = path.with_name(f".{path.name}.tmp")
