@@ -58,6 +58,7 @@ class LLMQuantResult:
     decisions: list[FloatDecision]
     smoothed: bool
     seconds: dict[str, float] = field(default_factory=dict)
+    calib_ids: list[list[int]] = field(default_factory=list, repr=False)   # the token windows calibrated on
 
     @property
     def scheme(self) -> Scheme:
@@ -78,7 +79,7 @@ class LLMQuantResult:
                  progress: bool = True) -> dict[str, LMScore]:
         """Perplexity and mean KL to FP32 on held-out text (a path, a str, a TextSet or token ids)."""
         ids = eval_tokens(self.lm, eval, n_tokens)
-        _refuse_overlap(self.calib, ids)
+        _refuse_overlap(self.calib_ids, self.calib.keys(), ids)
         return evaluate_lms(self.logits_fns(), ids, reference="fp32", window=window, stride=stride,
                             progress=progress)
 
@@ -171,7 +172,7 @@ def quantize_llm(model: Any, calib: Any, config: QuantConfig, *, trust_checkpoin
     qmodel.eval()
     seconds["total"] = time.perf_counter() - t0
     return LLMQuantResult(config, lm, qmodel, textset, sum(len(w) for w in windows), stats.table(), sens,
-                          decisions, bool(smooth), seconds)
+                          decisions, bool(smooth), seconds, windows)
 
 
 def _act(a: Activations) -> ActQuant:
@@ -260,7 +261,7 @@ def robustness_llm(result: LLMQuantResult, eval: Any, *, n_tokens: int = 8192, w
                    stride: int | None = None, progress: bool = True) -> LLMReport:
     """Perplexity FP32 vs quantized and mean KL on held-out text, with per-layer outlier statistics."""
     ids = eval_tokens(result.lm, eval, n_tokens)
-    _refuse_overlap(result.calib, ids)
+    _refuse_overlap(result.calib_ids, result.calib.keys(), ids)
     stats = ActivationStats(result.lm.model)
     with stats.recording():
         scores = evaluate_lms(result.logits_fns(), ids, reference="fp32", window=window, stride=stride,
@@ -294,7 +295,7 @@ def eval_tokens(lm: HFCausalLM, eval: Any, n_tokens: int) -> list[int]:
         ids = eval
     elif isinstance(eval, TextSet):
         ids = [t for w in lm.token_windows(eval, seq_len=1 << 30) for t in w]
-    elif isinstance(eval, Path) or (isinstance(eval, str) and len(eval) < 4096 and Path(eval).exists()):
+    elif isinstance(eval, Path) or (isinstance(eval, str) and _is_path(eval)):
         ids = lm.encode("\n\n".join(d for _, d in read_documents(Path(eval))))
     elif isinstance(eval, str):
         ids = lm.encode(eval)
@@ -305,10 +306,17 @@ def eval_tokens(lm: HFCausalLM, eval: Any, n_tokens: int) -> list[int]:
     return list(ids[:n_tokens])
 
 
-def _refuse_overlap(calib: Any, ids: list[int]) -> None:
-    """Refuse evaluation on text the calibration saw: any calibration window found verbatim in the stream."""
+def _is_path(s: str) -> bool:
+    try:
+        return Path(s).exists()
+    except OSError:        # text longer than a file name
+        return False
+
+
+def _refuse_overlap(windows: list[list[int]], keys: list[str], ids: list[int]) -> None:
+    """Refuse evaluation on text the calibration saw: a calibration window's first 64 tokens found verbatim."""
     stream = "," + ",".join(map(str, ids)) + ","
-    for s in calib:
-        if s.tokens is not None and len(s.tokens) >= 16 and "," + ",".join(map(str, s.tokens[:64])) + "," in stream:
-            raise CalibrationError(f"calibration window {s.key} appears in the evaluation text; evaluate on text "
+    for w, key in zip(windows, keys, strict=False):
+        if len(w) >= 16 and "," + ",".join(map(str, w[:64])) + "," in stream:
+            raise CalibrationError(f"calibration window {key} appears in the evaluation text; evaluate on text "
                                    "the calibration never saw (e.g. another novel).")

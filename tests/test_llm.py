@@ -33,7 +33,7 @@ def test_w8a8_smoothquant_export_matches_simulation(tiny: tuple[Path, Path, Path
                            llm=qcal.LLMConfig(seq_len=32, keep_float_ratio=0))
     r = qcal.quantize(model, calib=Source.text(calib, seq_len=32, n=8), config=cfg, progress=False)
     assert isinstance(r, LLMQuantResult) and r.smoothed and len(r.quantized_layers()) == 14
-    report = qcal.robustness(r, eval=held, progress=False)
+    report = qcal.robustness(r, eval=Source.text(held, seq_len=64), progress=False)   # word windows, re-tokenized
     s = report.scores
     assert s["w8a8"].tokens == s["fp32"].tokens > 300
     assert abs(s["w8a8"].ppl / s["fp32"].ppl - 1) < 0.05 and 0 < s["w8a8"].kl < 0.05
@@ -77,6 +77,10 @@ def test_refuses_overlap_unknown_pass_and_bad_scheme(tiny: tuple[Path, Path, Pat
                       progress=False)
     with pytest.raises(CalibrationError, match="appears in the evaluation text"):
         r.evaluate(calib, progress=False)
+    with pytest.raises(CalibrationError, match="appears in the evaluation text"):     # word windows too
+        r2 = qcal.quantize(model, calib=Source.text(calib, seq_len=32, n=2),
+                           config=qcal.QuantConfig(calib_size=2, llm=qcal.LLMConfig(seq_len=32)), progress=False)
+        r2.evaluate(calib.read_text(), progress=False)
     with pytest.raises(ConfigError, match="unknown"):
         qcal.quantize(model, calib=calib, config=qcal.QuantConfig(passes=["gptq"]), progress=False)
     with pytest.raises(ConfigError, match="choose one of"):
