@@ -9,7 +9,17 @@
 __version__ = "0.1.0"
 
 from qcal.alloc import Budget  # noqa: E402
-from qcal.config import AdaQuantConfig, AdaQuantMode, KeepFloatConfig, Observer, QuantConfig, Target  # noqa: E402
+from qcal.config import (  # noqa: E402
+    Activations,
+    AdaQuantConfig,
+    AdaQuantMode,
+    KeepFloatConfig,
+    LLMConfig,
+    Observer,
+    QuantConfig,
+    Scheme,
+    Target,
+)
 from qcal.errors import (  # noqa: E402
     CalibrationError,
     CheckpointError,
@@ -21,7 +31,19 @@ from qcal.errors import (  # noqa: E402
 
 
 def quantize(*args, **kwargs):  # type: ignore[no-untyped-def]
-    """See qcal.api.quantize (imported lazily so `import qcal` stays light)."""
+    """See qcal.api.quantize (imported lazily so `import qcal` stays light); Hugging Face causal LMs (a model
+    folder, a .gguf file) go to qcal.llm.quantize_llm."""
+    from qcal.models.hf_llm import looks_like_llm
+
+    model = args[0] if args else kwargs.get("model")
+    if looks_like_llm(model):
+        from qcal.config import QuantConfig as _QC
+        from qcal.llm import quantize_llm
+
+        calib = args[1] if len(args) > 1 else kwargs.get("calib")
+        return quantize_llm(model, calib, kwargs.get("config") or _QC(),
+                            trust_checkpoint=kwargs.get("trust_checkpoint", False),
+                            progress=kwargs.get("progress", True))
     from qcal.api import quantize as _quantize
 
     return _quantize(*args, **kwargs)
@@ -35,12 +57,17 @@ def allocate_bits(*args, **kwargs):  # type: ignore[no-untyped-def]
 
 
 def robustness(*args, **kwargs):  # type: ignore[no-untyped-def]
-    """See qcal.bench.robustness: the precision x condition matrix, report.json/.md/.html."""
+    """See qcal.bench.robustness: the precision x condition matrix, report.json/.md/.html.
+    Given an LLM quantization result: qcal.llm.robustness_llm (perplexity, KL, outlier statistics)."""
+    if args and type(args[0]).__name__ == "LLMQuantResult":
+        from qcal.llm import robustness_llm
+
+        return robustness_llm(*args, **kwargs)
     from qcal.bench import robustness as _robustness
 
     return _robustness(*args, **kwargs)
 
 
-__all__ = ["AdaQuantConfig", "AdaQuantMode", "Budget", "allocate_bits", "CalibrationError", "CheckpointError", "ConfigError", "ExportError", "KeepFloatConfig", "Observer",
-           "QcalError", "QuantConfig", "Target", "UntrustedCheckpointError", "__version__", "quantize",
-           "robustness"]
+__all__ = ["Activations", "AdaQuantConfig", "AdaQuantMode", "Budget", "CalibrationError", "CheckpointError",
+           "ConfigError", "ExportError", "KeepFloatConfig", "LLMConfig", "Observer", "QcalError", "QuantConfig",
+           "Scheme", "Target", "UntrustedCheckpointError", "__version__", "allocate_bits", "quantize", "robustness"]

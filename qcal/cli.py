@@ -54,7 +54,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    "to those qcal finds by measurement")
     p.add_argument("--config", help="a TOML config (see `qcal config`)")
     p.add_argument("--passes", nargs="+", metavar="PASS", help="torch passes on the float weights before export, "
-                   "in order: bn_reestimate, adaquant, bias_correction (AdaQuant options: [adaquant] in --config)")
+                   "in order: bn_reestimate, adaquant, bias_correction (AdaQuant options: [adaquant] in --config); "
+                   "for --task llm: smoothquant")
     p.add_argument("--allocate", metavar="KIND=RATIO", help="choose int8 or float per layer by integer "
                    "programming under a budget relative to FP32: latency=0.7, size=0.5 or bops=0.3; the float "
                    "layers stay float in the QDQ model (allocation.json lists them)")
@@ -74,6 +75,10 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--eval", help="held-out images for FP32 vs INT8 fidelity and latency (same kinds as --calib)")
     q.add_argument("--trust-checkpoint", action="store_true", help="allow unpickling the checkpoint (it runs code "
                    "from the file: only for files you trust)")
+    q.add_argument("--task", choices=["auto", "yolo", "llm"], default="auto", help="llm: a Hugging Face causal LM "
+                   "folder or .gguf file, calibrated on --calib text (default: auto, from the checkpoint)")
+    q.add_argument("--scheme", choices=["w8a8", "w4a16"], help="LLM scheme (default w8a8: int8 per-channel weights, "
+                   "per-token int8 activations; w4a16: 4-bit group-wise weights)")
     _add_common(q)
     d = sub.add_parser("demo", help="the embedded default: the fall-detection YOLOv8s on bundled vtest frames",
                        description="Quantize the bundled real YOLOv8s checkpoint on bundled vtest frames 0-359, "
@@ -104,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         from qcal.api import quantize
 
         cfg = _config(args)
+        if args.cmd == "quantize" and _is_llm(args):
+            return _run_llm(args, cfg)
         if args.cmd == "demo":
             result = quantize(_demo_checkpoint(), calib=DEMO_CALIB, config=cfg, trust_checkpoint=True,
                               eval=DEMO_EVAL, progress=not args.no_progress)
@@ -142,6 +149,26 @@ def _allocate(args: argparse.Namespace, cfg: QuantConfig) -> tuple[QuantConfig, 
                          trust_checkpoint=args.trust_checkpoint, progress=not args.no_progress)
     assert isinstance(plan.export_config, QuantConfig)
     return plan.export_config, plan
+
+
+def _is_llm(args: argparse.Namespace) -> bool:
+    from qcal.models.hf_llm import looks_like_llm
+
+    return bool(args.task == "llm" or (args.task == "auto" and looks_like_llm(args.checkpoint)))
+
+
+def _run_llm(args: argparse.Namespace, cfg: QuantConfig) -> int:
+    from qcal.llm import quantize_llm, robustness_llm
+
+    cfg = cfg.replace(scheme=args.scheme) if args.scheme else cfg   # --passes is already in cfg (_config)
+    result = quantize_llm(args.checkpoint, args.calib, cfg, trust_checkpoint=args.trust_checkpoint,
+                          progress=not args.no_progress)
+    print(result.summary())
+    if args.eval:
+        print(robustness_llm(result, args.eval, progress=not args.no_progress).summary())
+    paths = result.export(args.out)
+    print(f"\nwrote {', '.join(str(p) for p in paths.values())}")
+    return 0
 
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

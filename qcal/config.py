@@ -86,6 +86,49 @@ class AdaQuantConfig:
             raise ConfigError("adaquant: learning rates must be >= 0 (0 freezes that parameter group).")
 
 
+class Scheme(str, enum.Enum):
+    """LLM schemes (the YOLO path is always W8A8 static)."""
+
+    W8A8 = "w8a8"      # int8 per-channel weights, int8 activations (per-token dynamic or per-tensor static)
+    W4A16 = "w4a16"    # 4-bit group-wise weights, float activations
+
+
+class Activations(str, enum.Enum):
+    PER_TOKEN = "per-token"     # dynamic: one scale per token, computed at run time
+    PER_TENSOR = "per-tensor"   # static: one scale per tensor, from calibration
+
+
+@dataclass(frozen=True)
+class LLMConfig:
+    """Options of the LLM path (`qcal.quantize` on a Hugging Face causal LM).
+
+    seq_len: tokens per calibration window. group_size: input channels per 4-bit weight group (w4a16).
+    ignore: Linear module names (or name suffixes) left in float, e.g. lm_head.
+    smoothquant_alpha: migration strength of the smoothquant pass (0..1).
+    keep_float_ratio: a Linear whose quantization noise (output noise-to-signal on calibration tokens) exceeds
+        this multiple of the median layer's is kept in float, at most keep_float_max of them, worst first; 0 turns
+        the automatic decision off. Every decision is reported.
+    """
+
+    activations: Activations = Activations.PER_TOKEN
+    seq_len: int = 512
+    group_size: int = 128
+    ignore: tuple[str, ...] = ("lm_head",)
+    smoothquant_alpha: float = 0.5
+    keep_float_ratio: float = 8.0
+    keep_float_max: int = 4
+    sensitivity_windows: int = 2
+
+    def __post_init__(self) -> None:
+        if self.seq_len < 2 or self.group_size < 8 or self.group_size % 8:
+            raise ConfigError(f"llm: seq_len={self.seq_len} must be >= 2 and group_size={self.group_size} a "
+                              "positive multiple of 8 (e.g. 128).")
+        if not 0.0 <= self.smoothquant_alpha <= 1.0:
+            raise ConfigError(f"llm.smoothquant_alpha={self.smoothquant_alpha}: must be in [0, 1], e.g. 0.5.")
+        if self.keep_float_ratio < 0 or self.keep_float_max < 0 or self.sensitivity_windows < 1:
+            raise ConfigError("llm: keep_float_ratio and keep_float_max must be >= 0, sensitivity_windows >= 1.")
+
+
 @dataclass(frozen=True)
 class QuantConfig:
     """Everything that decides the quantized model. Two runs with equal configs and calibration sets agree."""
@@ -102,8 +145,18 @@ class QuantConfig:
     passes: tuple[str, ...] = ()         # torch passes before export: bn_reestimate, adaquant, bias_correction
     adaquant: AdaQuantConfig = field(default_factory=AdaQuantConfig)
     seed: int = 0
+    scheme: Scheme | None = None          # LLM path only; None: w8a8
+    llm: LLMConfig | None = None          # LLM path only; None: LLMConfig()
 
     def __post_init__(self) -> None:
+        # accept the spellings of the Python API (scheme="w8a8", passes=[...]) and keep the fields typed
+        if isinstance(self.scheme, str) and not isinstance(self.scheme, Scheme):
+            try:
+                object.__setattr__(self, "scheme", Scheme(self.scheme))
+            except ValueError:
+                raise ConfigError(f"scheme={self.scheme!r}: choose one of {[m.value for m in Scheme]}.") from None
+        if isinstance(self.passes, list):
+            object.__setattr__(self, "passes", tuple(self.passes))
         if not 50.0 < self.percentile <= 100.0:
             raise ConfigError(f"percentile={self.percentile}: must be in (50, 100], e.g. 99.999.")
         if self.calib_size < 1:
@@ -117,7 +170,7 @@ class QuantConfig:
                               "output-channel axis (lint rule TRT006); drop per_channel.")
         if self.target is Target.TENSORRT and self.reduce_range:
             raise ConfigError("reduce_range=True with target=tensorrt: TensorRT uses full int8; drop reduce_range.")
-        allowed = ("bn_reestimate", "adaquant", "bias_correction")
+        allowed = ("bn_reestimate", "adaquant", "bias_correction", "smoothquant")   # smoothquant: LLM path only
         bad = [p for p in self.passes if p not in allowed]
         if bad:
             raise ConfigError(f"passes={list(self.passes)}: unknown pass(es) {bad}; choose from {list(allowed)}.")

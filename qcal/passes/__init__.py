@@ -1,4 +1,5 @@
-"""Passes over a QuantModel: BN re-estimation, AdaQuant, bias correction; sensitivity for bit allocation.
+"""Quantization passes, one algorithm per file. Over a QuantModel (YOLO/torch): BN re-estimation, AdaQuant,
+bias correction; sensitivity for bit allocation. LLM path: smoothquant.
 
 Every pass has the same interface (`qcal.passes.base.Pass`): a `name` and `run(ctx) -> PassReport`.
 """

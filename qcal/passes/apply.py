@@ -34,6 +34,9 @@ def calib_tensor(adapter: Any, images: Iterable[np.ndarray]) -> torch.Tensor:
 def refine(adapter: Any, images: Iterable[np.ndarray], config: QuantConfig, *, progress: bool = True,
            batch: int = 8) -> tuple[Any, list[PassReport]]:
     """(adapter over the refined float module, one report per pass)."""
+    if "smoothquant" in config.passes:
+        raise ConfigError("the smoothquant pass is for LLMs (Linear layers after a norm); a vision model runs "
+                          "bn_reestimate, adaquant, bias_correction. Drop smoothquant from passes.")
     if not hasattr(adapter, "float_module"):
         raise ConfigError(f"passes {list(config.passes)} need a torch model; the {adapter.family} adapter has none.")
     module = adapter.float_module()

@@ -1,0 +1,322 @@
+"""The LLM path of `qcal.quantize`: a Hugging Face causal LM + calibration text -> a quantized torch model
+(the simulation) with every decision recorded, exportable to ONNX (see qcal/llm_export.py).
+
+Steps, in one streaming pass over the calibration windows and one short probe:
+1. statistics of every Linear input on the FP32 model (per-channel ranges, kurtosis, outlier channels);
+2. passes: `smoothquant` folds per-channel scales into norms/weights (exact in float);
+3. sensitivity probe: each Linear's output noise-to-signal when only it is quantized, on the first
+   `sensitivity_windows` windows; layers far above the median are kept in float (reported, with reasons);
+4. every other Linear (minus `ignore`) becomes a QuantLinear of the scheme.
+Layer-wise weight error minimisation (GPTQ/AdaQuant) is not applied here: weights are round-to-nearest
+(with a per-group clipping search for 4-bit).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from qcal.config import Activations, LLMConfig, QuantConfig, Scheme
+from qcal.errors import CalibrationError, CheckpointError, ConfigError
+from qcal.eval.outliers import ActivationStats, summarize
+from qcal.eval.perplexity import LMScore, evaluate_lms
+from qcal.models.hf_llm import HFCausalLM
+from qcal.quant.llm_schemes import (
+    ActQuant,
+    QuantLinear,
+    fake_quant_per_tensor,
+    fake_quant_per_token,
+    static_qparams,
+)
+
+KNOWN_PASSES = ("smoothquant",)
+
+
+@dataclass(frozen=True)
+class FloatDecision:
+    layer: str
+    rule: str        # "ignore" (asked for) or "sensitivity" (measured)
+    reason: str
+
+
+@dataclass
+class LLMQuantResult:
+    config: QuantConfig
+    lm: HFCausalLM                   # the FP32 model and tokenizer, untouched
+    model: nn.Module                 # the quantized simulation (QuantLinear modules)
+    calib: Any                       # the calib_sets.TextSet used
+    calib_tokens: int
+    act_stats: dict[str, dict[str, float]]     # per-layer input statistics on the calibration set (FP32)
+    sensitivity: dict[str, float]              # layer -> output noise-to-signal when only it is quantized
+    decisions: list[FloatDecision]
+    smoothed: bool
+    seconds: dict[str, float] = field(default_factory=dict)
+    calib_ids: list[list[int]] = field(default_factory=list, repr=False)   # the token windows calibrated on
+
+    @property
+    def scheme(self) -> Scheme:
+        return self.config.scheme or Scheme.W8A8
+
+    @property
+    def llm_config(self) -> LLMConfig:
+        return self.config.llm or LLMConfig()
+
+    def quantized_layers(self) -> list[str]:
+        return [n for n, m in self.model.named_modules() if isinstance(m, QuantLinear)]
+
+    def logits_fns(self) -> dict[str, Any]:
+        return {"fp32": lambda x: self.lm.model(input_ids=x, use_cache=False).logits,
+                self.scheme.value: lambda x: self.model(input_ids=x, use_cache=False).logits}
+
+    def evaluate(self, eval: Any, *, n_tokens: int = 8192, window: int = 512, stride: int | None = None,
+                 progress: bool = True) -> dict[str, LMScore]:
+        """Perplexity and mean KL to FP32 on held-out text (a path, a str, a TextSet or token ids)."""
+        ids = eval_tokens(self.lm, eval, n_tokens)
+        _refuse_overlap(self.calib_ids, self.calib.keys(), ids)
+        return evaluate_lms(self.logits_fns(), ids, reference="fp32", window=window, stride=stride,
+                            progress=progress)
+
+    def to_dict(self) -> dict[str, Any]:
+        from qcal import __version__
+        from qcal.machine import machine_info
+
+        return {"qcal_version": __version__, "model": {"source": self.lm.source, "family": self.lm.family},
+                "scheme": self.scheme.value, "config": self.config.to_dict(), "config_hash": self.config.hash(),
+                "calibration": {"set_hash": self.calib.content_hash, "recipe": self.calib.recipe,
+                                "windows": len(self.calib), "tokens": self.calib_tokens},
+                "smoothquant": self.smoothed, "quantized_layers": len(self.quantized_layers()),
+                "kept_in_float": [d.__dict__ for d in self.decisions],
+                "sensitivity_top": [{"layer": k, "noise_to_signal": round(v, 6)} for k, v in
+                                    sorted(self.sensitivity.items(), key=lambda kv: -kv[1])[:10]],
+                "activation_summary": summarize(self.act_stats),
+                "seconds": {k: round(v, 2) for k, v in self.seconds.items()},
+                "machine": machine_info().to_dict()}
+
+    def summary(self) -> str:
+        d = self.to_dict()
+        lines = [f"scheme {d['scheme']}  smoothquant={d['smoothquant']}  calibration {d['calibration']['windows']} "
+                 f"windows / {d['calibration']['tokens']} tokens", f"quantized Linear layers: {d['quantized_layers']}"]
+        lines += [f"  float: {k['layer']} ({k['rule']}: {k['reason']})" for k in d["kept_in_float"]]
+        s = d["activation_summary"]
+        if s:
+            lines.append(f"calibration activations: max|x| {s['max_abs_act']:.1f}, median kurtosis "
+                         f"{s['median_kurtosis']:.1f}, mean outlier-channel fraction {s['mean_outlier_channel_frac']:.4f}")
+        return "\n".join(lines)
+
+    def export(self, directory: str | Path, *, fp32: bool = True) -> dict[str, Path]:
+        """model.fp32.onnx, model.<scheme>.onnx (QDQ / MatMulInteger / MatMulNBits), quant_table.json, report.json."""
+        from qcal.llm_export import export_llm
+
+        return export_llm(self, Path(directory), fp32=fp32)
+
+
+# --- the verb ----------------------------------------------------------------------------------------------
+
+def quantize_llm(model: Any, calib: Any, config: QuantConfig, *, trust_checkpoint: bool = False,
+                 progress: bool = True) -> LLMQuantResult:
+    cfg = config.llm or LLMConfig()
+    scheme = config.scheme or Scheme.W8A8
+    unknown = [p for p in config.passes if p not in KNOWN_PASSES]
+    if unknown:
+        raise ConfigError(f"LLM passes {unknown} are unknown; the LLM path runs {list(KNOWN_PASSES)} "
+                          "(layer-wise reconstruction is not wired for LLMs yet).")
+    t0 = time.perf_counter()
+    if not isinstance(model, HFCausalLM | str | Path):
+        raise CheckpointError(f"an in-memory {type(model).__name__}: wrap it with its tokenizer, "
+                              "qcal.models.hf_llm.HFCausalLM(model, tokenizer, source), or pass its folder / .gguf.")
+    lm = model if isinstance(model, HFCausalLM) else HFCausalLM.load(model, trust_checkpoint=trust_checkpoint)
+    seconds = {"load": time.perf_counter() - t0}
+    textset = calib_windows(lm, calib, cfg.seq_len, config.calib_size, config.seed)
+    windows = lm.token_windows(textset, seq_len=cfg.seq_len)
+    if not windows:
+        raise CalibrationError("the calibration text gives no window of 2+ tokens; give more text.")
+    quantizable = [n for n, m in lm.model.named_modules() if isinstance(m, nn.Linear) and not _ignored(n, cfg.ignore)]
+
+    t = time.perf_counter()
+    stats = ActivationStats(lm.model)
+    with torch.no_grad(), stats.recording():
+        for w in tqdm(windows, desc="calibrate", disable=not progress, leave=False):
+            lm.model(input_ids=torch.tensor([w]), use_cache=False)
+    seconds["calibrate"] = time.perf_counter() - t
+
+    qmodel = copy.deepcopy(lm.model)
+    smooth: dict[str, torch.Tensor] = {}
+    if "smoothquant" in config.passes:
+        from qcal.passes.smoothquant import apply_smoothquant
+
+        smooth = apply_smoothquant(qmodel, stats.absmax(), cfg.smoothquant_alpha)
+    ranges = {n: _tensor_range(stats, n, smooth.get(n)) for n in quantizable}
+
+    t = time.perf_counter()
+    weight_bits, act = (8, _act(cfg.activations)) if scheme is Scheme.W8A8 else (4, ActQuant.NONE)
+    sens = sensitivity(qmodel, quantizable, windows[: cfg.sensitivity_windows], weight_bits, act, cfg.group_size,
+                       ranges)
+    decisions = [FloatDecision(n, "ignore", "in config.llm.ignore") for n, m in lm.model.named_modules()
+                 if isinstance(m, nn.Linear) and _ignored(n, cfg.ignore)]
+    decisions += keep_float(sens, cfg.keep_float_ratio, cfg.keep_float_max)
+    seconds["sensitivity"] = time.perf_counter() - t
+    floats = {d.layer for d in decisions}
+    mods = dict(qmodel.named_modules())
+    for n in quantizable:
+        if n not in floats:
+            parent, _, child = n.rpartition(".")
+            setattr(mods[parent], child, QuantLinear(mods[n], weight_bits=weight_bits, act=act,
+                                                     group=cfg.group_size, act_range=ranges[n]))
+    qmodel.eval()
+    seconds["total"] = time.perf_counter() - t0
+    return LLMQuantResult(config, lm, qmodel, textset, sum(len(w) for w in windows), stats.table(), sens,
+                          decisions, bool(smooth), seconds, windows)
+
+
+def _act(a: Activations) -> ActQuant:
+    return ActQuant.PER_TOKEN if a is Activations.PER_TOKEN else ActQuant.PER_TENSOR
+
+
+def _ignored(name: str, ignore: tuple[str, ...]) -> bool:
+    return any(name == i or name.endswith("." + i) for i in ignore)
+
+
+def _tensor_range(stats: ActivationStats, name: str, s: torch.Tensor | None) -> tuple[float, float]:
+    st = stats.stats[name]
+    lo, hi = (st.cmin, st.cmax) if s is None else (st.cmin / s, st.cmax / s)
+    return float(lo.min()), float(hi.max())
+
+
+@torch.no_grad()
+def sensitivity(model: nn.Module, names: list[str], windows: list[list[int]], weight_bits: int, act: ActQuant,
+                group: int, ranges: dict[str, tuple[float, float]]) -> dict[str, float]:
+    """Per Linear: ||Q(x) Q(W)^T - x W^T||^2 / ||x W^T||^2 on the probe windows, quantizing only that layer."""
+    mods = dict(model.named_modules())
+    qweights = {n: QuantLinear(mods[n], weight_bits=weight_bits, act=ActQuant.NONE, group=group).weight for n in names}
+    noise = dict.fromkeys(names, 0.0)
+    signal = dict.fromkeys(names, 0.0)
+
+    def hook(name: str) -> Any:
+        def fn(m: nn.Module, args: tuple[Any, ...]) -> None:
+            x = args[0].float()
+            y = nn.functional.linear(x, m.weight)  # type: ignore[arg-type]
+            if act is ActQuant.PER_TOKEN:
+                xq = fake_quant_per_token(x)
+            elif act is ActQuant.PER_TENSOR:
+                xq = fake_quant_per_tensor(x, *static_qparams(*ranges[name]))
+            else:
+                xq = x
+            noise[name] += float((nn.functional.linear(xq, qweights[name]) - y).pow(2).sum())
+            signal[name] += float(y.pow(2).sum())
+        return fn
+
+    handles = [mods[n].register_forward_pre_hook(hook(n)) for n in names]
+    try:
+        for w in windows:
+            model(input_ids=torch.tensor([w]), use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+    return {n: noise[n] / max(signal[n], 1e-30) for n in names}
+
+
+def keep_float(sens: dict[str, float], ratio: float, max_layers: int) -> list[FloatDecision]:
+    """Layers whose noise-to-signal exceeds ratio x the median layer's, worst first, at most max_layers."""
+    if ratio <= 0 or max_layers == 0 or not sens:
+        return []
+    vals = sorted(sens.values())
+    med = vals[len(vals) // 2]
+    out = [n for n, v in sorted(sens.items(), key=lambda kv: -kv[1]) if v > ratio * med][:max_layers]
+    return [FloatDecision(n, "sensitivity", f"noise-to-signal {sens[n]:.4g} = {sens[n] / med:.1f}x the median "
+                          f"layer's {med:.3g} (> {ratio:g}x)") for n in out]
+
+
+@dataclass
+class LLMReport:
+    """FP32 vs quantized on held-out text, and the FP32 model's per-layer activation statistics there."""
+
+    scores: dict[str, LMScore]
+    act_stats: dict[str, dict[str, float]]
+    result: LLMQuantResult
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"scores": {k: v.to_dict() for k, v in self.scores.items()},
+                "activation_summary": summarize(self.act_stats), "layers": self.act_stats,
+                "quantization": self.result.to_dict()}
+
+    def summary(self) -> str:
+        fp = self.scores["fp32"].ppl
+        lines = [f"{'model':<10}{'ppl':>10}{'vs fp32':>10}{'KL':>9}"]
+        lines += [f"{k:<10}{v.ppl:>10.3f}{100 * (v.ppl / fp - 1):>+9.2f}%{v.kl:>9.4f}" for k, v in self.scores.items()]
+        worst = sorted(self.act_stats.items(), key=lambda kv: -kv[1]["max_abs"])[:5]
+        lines += ["", f"{'layer (largest inputs)':<40}{'max|x|':>10}{'kurtosis':>10}{'outlier ch':>11}"]
+        lines += [f"{k:<40}{v['max_abs']:>10.1f}{v['kurtosis']:>10.1f}{v['outlier_channel_frac']:>11.4f}"
+                  for k, v in worst]
+        return "\n".join(lines)
+
+
+def robustness_llm(result: LLMQuantResult, eval: Any, *, n_tokens: int = 8192, window: int = 512,
+                   stride: int | None = None, progress: bool = True) -> LLMReport:
+    """Perplexity FP32 vs quantized and mean KL on held-out text, with per-layer outlier statistics."""
+    ids = eval_tokens(result.lm, eval, n_tokens)
+    _refuse_overlap(result.calib_ids, result.calib.keys(), ids)
+    stats = ActivationStats(result.lm.model)
+    with stats.recording():
+        scores = evaluate_lms(result.logits_fns(), ids, reference="fp32", window=window, stride=stride,
+                              progress=progress)
+    return LLMReport(scores, stats.table(), result)
+
+
+# --- text in -----------------------------------------------------------------------------------------------
+
+def calib_windows(lm: HFCausalLM, calib: Any, seq_len: int, n: int, seed: int) -> Any:
+    """A TextSet of calibration windows: given one (checked later against the tokenizer), or cut from a file."""
+    import calib_sets
+    from calib_sets.text import TextSet
+
+    if isinstance(calib, TextSet):
+        return calib.take(n) if len(calib) > n else calib
+    if isinstance(calib, str | Path) and Path(calib).exists():
+        try:
+            return calib_sets.Source.text(calib, seq_len=seq_len, n=n, tokenizer=lm.tokenizer, seed=seed)
+        except calib_sets.CalibSetError as e:
+            raise CalibrationError(str(e)) from e
+    raise CalibrationError(f"LLM calibration {calib!r}: give a text file/folder or a calib_sets TextSet "
+                           "(Source.text, calib_sets.corpora).")
+
+
+def eval_tokens(lm: HFCausalLM, eval: Any, n_tokens: int) -> list[int]:
+    """The first n_tokens token ids of held-out text: a path, a str, a TextSet or a list of ids."""
+    from calib_sets.text import TextSet, read_documents
+
+    if isinstance(eval, list) and all(isinstance(t, int) for t in eval):
+        ids = eval
+    elif isinstance(eval, TextSet):
+        ids = [t for w in lm.token_windows(eval, seq_len=1 << 30) for t in w]
+    elif isinstance(eval, Path) or (isinstance(eval, str) and _is_path(eval)):
+        ids = lm.encode("\n\n".join(d for _, d in read_documents(Path(eval))))
+    elif isinstance(eval, str):
+        ids = lm.encode(eval)
+    else:
+        raise CalibrationError(f"evaluation text {type(eval).__name__}: give a path, a str, a TextSet or token ids.")
+    if len(ids) < 2:
+        raise CalibrationError("the evaluation text has fewer than 2 tokens; give more text.")
+    return list(ids[:n_tokens])
+
+
+def _is_path(s: str) -> bool:
+    try:
+        return Path(s).exists()
+    except OSError:        # text longer than a file name
+        return False
+
+
+def _refuse_overlap(windows: list[list[int]], keys: list[str], ids: list[int]) -> None:
+    """Refuse evaluation on text the calibration saw: a calibration window's first 64 tokens found verbatim."""
+    stream = "," + ",".join(map(str, ids)) + ","
+    for w, key in zip(windows, keys, strict=False):
+        if len(w) >= 16 and "," + ",".join(map(str, w[:64])) + "," in stream:
+            raise CalibrationError(f"calibration window {key} appears in the evaluation text; evaluate on text "
+                                   "the calibration never saw (e.g. another novel).")
