@@ -122,7 +122,14 @@ def test_unknown_pass_names() -> None:
     with pytest.raises(ConfigError, match="choose from"):
         make_pass("adaround")
     with pytest.raises(ConfigError, match="unknown pass"):
-        QuantConfig(passes=("adaquant", "smoothquant"))
+        QuantConfig(passes=("adaquant", "gptq"))
+
+
+def test_smoothquant_refused_on_vision_models() -> None:
+    from qcal.passes.apply import refine
+
+    with pytest.raises(ConfigError, match="smoothquant pass is for LLMs"):
+        refine(object(), [], QuantConfig(passes=("smoothquant",)))
 
 
 def test_adaquant_config_round_trip() -> None:
