@@ -26,7 +26,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks.spine import checkpoint, vtest  # noqa: E402
+from benchmarks.spine import checkpoint, ort_peer, vtest  # noqa: E402
 
 CALIB = "bundled:vtest[0:320:5]"
 MIXED = ROOT / "benchmarks" / "recipes" / "vtest64-qrid.toml"   # the same 64 frames, half QRID-degraded
@@ -48,33 +48,9 @@ def head_decode_nodes(model: Any) -> list[str]:
 
 
 def quantize_ort(method: str, fp32: Path, out: Path) -> None:
-    import onnx
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-
-    from qcal.models.yolo import YoloAdapter
-
-    a, images = YoloAdapter(None, "peer"), calib_images()
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.it = iter(images)
-
-        def get_next(self):  # type: ignore[no-untyped-def]
-            img = next(self.it, None)
-            return None if img is None else a.prepare(img).feeds
-
-    # CalibMaxIntermediateOutputs bounds ORT's memory (it otherwise keeps every activation of every frame).
-    quantize_static(str(fp32), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    reduce_range=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    nodes_to_exclude=head_decode_nodes(onnx.load(str(fp32))),
-                    calibrate_method=getattr(CalibrationMethod, method),
-                    extra_options={"CalibMaxIntermediateOutputs": 16})
+    """The spine benchmark's ORT peer (head decode excluded, u8/s8, reduce_range) with another calibrator.
+    CalibMaxIntermediateOutputs bounds ORT's memory (it otherwise keeps every activation of every frame)."""
+    ort_peer(fp32, out, calib_images(), method, {"CalibMaxIntermediateOutputs": 16})
 
 
 def quantize_ultralytics(out: Path) -> None:

@@ -68,7 +68,8 @@ def calib_only(observer: str, frames: int) -> None:
                       "observer_state_mb": st.state_bytes / 2**20}))
 
 
-def ort_peer(fp32: Path, out: Path, images: list) -> float:
+def ort_peer(fp32: Path, out: Path, images: list, method: str = "MinMax",
+             extra_options: dict | None = None) -> float:
     """ONNX Runtime quantize_static, MinMax, QDQ, u8 activations / s8 per-channel weights, reduce_range, the
     head's decode (DFL, box decode, final Concat) excluded: the best ORT config in shared/ASSETS.md."""
     import onnx
@@ -98,7 +99,7 @@ def ort_peer(fp32: Path, out: Path, images: list) -> float:
     t = time.perf_counter()
     quantize_static(str(fp32), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=True,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
-                    calibrate_method=CalibrationMethod.MinMax)
+                    calibrate_method=getattr(CalibrationMethod, method), extra_options=extra_options or {})
     return time.perf_counter() - t
 
 
