@@ -249,11 +249,14 @@ def check_reachable(address: str, timeout_s: float = 5.0) -> None:
 
 def make_executor(name: str = "serial", *, address: str | None = None, threads: int = 2,
                   device: str = "cpu") -> Executor:
-    """The executor `qcal bench --executor NAME [--address HOST:PORT]` uses."""
+    """The executor `qcal bench --executor NAME [--address HOST:PORT]` uses. A cluster address is checked here,
+    before any model is built, so an unreachable one fails in seconds."""
     if name == "serial":
         if address:
             raise ExecutorError(f"--address {address} needs --executor ray.")
         return SerialExecutor()
     if name == "ray":
+        if address:
+            check_reachable(address)
         return RayExecutor(address=address, cpus=float(threads), gpus=1.0 if device == "cuda" else 0.0)
     raise ExecutorError(f"executor {name!r}: choose one of {', '.join(EXECUTORS)}.")
