@@ -203,7 +203,8 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                    "Runtime) or cuda (torch execution of the same ONNX files, INT8 as fake quantization)")
     b.add_argument("--runtime", choices=["ort", "torch"], help="cell runtime (default: ort on cpu, torch on cuda)")
     b.add_argument("--executor", default="serial", choices=["serial", "ray"], help="where the cells run: serial "
-                   "(this process, default) or ray (one Ray task per cell; pip install qcal[ray])")
+                   "(this process, default) or ray (one Ray task per cell declaring --threads CPUs; pip install qcal[ray]; "
+                   "docs/SCALE.md)")
     b.add_argument("--address", help="with --executor ray: join the Ray cluster at HOST:PORT (`ray start --head` "
                    "there; -o must be on a path every node can read) instead of starting a local Ray")
     b.add_argument("--no-progress", action="store_true", help="no progress bars")
