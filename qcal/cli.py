@@ -202,6 +202,11 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     b.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the cells run: cpu (ONNX "
                    "Runtime) or cuda (torch execution of the same ONNX files, INT8 as fake quantization)")
     b.add_argument("--runtime", choices=["ort", "torch"], help="cell runtime (default: ort on cpu, torch on cuda)")
+    b.add_argument("--executor", default="serial", choices=["serial", "ray"], help="where the cells run: serial "
+                   "(this process, default) or ray (one Ray task per cell declaring --threads CPUs; pip install qcal[ray]; "
+                   "docs/SCALE.md)")
+    b.add_argument("--address", help="with --executor ray: join the Ray cluster at HOST:PORT (`ray start --head` "
+                   "there; -o must be on a path every node can read) instead of starting a local Ray")
     b.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -216,7 +221,7 @@ def _run_bench(args: argparse.Namespace, argv: list[str] | None) -> int:
                         precisions=args.precisions, out=args.out, config=cfg,
                         trust_checkpoint=args.trust_checkpoint, latency_runs=args.latency_runs,
                         bootstrap=args.bootstrap, threads=args.threads, progress=not args.no_progress, command=cmd,
-                        device=args.device, runtime=args.runtime)
+                        device=args.device, runtime=args.runtime, executor=args.executor, address=args.address)
     print(report.summary())
     print(f"\nwrote {', '.join(str(p) for p in report.paths.values())}")
     return 0

@@ -21,6 +21,7 @@ import calib_sets
 from exporters.quant_table import atomic_write_text
 from qcal import __version__
 from qcal.bench.cells import CellStore
+from qcal.bench.executors import Executor, make_executor
 from qcal.bench.matrix import (
     build_models,
     compare_calibrations,
@@ -64,13 +65,19 @@ def robustness(model: Any, *, eval: Any, calib: str | None = None, conditions: s
                precisions: str | Sequence[str] = DEFAULT_PRECISIONS, out: str | Path = "report",
                config: QuantConfig | None = None, trust_checkpoint: bool = False, latency_runs: int = 30,
                bootstrap: int = 1000, threads: int = 2, progress: bool = True,
-               command: str | None = None, device: str = "cpu", runtime: str | None = None) -> RobustnessReport:
+               command: str | None = None, device: str = "cpu", runtime: str | None = None,
+               executor: str | Executor = "serial", address: str | None = None) -> RobustnessReport:
     """Evaluate every precision under every condition; write report.json/.md/.html into `out`.
 
     device "cuda" (or runtime "torch") runs the cells with qcal.sim's torch execution of the same ONNX files:
     FP32, FP16 and the INT8 QDQ models as fake quantization (ORT's integer-only int8-dynamic is not supported).
-    Latency is always ONNX Runtime on CPU."""
+    Latency is always ONNX Runtime on CPU.
+
+    executor "ray" runs the cells as Ray tasks, on a local Ray or the cluster at `address` (HOST:PORT); the report
+    is the same as the serial one's except timing fields (see qcal.bench.executors)."""
     cfg = config or QuantConfig()
+    ex = make_executor(executor, address=address, threads=threads, device=device) if isinstance(executor, str) \
+        else executor
     seconds: dict[str, float] = {}
     log = (lambda msg: print(f"qcal bench: {msg}", file=sys.stderr)) if progress else (lambda msg: None)
     precs = parse_precisions(precisions, calib)
@@ -97,7 +104,7 @@ def robustness(model: Any, *, eval: Any, calib: str | None = None, conditions: s
                                          "sha256": store.model_info("fp32")["sha256"]}} if need_fp32 else {})}
     rt = runtime or ("ort" if device == "cpu" else "torch")
     cells = run_cells(adapter, run_models, conds, images, es.content_hash, store, threads=threads, progress=progress,
-                      runtime=rt, device=device)
+                      runtime=rt, device=device, executor=ex)
     done()
     if labelled:
         reference = [labels_to_detections(s.labels, h) for s, h in zip(samples, hw, strict=True)]  # type: ignore[arg-type]
@@ -129,7 +136,7 @@ def robustness(model: Any, *, eval: Any, calib: str | None = None, conditions: s
         "size_mb": {k: v["size_mb"] for k, v in models.items()},
         "comparisons": comparisons,
         "machine": {**machine_info().to_dict(), "threads": threads},
-        "runtime": {"cells": rt, "device": device},
+        "runtime": {"cells": rt, "device": device},   # the executor is left out: reports are executor-independent
         "seconds": seconds,
     }
     paths = write_report(data, out)

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 import calib_sets
 from calib_sets.degrade import Condition
@@ -25,6 +24,7 @@ from exporters.dynamic import export_dynamic
 from exporters.float16 import export_fp16
 from qcal import __version__
 from qcal.bench.cells import CellStore, file_sha256, key_of
+from qcal.bench.executors import CellJob, CellRunner, CellsFailedError, Executor, SerialExecutor
 from qcal.bench.spec import Precision, calibration_set, condition_dict, condition_name
 from qcal.config import QuantConfig
 from qcal.errors import CalibrationError
@@ -100,13 +100,13 @@ def build_models(adapter: ModelAdapter, precisions: Sequence[Precision], store: 
 
 def run_cells(adapter: ModelAdapter, models: dict[str, dict[str, Any]], conditions: Sequence[Condition | None],
               images: list[np.ndarray], eval_hash: str, store: CellStore, *, threads: int,
-              progress: bool, runtime: str = "ort", device: str = "cpu") -> dict[str, dict[str, list[Detections]]]:
-    """Detections of every (precision, condition) cell; cached cells are loaded, not rerun.
+              progress: bool, runtime: str = "ort", device: str = "cpu",
+              executor: Executor | None = None) -> dict[str, dict[str, list[Detections]]]:
+    """Detections of every (precision, condition) cell; cached cells are loaded, not rerun; the rest run on
+    `executor` (default: serial, in this process) and are saved as each finishes.
 
     runtime "ort": ONNX Runtime on CPU; "torch": qcal.sim's torch execution of the same ONNX files (Q/DQ as fake
     quantization) on `device` (cpu or cuda)."""
-    from qcal.sim import open_runner
-
     thresholds = {k: getattr(adapter, k, None) for k in ("conf", "iou", "max_det")}
     backend = {} if runtime == "ort" else {"runtime": runtime, "device": device}   # ORT keys stay as before
     out: dict[str, dict[str, list[Detections]]] = {name: {} for name in models}
@@ -120,24 +120,15 @@ def run_cells(adapter: ModelAdapter, models: dict[str, dict[str, Any]], conditio
                 out[name][condition_name(c)] = cached
             else:
                 todo.append((name, c, key))
-    sessions: dict[str, Any] = {}
-    bar = tqdm(total=len(todo) * len(images), desc="robustness cells", unit="img", disable=not progress or not todo)
-    for c in conditions:
-        cell_todo = [(n, k) for n, cc, k in todo if cc is c]
-        if not cell_todo:
-            continue
-        degraded = images if c is None else [c(img, seed=i) for i, img in enumerate(images)]
-        for name, key in cell_todo:
-            if name not in sessions:
-                sessions[name] = open_runner(models[name]["file"], runtime=runtime, device=device, threads=threads)
-            sess, dets = sessions[name], []
-            for img in degraded:
-                prep = adapter.prepare(img)
-                dets.append(adapter.postprocess(sess.run(None, prep.feeds), prep))
-                bar.update(1)
-            store.save(key, dets)
-            out[name][condition_name(c)] = dets
-    bar.close()
+    runner = CellRunner(adapter, images, runtime=runtime, device=device, threads=threads)
+    jobs = [CellJob(k, n, c, models[n]["file"]) for n, c, k in todo]
+
+    def save(job: CellJob, dets: list[Detections]) -> None:   # in the driver, as each cell finishes
+        store.save(job.key, dets)
+        out[job.precision][condition_name(job.condition)] = dets
+    failures = (executor or SerialExecutor()).run(runner, jobs, save, progress=progress)
+    if failures:
+        raise CellsFailedError(failures)
     return out
 
 
