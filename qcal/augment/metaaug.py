@@ -95,9 +95,9 @@ def meta_loss(qmodel: QuantModel, fp_model: QuantModel, name: str, stepped: dict
     """The outer loss: the quantized model with layer `name` holding `stepped`, on the original validation
     inputs, vs FP32 (softened-logit KL for 2-D outputs, else MSE), plus the hinge and feature terms on T(x)."""
     full = {f"model.{name}.{k}": v for k, v in stepped.items()}
-    out_q = functional_call(qmodel, full, (x_val,))
+    out_q = _first(functional_call(qmodel, full, (x_val,)))
     with torch.no_grad():
-        out_fp = fp_model(x_val)
+        out_fp = _first(fp_model(x_val))
     fit = softened_kl(out_q, out_fp, cfg.temperature) if out_q.dim() == 2 else F.mse_loss(out_q, out_fp)
     last = list(fp_model.layers.values())[-1]
     feat_t = layer_input(fp_model, last, tx)
@@ -106,6 +106,11 @@ def meta_loss(qmodel: QuantModel, fp_model: QuantModel, name: str, stepped: dict
     h, f = hinge(tx, x, cfg.margin), pkt_loss(feat_t, feat_x)
     total = cfg.alpha * fit + cfg.beta * h + cfg.gamma * f
     return total, {k: float(v.detach()) for k, v in (("outer", total), ("fit", fit), ("hinge", h), ("feat", f))}
+
+
+def _first(out: Any) -> torch.Tensor:
+    """A model's main output tensor (detectors return (predictions, raw maps))."""
+    return out[0] if isinstance(out, tuple | list) else out
 
 
 @dataclass

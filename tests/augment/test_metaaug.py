@@ -157,3 +157,15 @@ def test_metaaug_config_round_trip_and_errors() -> None:
         MetaAugConfig(val_fraction=1.0)
     with pytest.raises(ConfigError, match="unknown key"):
         QuantConfig.from_dict({"adaquant": {"augment": {"iters": 1, "gama": 1.0}}})
+
+
+def test_cli_augment_option_sets_metaaug() -> None:
+    import argparse
+
+    from qcal.cli import _add_common, _config
+
+    p = argparse.ArgumentParser()
+    _add_common(p)
+    cfg = _config(p.parse_args(["--passes", "adaquant", "--augment", "metaaug"]))
+    assert cfg.passes == ("adaquant",) and cfg.adaquant.augment == MetaAugConfig()
+    assert _config(p.parse_args(["--passes", "adaquant"])).adaquant.augment is None
