@@ -66,7 +66,7 @@ def run_one(model: torch.nn.Module, calib: torch.Tensor, bits: str, variant: str
                             augment=hand_aug(seed) if variant == "recon_handaug" else None)
     info: dict = {}
     if variant != "rtn":
-        meta = MetaAugConfig(iters=args.meta_iters, seed=seed, batch=32, width=args.width, time_budget_s=args.meta_budget_s) \
+        meta = MetaAugConfig(iters=args.meta_iters, seed=seed, batch=32, width=args.width, margin=args.margin, time_budget_s=args.meta_budget_s) \
             if variant == "recon_metaaug" else None
         r = AdaQuant(AdaQuantConfig(iters=args.iters, batch=32, seed=seed, augment=meta)).run(ctx)
         info = {"layers_reverted": r.changed["layers_reverted"]}
@@ -88,6 +88,8 @@ def main() -> None:
     ap.add_argument("--calib", type=int, default=256)
     ap.add_argument("--iters", type=int, default=200, help="reconstruction iterations per layer")
     ap.add_argument("--meta-iters", type=int, default=40, help="MetaAug meta-iterations per layer (paper: 500)")
+    ap.add_argument("--margin", type=float, default=0.1, help="MetaAug hinge margin on mean((T(x)-x)^2)")
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     ap.add_argument("--width", type=int, default=8, help="T's UNet width (channels of its first level)")
     ap.add_argument("--meta-budget-s", type=float, default=0.0, help="MetaAug time budget per run (0: none)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "metaaug_fmnist"))
@@ -113,7 +115,7 @@ def main() -> None:
         for seed in args.seeds:
             idx = torch.from_numpy(np.random.default_rng(seed).choice(len(xtr), args.calib, replace=False))
             calib, calib_y = xtr[idx], ytr[idx]
-            for v in VARIANTS:
+            for v in args.variants:
                 t0 = time.perf_counter()
                 q, info = run_one(model, calib, bits, v, seed, args)
                 res["seconds"][bits][v].append(round(time.perf_counter() - t0, 1))
