@@ -114,6 +114,7 @@ class Augmenter:
         os.close(fd)
         try:
             save_file(state, tmp, metadata={"qcal": json.dumps(self.meta, sort_keys=True), "sha256": digest})
+            os.chmod(tmp, 0o644)   # mkstemp creates 0600; T files are meant to be shared
             os.replace(tmp, path)
         finally:
             Path(tmp).unlink(missing_ok=True)
