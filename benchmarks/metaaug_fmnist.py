@@ -66,13 +66,13 @@ def run_one(model: torch.nn.Module, calib: torch.Tensor, bits: str, variant: str
                             augment=hand_aug(seed) if variant == "recon_handaug" else None)
     info: dict = {}
     if variant != "rtn":
-        meta = MetaAugConfig(iters=args.meta_iters, seed=seed, batch=32, width=args.width, margin=args.margin, time_budget_s=args.meta_budget_s) \
+        meta = MetaAugConfig(iters=args.meta_iters, seed=seed, batch=32, width=args.width, margin=args.margin, lr=args.meta_lr, time_budget_s=args.meta_budget_s) \
             if variant == "recon_metaaug" else None
         r = AdaQuant(AdaQuantConfig(iters=args.iters, batch=32, seed=seed, augment=meta)).run(ctx)
         info = {"layers_reverted": r.changed["layers_reverted"]}
         if meta is not None:
             info["metaaug"] = r.changed["metaaug"]
-            r.augmenter.save(Path(args.out).with_suffix(f".{bits}.s{seed}.T.safetensors"))
+            r.augmenter.save(f"{args.out}.{bits}.s{seed}.T.safetensors")
     return ctx.qmodel.eval(), info
 
 
@@ -89,6 +89,7 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=200, help="reconstruction iterations per layer")
     ap.add_argument("--meta-iters", type=int, default=40, help="MetaAug meta-iterations per layer (paper: 500)")
     ap.add_argument("--margin", type=float, default=0.1, help="MetaAug hinge margin on mean((T(x)-x)^2)")
+    ap.add_argument("--meta-lr", type=float, default=1e-2, help="Adam learning rate of T (reference: 0.01)")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     ap.add_argument("--width", type=int, default=8, help="T's UNet width (channels of its first level)")
     ap.add_argument("--meta-budget-s", type=float, default=0.0, help="MetaAug time budget per run (0: none)")
@@ -124,8 +125,8 @@ def main() -> None:
                 res["details"][f"{bits}/{v}/s{seed}"] = info
                 print(f"{bits} {v} seed {seed}: test {res['top1'][bits][v][-1]} calib "
                       f"{res['calib_top1'][bits][v][-1]} ({res['seconds'][bits][v][-1]} s)", flush=True)
-                out = Path(args.out).with_suffix(".json")
-                tmp = out.with_suffix(".tmp")
+                out = Path(f"{args.out}.json")
+                tmp = Path(f"{args.out}.json.tmp")
                 tmp.write_text(json.dumps(res, indent=1))
                 tmp.replace(out)
     write_md(Path(args.out), res)
@@ -146,9 +147,9 @@ def write_md(out: Path, res: dict) -> None:
                          f"{mean_sd(res['seconds'][bits][v])} |")
     m = res["machine"]
     lines += ["", f"Machine: {m.get('cpu_model')}, {m.get('cores')} cores (shared, timings noisy)."]
-    tmp = out.with_suffix(".md.tmp")
+    tmp = Path(f"{out}.md.tmp")
     tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(out.with_suffix(".md"))
+    tmp.replace(f"{out}.md")
 
 
 if __name__ == "__main__":
