@@ -66,7 +66,8 @@ def run_one(model: torch.nn.Module, calib: torch.Tensor, bits: str, variant: str
                             augment=hand_aug(seed) if variant == "recon_handaug" else None)
     info: dict = {}
     if variant != "rtn":
-        meta = MetaAugConfig(iters=args.meta_iters, seed=seed, batch=32, width=args.width, margin=args.margin, lr=args.meta_lr, time_budget_s=args.meta_budget_s) \
+        meta = MetaAugConfig(iters=args.meta_iters, seed=seed, batch=32, width=args.width, margin=args.margin, lr=args.meta_lr,
+                             beta=args.beta, time_budget_s=args.meta_budget_s) \
             if variant == "recon_metaaug" else None
         r = AdaQuant(AdaQuantConfig(iters=args.iters, batch=32, seed=seed, augment=meta)).run(ctx)
         info = {"layers_reverted": r.changed["layers_reverted"]}
@@ -90,6 +91,7 @@ def main() -> None:
     ap.add_argument("--meta-iters", type=int, default=40, help="MetaAug meta-iterations per layer (paper: 500)")
     ap.add_argument("--margin", type=float, default=0.1, help="MetaAug hinge margin on mean((T(x)-x)^2)")
     ap.add_argument("--meta-lr", type=float, default=1e-2, help="Adam learning rate of T (reference: 0.01)")
+    ap.add_argument("--beta", type=float, default=0.5, help="MetaAug hinge weight (0: no hinge)")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     ap.add_argument("--width", type=int, default=8, help="T's UNet width (channels of its first level)")
     ap.add_argument("--meta-budget-s", type=float, default=0.0, help="MetaAug time budget per run (0: none)")
