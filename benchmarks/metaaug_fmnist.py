@@ -67,7 +67,7 @@ def run_one(model: torch.nn.Module, calib: torch.Tensor, bits: str, variant: str
     info: dict = {}
     if variant != "rtn":
         meta = MetaAugConfig(iters=args.meta_iters, seed=seed, batch=32, width=args.width, margin=args.margin, lr=args.meta_lr,
-                             beta=args.beta, time_budget_s=args.meta_budget_s) \
+                             beta=args.beta, max_delta=args.max_delta, time_budget_s=args.meta_budget_s) \
             if variant == "recon_metaaug" else None
         r = AdaQuant(AdaQuantConfig(iters=args.iters, batch=32, seed=seed, augment=meta)).run(ctx)
         info = {"layers_reverted": r.changed["layers_reverted"]}
@@ -92,6 +92,7 @@ def main() -> None:
     ap.add_argument("--margin", type=float, default=0.1, help="MetaAug hinge margin on mean((T(x)-x)^2)")
     ap.add_argument("--meta-lr", type=float, default=1e-2, help="Adam learning rate of T (reference: 0.01)")
     ap.add_argument("--beta", type=float, default=0.5, help="MetaAug hinge weight (0: no hinge)")
+    ap.add_argument("--max-delta", type=float, default=0.0, help="bound |T(x)-x| per pixel (0: unbounded)")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     ap.add_argument("--width", type=int, default=8, help="T's UNet width (channels of its first level)")
     ap.add_argument("--meta-budget-s", type=float, default=0.0, help="MetaAug time budget per run (0: none)")

@@ -87,6 +87,7 @@ class MetaAugConfig:
     skip_first_last: bool = True
     time_budget_s: float = 0.0
     seed: int = 0
+    max_delta: float = 0.0   # > 0 bounds |T(x) - x| per pixel by tanh (0: unbounded residual)
 
     def __post_init__(self) -> None:
         if self.iters < 0 or self.batch < 2 or self.width < 1:
@@ -96,7 +97,7 @@ class MetaAugConfig:
             raise ConfigError(f"metaaug: val_fraction={self.val_fraction} must be in (0, 1): the calibration set "
                               "is split into a training view and a validation view.")
         if min(self.alpha, self.beta, self.gamma, self.margin, self.lr, self.inner_lr, self.grad_clip,
-               self.time_budget_s) < 0 or self.temperature <= 0:
+               self.time_budget_s, self.max_delta) < 0 or self.temperature <= 0:
             raise ConfigError("metaaug: weights, margin, learning rates, grad_clip and time_budget_s must be >= 0 "
                               "and temperature > 0.")
 

@@ -130,7 +130,8 @@ class MetaAugTrainer:
     active: bool = False
 
     def __post_init__(self) -> None:
-        self.net = TransformNet(TNetSpec(channels=int(self.calib.shape[1]), width=self.cfg.width, seed=self.cfg.seed))
+        self.net = TransformNet(TNetSpec(channels=int(self.calib.shape[1]), width=self.cfg.width, seed=self.cfg.seed,
+                                     max_delta=self.cfg.max_delta))
         self.rng = np.random.default_rng(self.cfg.seed)
         perm = self.rng.permutation(len(self.calib))
         n_val = min(max(1, round(len(perm) * self.cfg.val_fraction)), len(perm) - 1)

@@ -35,6 +35,7 @@ class TNetSpec:
     width: int = 16
     init_scale: float = 1e-3
     seed: int = 0
+    max_delta: float = 0.0   # > 0: T(x) = x + max_delta * tanh(head / max_delta), |T(x) - x| bounded
 
 
 def _block(cin: int, cout: int) -> nn.Sequential:
@@ -70,7 +71,10 @@ class TransformNet(nn.Module):
         m = self.mid(F.max_pool2d(e2, 2, ceil_mode=True))
         d2 = self.dec2(torch.cat([F.interpolate(m, size=e2.shape[-2:], mode="nearest"), e2], 1))
         d1 = self.dec1(torch.cat([F.interpolate(d2, size=e1.shape[-2:], mode="nearest"), e1], 1))
-        return x + self.head(d1)
+        delta = self.head(d1)
+        if self.spec.max_delta > 0:
+            delta = self.spec.max_delta * torch.tanh(delta / self.spec.max_delta)
+        return x + delta
 
 
 def content_hash(state: dict[str, torch.Tensor], meta: dict[str, Any]) -> str:

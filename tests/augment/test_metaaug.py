@@ -169,3 +169,10 @@ def test_cli_augment_option_sets_metaaug() -> None:
     cfg = _config(p.parse_args(["--passes", "adaquant", "--augment", "metaaug"]))
     assert cfg.passes == ("adaquant",) and cfg.adaquant.augment == MetaAugConfig()
     assert _config(p.parse_args(["--passes", "adaquant"])).adaquant.augment is None
+
+
+def test_max_delta_bounds_the_change() -> None:
+    x = torch.rand(2, 1, 12, 12)
+    net = TransformNet(TNetSpec(channels=1, width=4, init_scale=100.0, max_delta=0.1))
+    d = (net(x) - x).detach().abs()
+    assert float(d.max()) <= 0.1 + 1e-6 and float(d.max()) > 0.05
