@@ -15,6 +15,8 @@ from qcal.config import (  # noqa: E402
     AdaQuantMode,
     KeepFloatConfig,
     LLMConfig,
+    MetaAug,
+    MetaAugConfig,
     Observer,
     QuantConfig,
     Scheme,
@@ -69,5 +71,6 @@ def robustness(*args, **kwargs):  # type: ignore[no-untyped-def]
 
 
 __all__ = ["Activations", "AdaQuantConfig", "AdaQuantMode", "Budget", "CalibrationError", "CheckpointError",
-           "ConfigError", "ExportError", "KeepFloatConfig", "LLMConfig", "Observer", "QcalError", "QuantConfig",
+           "ConfigError", "ExportError", "KeepFloatConfig", "LLMConfig", "MetaAug",
+           "MetaAugConfig", "Observer", "QcalError", "QuantConfig",
            "Scheme", "Target", "UntrustedCheckpointError", "__version__", "allocate_bits", "quantize", "robustness"]

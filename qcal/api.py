@@ -49,6 +49,11 @@ class QuantResult:
     _workdir: Any = field(default=None, repr=False)   # TemporaryDirectory owning the artifacts
 
     @property
+    def augmenter(self) -> Any:
+        """The learned MetaAug T (qcal.augment.Augmenter) when the adaquant pass ran with augment=; else None."""
+        return next((r.augmenter for r in self.passes if getattr(r, "augmenter", None) is not None), None)
+
+    @property
     def calib_hash(self) -> str:
         return str(self.calib.content_hash)
 

@@ -36,6 +36,12 @@ def _config(args: argparse.Namespace) -> QuantConfig:
         changes["calib_size"] = args.calib_size
     if getattr(args, "passes", None):
         changes["passes"] = tuple(p for arg in args.passes for p in arg.split(",") if p)
+    if getattr(args, "augment", None) == "metaaug" and cfg.adaquant.augment is None:
+        import dataclasses
+
+        from qcal.config import MetaAugConfig
+
+        changes["adaquant"] = dataclasses.replace(cfg.adaquant, augment=MetaAugConfig())
     if args.keep_float:
         changes["keep_float"] = KeepFloatConfig(**{**cfg.keep_float.__dict__, "nodes": tuple(args.keep_float)})
     return cfg.replace(**changes)
@@ -56,6 +62,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--passes", nargs="+", metavar="PASS", help="torch passes on the float weights before export, "
                    "in order: bn_reestimate, adaquant, bias_correction (AdaQuant options: [adaquant] in --config); "
                    "for --task llm: smoothquant")
+    p.add_argument("--augment", choices=["none", "metaaug"], help="learned augmentation of the calibration inputs "
+                   "inside the adaquant pass (MetaAug; options: [adaquant.augment] in --config)")
     p.add_argument("--allocate", metavar="KIND=RATIO", help="choose int8 or float per layer by integer "
                    "programming under a budget relative to FP32: latency=0.7, size=0.5 or bops=0.3; the float "
                    "layers stay float in the QDQ model (allocation.json lists them)")

@@ -66,6 +66,46 @@ class AdaQuantMode(str, enum.Enum):
 
 
 @dataclass(frozen=True)
+class MetaAugConfig:
+    """MetaAug (qcal.augment.metaaug), an option of the reconstruction pass: a small UNet T learned per layer by
+    bi-level optimisation. Loss weights follow the reference code's names: alpha (KL of softened logits on the
+    validation view), beta (hinge keeping mean((T(x)-x)^2) above margin), gamma (feature preservation, PKT).
+    iters: meta-iterations per layer; time_budget_s: stop meta-iterations once spent (0: no budget)."""
+
+    iters: int = 500
+    alpha: float = 5.0
+    beta: float = 0.5
+    gamma: float = 1.0
+    margin: float = 0.1
+    lr: float = 1e-2
+    inner_lr: float = 1e-2
+    temperature: float = 4.0
+    batch: int = 32
+    width: int = 16
+    val_fraction: float = 0.5
+    grad_clip: float = 0.1
+    skip_first_last: bool = True
+    time_budget_s: float = 0.0
+    seed: int = 0
+    max_delta: float = 0.0   # > 0 bounds |T(x) - x| per pixel by tanh (0: unbounded residual)
+
+    def __post_init__(self) -> None:
+        if self.iters < 0 or self.batch < 2 or self.width < 1:
+            raise ConfigError(f"metaaug: iters={self.iters} must be >= 0, batch={self.batch} >= 2 and "
+                              f"width={self.width} >= 1.")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ConfigError(f"metaaug: val_fraction={self.val_fraction} must be in (0, 1): the calibration set "
+                              "is split into a training view and a validation view.")
+        if min(self.alpha, self.beta, self.gamma, self.margin, self.lr, self.inner_lr, self.grad_clip,
+               self.time_budget_s, self.max_delta) < 0 or self.temperature <= 0:
+            raise ConfigError("metaaug: weights, margin, learning rates, grad_clip and time_budget_s must be >= 0 "
+                              "and temperature > 0.")
+
+
+MetaAug = MetaAugConfig
+
+
+@dataclass(frozen=True)
 class AdaQuantConfig:
     """AdaQuant (qcal.passes.adaquant). Defaults from the paper's code (CalibTIP): 1000 iterations per layer,
     batch 50, Adam lr 1e-5 (weights), 1e-3 (bias), 1e-3 (weight step sizes), 1e-1 (input step sizes)."""
@@ -78,6 +118,7 @@ class AdaQuantConfig:
     lr_act_scale: float = 1e-1
     mode: AdaQuantMode = AdaQuantMode.SEQUENTIAL
     seed: int = 0
+    augment: MetaAugConfig | None = None   # MetaAug: learn a transformation of the calibration inputs
 
     def __post_init__(self) -> None:
         if self.iters < 0 or self.batch < 1:

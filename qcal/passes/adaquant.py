@@ -97,8 +97,17 @@ class AdaQuant:
         for p in ctx.fp_model.parameters():
             p.requires_grad_(False)
         layers = ctx.quantized_layers()
-        for name, q, fp in tqdm(layers, desc=f"adaquant ({cfg.mode.value})", disable=not ctx.progress,
-                                leave=False):
+        meta, saved_hook = None, ctx.augment
+        if cfg.augment is not None:   # MetaAug: T is trained per layer and feeds the reconstruction via the hook
+            from qcal.augment.metaaug import MetaAugTrainer
+
+            meta = MetaAugTrainer(cfg.augment, ctx.calib, progress=ctx.progress)
+            ctx.augment = meta.augment if saved_hook is None else (lambda x: meta.augment(saved_hook(x)))
+        for i, (name, q, fp) in enumerate(tqdm(layers, desc=f"adaquant ({cfg.mode.value})", disable=not ctx.progress,
+                                leave=False)):
+            if meta is not None:
+                edge = i in (0, len(layers) - 1) and cfg.augment is not None and cfg.augment.skip_first_last
+                meta.train_layer(ctx.qmodel, ctx.fp_model, name, skip=edge)
             x_in, x_fp = self.layer_inputs(ctx, name)
             before = layer_mse(q, fp, x_in, x_fp)
             saved = {k: v.detach().clone() for k, v in q.state_dict().items()}
@@ -117,4 +126,8 @@ class AdaQuant:
             x_fp.close()
         report.changed["layers_optimised"] = len(report.per_layer)
         report.changed["layers_reverted"] = [n for n, v in report.per_layer.items() if v["reverted"]]
+        if meta is not None:
+            ctx.augment = saved_hook
+            report.changed["metaaug"] = meta.summary()
+            report.augmenter = meta.augmenter
         return report

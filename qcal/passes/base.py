@@ -70,6 +70,7 @@ class PassReport:
     changed: dict[str, Any] = field(default_factory=dict)
     per_layer: dict[str, dict[str, float]] = field(default_factory=dict)   # layer -> {"mse_before", "mse_after"}
     seconds: float = 0.0
+    augmenter: Any = None   # qcal.augment.Augmenter when the pass learned one (MetaAug); not serialised
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "changed": self.changed, "per_layer": self.per_layer,

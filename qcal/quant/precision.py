@@ -17,6 +17,8 @@ class Precision(str, enum.Enum):
     INT4 = "int4"     # W4A4 (alias kept separate so a plan says what the user asked for)
     W6A6 = "w6a6"     # for uniform baselines between 4 and 8 bits
     W5A5 = "w5a5"
+    W3A3 = "w3a3"     # low-bit research settings (MetaAug / BRECQ papers)
+    W2A4 = "w2a4"
 
     @property
     def weight_bits(self) -> int:
@@ -37,4 +39,5 @@ class Precision(str, enum.Enum):
 
 
 _BITS = {Precision.FP32: (32, 32), Precision.FP16: (16, 16), Precision.INT8: (8, 8), Precision.W7A8: (7, 8), Precision.W4A8: (4, 8),
-         Precision.W4A4: (4, 4), Precision.INT4: (4, 4), Precision.W6A6: (6, 6), Precision.W5A5: (5, 5)}
+         Precision.W4A4: (4, 4), Precision.INT4: (4, 4), Precision.W6A6: (6, 6), Precision.W5A5: (5, 5),
+         Precision.W3A3: (3, 3), Precision.W2A4: (2, 4)}

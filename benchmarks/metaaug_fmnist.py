@@ -1,0 +1,159 @@
+"""MetaAug on Fashion-MNIST (PART 1 of issue 9: a small run, results marked partial).
+
+Same ResNet-8 checkpoint and loaders as benchmarks/adaquant_fmnist.py. Calibration: 256 train images (seeded);
+evaluation: top-1 on the 10,000 test images and on the 256 calibration images. First conv and fc at 8 bits,
+every other layer at W2A4 or W3A3 (as the paper). Variants:
+  rtn            round-to-nearest
+  recon          the reconstruction pass (qcal's AdaQuant, LAYER-wise, free rounding: block granularity,
+                 AdaRound and QDrop are not built yet, so this is NOT the paper's BRECQ/QDrop baseline)
+  recon_handaug  the same, reconstructing on the images plus a hand-made augmentation (flip, shifted crop, noise)
+  recon_metaaug  the same with MetaAug (T trained per layer, reconstruction on the images plus T(images))
+
+    OMP_NUM_THREADS=1 nice -n 10 python benchmarks/metaaug_fmnist.py --seeds 0 --iters 200 --meta-iters 40 --width 8 \
+        --data /tmp/fm/root/usr/share/datasets/fashion-mnist
+Writes benchmarks/results/metaaug_fmnist.{json,md}. Robustness under calib_sets degradations is not run yet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from adaquant_fmnist import CKPT, ResNet8, load_fmnist, top1  # noqa: E402
+
+VARIANTS = ("rtn", "recon", "recon_handaug", "recon_metaaug")
+
+
+def hand_aug(seed: int):  # type: ignore[no-untyped-def]
+    """x -> cat(x, flip/shift/noise(x)), seeded: the 'standard hand-made augmentation' row."""
+    g = torch.Generator().manual_seed(seed)
+
+    def f(x: torch.Tensor) -> torch.Tensor:
+        flip = torch.rand(len(x), generator=g) < 0.5
+        a = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        dy, dx = (int(v) for v in torch.randint(-2, 3, (2,), generator=g))
+        a = torch.roll(a, shifts=(dy, dx), dims=(-2, -1))           # a shifted crop (wrap-around border)
+        a = a + 0.05 * torch.randn(a.shape, generator=g)
+        return torch.cat([x, a])
+
+    return f
+
+
+def run_one(model: torch.nn.Module, calib: torch.Tensor, bits: str, variant: str, seed: int, args: argparse.Namespace,
+            ) -> tuple[torch.nn.Module, dict]:
+    from qcal.config import AdaQuantConfig, MetaAugConfig
+    from qcal.passes.adaquant import AdaQuant
+    from qcal.passes.base import PassContext
+    from qcal.quant.fakequant import Precision
+
+    low = Precision(bits)
+    names = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d | torch.nn.Linear)]
+    plan = {n: (Precision.INT8 if n in ("conv1", "fc") else low) for n in names}
+    torch.manual_seed(seed)
+    ctx = PassContext.build(model, calib, plan, progress=True,
+                            augment=hand_aug(seed) if variant == "recon_handaug" else None)
+    info: dict = {}
+    if variant != "rtn":
+        meta = MetaAugConfig(iters=args.meta_iters, seed=seed, batch=32, width=args.width, margin=args.margin, lr=args.meta_lr,
+                             beta=args.beta, max_delta=args.max_delta, time_budget_s=args.meta_budget_s) \
+            if variant == "recon_metaaug" else None
+        r = AdaQuant(AdaQuantConfig(iters=args.iters, batch=32, seed=seed, augment=meta)).run(ctx)
+        info = {"layers_reverted": r.changed["layers_reverted"]}
+        if meta is not None:
+            info["metaaug"] = r.changed["metaaug"]
+            r.augmenter.save(f"{args.out}.{bits}.s{seed}.T.safetensors")
+    return ctx.qmodel.eval(), info
+
+
+def mean_sd(v: list[float]) -> str:
+    return f"{statistics.mean(v):.4f}" + (f" ± {statistics.stdev(v):.4f}" if len(v) > 1 else "")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--bits", nargs="+", default=["w2a4", "w3a3"])
+    ap.add_argument("--calib", type=int, default=256)
+    ap.add_argument("--iters", type=int, default=200, help="reconstruction iterations per layer")
+    ap.add_argument("--meta-iters", type=int, default=40, help="MetaAug meta-iterations per layer (paper: 500)")
+    ap.add_argument("--margin", type=float, default=0.1, help="MetaAug hinge margin on mean((T(x)-x)^2)")
+    ap.add_argument("--meta-lr", type=float, default=1e-2, help="Adam learning rate of T (reference: 0.01)")
+    ap.add_argument("--beta", type=float, default=0.5, help="MetaAug hinge weight (0: no hinge)")
+    ap.add_argument("--max-delta", type=float, default=0.0, help="bound |T(x)-x| per pixel (0: unbounded)")
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    ap.add_argument("--width", type=int, default=8, help="T's UNet width (channels of its first level)")
+    ap.add_argument("--meta-budget-s", type=float, default=0.0, help="MetaAug time budget per run (0: none)")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "metaaug_fmnist"))
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    from qcal.machine import machine_info
+
+    xtr, ytr, xte, yte = load_fmnist(args.data)
+    model = ResNet8()
+    model.load_state_dict(torch.load(CKPT, weights_only=True))
+    model.eval()
+    res: dict = {"partial": True, "calib_n": args.calib, "seeds": args.seeds, "fp32_top1": top1(model, xte, yte),
+                 "top1": {}, "calib_top1": {}, "seconds": {}, "details": {},
+                 "command": "OMP_NUM_THREADS=1 nice -n 10 python benchmarks/metaaug_fmnist.py "
+                            + shlex.join(sys.argv[1:]),
+                 "machine": machine_info().to_dict(), "noisy_machine": True,
+                 "notes": "layer-wise AdaQuant reconstruction (no block granularity, AdaRound or QDrop yet); "
+                          "robustness table not run"}
+    for bits in args.bits:
+        res["top1"][bits] = {v: [] for v in VARIANTS}
+        res["calib_top1"][bits] = {v: [] for v in VARIANTS}
+        res["seconds"][bits] = {v: [] for v in VARIANTS}
+        for seed in args.seeds:
+            idx = torch.from_numpy(np.random.default_rng(seed).choice(len(xtr), args.calib, replace=False))
+            calib, calib_y = xtr[idx], ytr[idx]
+            for v in args.variants:
+                t0 = time.perf_counter()
+                q, info = run_one(model, calib, bits, v, seed, args)
+                res["seconds"][bits][v].append(round(time.perf_counter() - t0, 1))
+                res["top1"][bits][v].append(top1(q, xte, yte))
+                res["calib_top1"][bits][v].append(top1(q, calib, calib_y))
+                res["details"][f"{bits}/{v}/s{seed}"] = info
+                print(f"{bits} {v} seed {seed}: test {res['top1'][bits][v][-1]} calib "
+                      f"{res['calib_top1'][bits][v][-1]} ({res['seconds'][bits][v][-1]} s)", flush=True)
+                out = Path(f"{args.out}.json")
+                tmp = Path(f"{args.out}.json.tmp")
+                tmp.write_text(json.dumps(res, indent=1))
+                tmp.replace(out)
+    write_md(Path(args.out), res)
+
+
+def write_md(out: Path, res: dict) -> None:
+    lines = ["# MetaAug on Fashion-MNIST (PARTIAL: part 1 of issue 9)", "", f"Command: `{res['command']}`", "",
+             f"FP32 top-1: {res['fp32_top1']}; calibration: {res['calib_n']} train images; seeds {res['seeds']}; "
+             f"{res['notes']}.", "",
+             "| bits | variant | test top-1 | calib top-1 | calib - test gap | seconds |", "|---|---|---|---|---|---|"]
+    for bits, rows in res["top1"].items():
+        for v, vals in rows.items():
+            if not vals:
+                continue
+            cal = res["calib_top1"][bits][v]
+            gap = [c - t for c, t in zip(cal, vals, strict=True)]
+            lines.append(f"| {bits} | {v} | {mean_sd(vals)} | {mean_sd(cal)} | {mean_sd(gap)} | "
+                         f"{mean_sd(res['seconds'][bits][v])} |")
+    m = res["machine"]
+    lines += ["", f"Machine: {m.get('cpu_model')}, {m.get('cores')} cores (shared, timings noisy)."]
+    tmp = Path(f"{out}.md.tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.replace(f"{out}.md")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,195 @@
+"""MetaAug (Pham et al., "MetaAug: Meta-Data Augmentation for Post-Training Quantization", ECCV 2024) as an
+option of the reconstruction pass (qcal.passes.adaquant).
+
+Per quantized layer, before the layer is reconstructed, T is trained for `iters` meta-iterations:
+- inner step: one differentiable SGD step on the layer's quantization parameters (weight, bias, step sizes)
+  with the reconstruction loss on T(x) (the quantized layer on the quantized model's input vs the FP32 layer on
+  the FP32 model's input, both computed from T(x));
+- outer step: update T with the loss of the quantized model, the layer holding the stepped parameters, on the
+  ORIGINAL x of the validation view: alpha * KL of softened logits vs FP32 + beta * hinge(margin - mean((T(x)-x)^2))
+  + gamma * PKT feature preservation (FP32 penultimate features of T(x) vs x).
+The bi-level step uses torch.func (functional_call, grad): the caller's parameters are never written.
+The layer is then reconstructed on the original inputs plus T(inputs) (the pass's augment hook).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.func import functional_call, grad
+from torch.nn import functional as F
+from tqdm import tqdm
+
+from qcal.augment.tnet import Augmenter, TNetSpec, TransformNet
+from qcal.config import MetaAugConfig, _to_plain
+from qcal.quant.qmodules import QuantLayer, QuantModel
+
+__all__ = ["MetaAugTrainer", "hinge", "inner_step", "layer_input", "meta_loss", "pkt_loss", "softened_kl"]
+
+INNER_PARAMS = ("float_layer.weight", "float_layer.bias", "w_scale", "a_scale")
+
+
+class _Stop(Exception):
+    pass
+
+
+def hinge(tx: torch.Tensor, x: torch.Tensor, margin: float) -> torch.Tensor:
+    """max(0, margin - mean((T(x) - x)^2)): zero once T(x) is farther than the margin from x."""
+    return F.relu(margin - (tx - x).pow(2).mean())
+
+
+def softened_kl(logits_q: torch.Tensor, logits_fp: torch.Tensor, temperature: float) -> torch.Tensor:
+    return F.kl_div(F.log_softmax(logits_q / temperature, 1), F.softmax(logits_fp / temperature, 1),
+                    reduction="batchmean")
+
+
+def pkt_loss(f_student: torch.Tensor, f_teacher: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """Probabilistic knowledge transfer (Passalis & Tefas): KL between the row-normalised cosine-similarity
+    distributions of two feature batches; zero when the batches have the same pairwise geometry."""
+    def dist(f: torch.Tensor) -> torch.Tensor:
+        f = F.normalize(f.flatten(1), dim=1, eps=eps)
+        s = (f @ f.T + 1.0) / 2.0
+        return s / s.sum(1, keepdim=True)
+
+    ps, pt = dist(f_student), dist(f_teacher)
+    return (pt * torch.log((pt + eps) / (ps + eps))).sum(1).mean()
+
+
+def layer_input(model: nn.Module, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """`layer`'s input when `model` runs on x, keeping the autograd graph; the forward stops at the layer."""
+    seen: list[torch.Tensor] = []
+
+    def hook(_m: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        seen.append(args[0])
+        raise _Stop
+
+    h = layer.register_forward_pre_hook(hook)
+    try:
+        with contextlib.suppress(_Stop):
+            model(x)
+    finally:
+        h.remove()
+    return seen[0]
+
+
+def inner_step(layer: QuantLayer, params: dict[str, torch.Tensor], x_in: torch.Tensor, target: torch.Tensor,
+               lr: float) -> dict[str, torch.Tensor]:
+    """params - lr * d mse(layer_params(x_in), target) / d params, differentiable w.r.t. x_in and target.
+    `params` are detached copies: the layer's own tensors are read, never written."""
+    def loss(p: dict[str, torch.Tensor]) -> torch.Tensor:
+        return F.mse_loss(functional_call(layer, p, (x_in,)), target)
+
+    g = grad(loss)(params)
+    return {k: params[k] - lr * g[k] for k in params}
+
+
+def meta_loss(qmodel: QuantModel, fp_model: QuantModel, name: str, stepped: dict[str, torch.Tensor],
+              x_val: torch.Tensor, x: torch.Tensor, tx: torch.Tensor, cfg: MetaAugConfig) -> tuple[torch.Tensor,
+                                                                                                   dict[str, float]]:
+    """The outer loss: the quantized model with layer `name` holding `stepped`, on the original validation
+    inputs, vs FP32 (softened-logit KL for 2-D outputs, else MSE), plus the hinge and feature terms on T(x)."""
+    full = {f"model.{name}.{k}": v for k, v in stepped.items()}
+    out_q = _first(functional_call(qmodel, full, (x_val,)))
+    with torch.no_grad():
+        out_fp = _first(fp_model(x_val))
+    fit = softened_kl(out_q, out_fp, cfg.temperature) if out_q.dim() == 2 else F.mse_loss(out_q, out_fp)
+    last = list(fp_model.layers.values())[-1]
+    feat_t = layer_input(fp_model, last, tx)
+    with torch.no_grad():
+        feat_x = layer_input(fp_model, last, x)
+    h, f = hinge(tx, x, cfg.margin), pkt_loss(feat_t, feat_x)
+    total = cfg.alpha * fit + cfg.beta * h + cfg.gamma * f
+    return total, {k: float(v.detach()) for k, v in (("outer", total), ("fit", fit), ("hinge", h), ("feat", f))}
+
+
+def _first(out: Any) -> torch.Tensor:
+    """A model's main output tensor (detectors return (predictions, raw maps))."""
+    return out[0] if isinstance(out, tuple | list) else out
+
+
+@dataclass
+class MetaAugTrainer:
+    """Holds T across layers (as the reference code does; its optimizer restarts per layer), the split of the
+    calibration set into a training and a validation view, the time budget and the per-layer log."""
+
+    cfg: MetaAugConfig
+    calib: torch.Tensor
+    progress: bool = True
+    net: TransformNet = field(init=False)
+    train_idx: np.ndarray = field(init=False)
+    val_idx: np.ndarray = field(init=False)
+    log: dict[str, dict[str, float]] = field(default_factory=dict)
+    spent_s: float = 0.0
+    stopped_early: bool = False
+    active: bool = False
+
+    def __post_init__(self) -> None:
+        self.net = TransformNet(TNetSpec(channels=int(self.calib.shape[1]), width=self.cfg.width, seed=self.cfg.seed,
+                                     max_delta=self.cfg.max_delta))
+        self.rng = np.random.default_rng(self.cfg.seed)
+        perm = self.rng.permutation(len(self.calib))
+        n_val = min(max(1, round(len(perm) * self.cfg.val_fraction)), len(perm) - 1)
+        self.val_idx, self.train_idx = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+
+    @property
+    def augmenter(self) -> Augmenter:
+        # No wall time here: it is part of the content hash, which must not depend on the machine's speed.
+        training = {"config": _to_plain(self.cfg), "calib_n": len(self.calib), "stopped_early": self.stopped_early,
+                    "meta_iters": {k: v["meta_iters"] for k, v in self.log.items()}}
+        return Augmenter(self.net, training)
+
+    def augment(self, x: torch.Tensor) -> torch.Tensor:
+        """The pass's augment hook: the inputs plus T(inputs) while a trained layer is reconstructed."""
+        return torch.cat([x, self.augmenter(x)]) if self.active else x
+
+    def _batch(self, idx: np.ndarray) -> torch.Tensor:
+        return self.calib[np.sort(self.rng.choice(idx, size=min(self.cfg.batch, len(idx)), replace=False))]
+
+    def train_layer(self, qmodel: QuantModel, fp_model: QuantModel, name: str, *, skip: bool) -> None:
+        """Meta-train T for one layer (none if `skip` or the time budget is spent); log its outer losses."""
+        cfg, q, fp = self.cfg, qmodel.layers[name], fp_model.layers[name]
+        self.active = not skip
+        if skip or cfg.iters == 0:
+            return
+        opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr)
+        names = [k for k, _ in q.named_parameters() if k in INNER_PARAMS]
+        first: dict[str, float] | None = None
+        parts: dict[str, float] = {}
+        done = 0
+        bar = tqdm(range(cfg.iters), desc=f"metaaug {name}", disable=not self.progress, leave=False)
+        for _ in bar:
+            if cfg.time_budget_s and self.spent_s >= cfg.time_budget_s:
+                self.stopped_early = True
+                break
+            t0 = time.perf_counter()
+            self.net.train()
+            x, x_val = self._batch(self.train_idx), self._batch(self.val_idx)
+            tx = self.net(x)
+            params = {k: v.detach() for k, v in q.named_parameters() if k in names}
+            target = fp.forward_float(layer_input(fp_model, fp, tx))
+            stepped = inner_step(q, params, layer_input(qmodel, q, tx), target, cfg.inner_lr)
+            loss, parts = meta_loss(qmodel, fp_model, name, stepped, x_val, x, tx, cfg)
+            tparams = list(self.net.parameters())
+            grads = torch.autograd.grad(loss, tparams, allow_unused=True)
+            for p, g in zip(tparams, grads, strict=True):
+                p.grad = g
+            nn.utils.clip_grad_norm_(tparams, cfg.grad_clip)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            first = first or dict(parts)
+            done += 1
+            self.spent_s += time.perf_counter() - t0
+            bar.set_postfix({k: f"{v:.3g}" for k, v in parts.items()})
+        self.net.eval()
+        self.log[name] = {"meta_iters": float(done), **{f"{k}_first": v for k, v in (first or {}).items()},
+                          **{f"{k}_last": v for k, v in parts.items()}}
+
+    def summary(self) -> dict[str, Any]:
+        return {"hash": self.augmenter.hash, "spent_s": round(self.spent_s, 2), "stopped_early": self.stopped_early,
+                "train_n": len(self.train_idx), "val_n": len(self.val_idx), "per_layer": self.log}
