@@ -30,6 +30,8 @@ from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from exporters.quant_table import atomic_write_text  # noqa: E402
+
 CKPT = ROOT / "benchmarks" / "fmnist_resnet8.pt"
 DATA_DIRS = ["/usr/share/datasets/fashion-mnist", "/tmp/fm/root/usr/share/datasets/fashion-mnist"]
 
@@ -240,13 +242,9 @@ def bars(res: dict) -> dict:
 
 def write(out: Path, res: dict) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(res, indent=1))
-    tmp.replace(out.with_suffix(".json"))
+    atomic_write_text(out.with_suffix(".json"), json.dumps(res, indent=1))
     md = markdown(res)
-    tmp = out.with_suffix(".md.tmp")
-    tmp.write_text(md)
-    tmp.replace(out.with_suffix(".md"))
+    atomic_write_text(out.with_suffix(".md"), md)
     print(md)
 
 

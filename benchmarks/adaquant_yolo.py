@@ -21,6 +21,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from exporters.quant_table import atomic_write_text  # noqa: E402
+
 CONDITIONS = ("noise_medium", "blur_medium", "mixed")
 
 
@@ -153,9 +155,7 @@ def main() -> None:
 
 
 def _write(out: Path, res: dict) -> None:
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(res, indent=1))
-    tmp.replace(out.with_suffix(".json"))
+    atomic_write_text(out.with_suffix(".json"), json.dumps(res, indent=1))
     md = ["# AdaQuant and int8/fp16 allocation on the fall-detection YOLOv8s", "", f"Command: `{res['command']}`  ",
           f"Machine: {res['machine']['cpu_model']} ({','.join(res['machine']['flags'])}); shared and loaded "
           "(noisy_machine: latency is indicative; re-time with --latency-only).", "",
@@ -181,9 +181,7 @@ def _write(out: Path, res: dict) -> None:
            f"{a['all_int8_predicted_ratio']}): predicted {a['predicted_latency_ratio']}, measured "
            f"{a['measured_latency_ratio']} (all-INT8 measured {a['measured_int8_latency_ratio']}); "
            f"{len(a['float_layers'])} of {a['layers']} layers kept float.", ""]
-    tmp = out.with_suffix(".md.tmp")
-    tmp.write_text("\n".join(md))
-    tmp.replace(out.with_suffix(".md"))
+    atomic_write_text(out.with_suffix(".md"), "\n".join(md))
     print("\n".join(md))
 
 

@@ -33,6 +33,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from adaquant_fmnist import CKPT, ResNet8, load_fmnist, top1  # noqa: E402
 
+from exporters.quant_table import atomic_write_text  # noqa: E402
+
 VARIANTS = ("rtn", "recon", "recon_handaug", "recon_metaaug")
 
 
@@ -128,10 +130,7 @@ def main() -> None:
                 res["details"][f"{bits}/{v}/s{seed}"] = info
                 print(f"{bits} {v} seed {seed}: test {res['top1'][bits][v][-1]} calib "
                       f"{res['calib_top1'][bits][v][-1]} ({res['seconds'][bits][v][-1]} s)", flush=True)
-                out = Path(f"{args.out}.json")
-                tmp = Path(f"{args.out}.json.tmp")
-                tmp.write_text(json.dumps(res, indent=1))
-                tmp.replace(out)
+                atomic_write_text(Path(f"{args.out}.json"), json.dumps(res, indent=1))
     write_md(Path(args.out), res)
 
 
@@ -150,9 +149,7 @@ def write_md(out: Path, res: dict) -> None:
                          f"{mean_sd(res['seconds'][bits][v])} |")
     m = res["machine"]
     lines += ["", f"Machine: {m.get('cpu_model')}, {m.get('cores')} cores (shared, timings noisy)."]
-    tmp = Path(f"{out}.md.tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(f"{out}.md")
+    atomic_write_text(Path(f"{out}.md"), "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks.spine import checkpoint, ort_peer, vtest  # noqa: E402
+from benchmarks.spine import checkpoint, head_decode_nodes, ort_peer, vtest  # noqa: E402
 
 CALIB = "bundled:vtest[0:320:5]"
 MIXED = ROOT / "benchmarks" / "recipes" / "vtest64-qrid.toml"   # the same 64 frames, half QRID-degraded
@@ -38,13 +38,6 @@ def calib_images() -> list[Any]:
     import calib_sets
 
     return [s.image for s in calib_sets.load(CALIB).resized(640)]
-
-
-def head_decode_nodes(model: Any) -> list[str]:
-    """The head's decode (DFL, anchors, final Concat) that no tool may quantize: it mixes box pixels with class
-    probabilities under one scale (shared/ARCHITECTURE.md). The conv branches cv2/cv3 stay quantizable."""
-    return [n.name for n in model.graph.node if n.name.startswith("/model.22/")
-            and not n.name.startswith(("/model.22/cv2", "/model.22/cv3"))]
 
 
 def quantize_ort(method: str, fp32: Path, out: Path) -> None:

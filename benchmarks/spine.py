@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -68,6 +69,13 @@ def calib_only(observer: str, frames: int) -> None:
                       "observer_state_mb": st.state_bytes / 2**20}))
 
 
+def head_decode_nodes(model: Any) -> list[str]:
+    """The head's decode (DFL, anchors, final Concat) that no tool may quantize: it mixes box pixels with class
+    probabilities under one scale (shared/ARCHITECTURE.md). The conv branches cv2/cv3 stay quantizable."""
+    return [n.name for n in model.graph.node if n.name.startswith("/model.22/")
+            and not n.name.startswith(("/model.22/cv2", "/model.22/cv3"))]
+
+
 def ort_peer(fp32: Path, out: Path, images: list, method: str = "MinMax",
              extra_options: dict | None = None) -> float:
     """ONNX Runtime quantize_static, MinMax, QDQ, u8 activations / s8 per-channel weights, reduce_range, the
@@ -85,8 +93,7 @@ def ort_peer(fp32: Path, out: Path, images: list, method: str = "MinMax",
 
     a = YoloAdapter(None, "peer")
     m = onnx.load(str(fp32))
-    exclude = [n.name for n in m.graph.node if n.name.startswith("/model.22/")
-               and not n.name.startswith(("/model.22/cv2", "/model.22/cv3"))]
+    exclude = head_decode_nodes(m)
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:

@@ -26,6 +26,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from exporters.errors import ExporterError
+from exporters.onnx_io import atomic_save
 
 Kind = Literal["int8-dynamic", "int8-static", "int4"]
 
@@ -95,9 +96,7 @@ def quantize_linears(src: str | Path, dst: str | Path, layers: list[LinearQuant]
     g.node.extend(new_nodes)
     if any(q.kind == "int4" for q in layers) and not any(o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
-    tmp = Path(dst).with_name(f".{Path(dst).name}.tmp")
-    onnx.save(model, str(tmp))
-    tmp.replace(dst)
+    atomic_save(model, dst)
     counts: dict[str, int] = {}
     for q in layers:
         counts[q.kind] = counts.get(q.kind, 0) + 1

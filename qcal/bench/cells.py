@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from exporters.quant_table import atomic_write_text
 from qcal.models.base import Detections
 
 
@@ -88,11 +89,7 @@ class CellStore:
     def record_model(self, name: str, key: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         index = self._index()
         index[name] = {"key": key, "sha256": file_sha256(self.model_path(name)), **(extra or {})}
-        text = json.dumps(index, indent=1, sort_keys=True)
-        fd, tmp = tempfile.mkstemp(dir=self.models, prefix=".index.", suffix=".json")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, self.models / "index.json")
+        atomic_write_text(self.models / "index.json", json.dumps(index, indent=1, sort_keys=True))
         return index[name]  # type: ignore[no-any-return]
 
     def _index(self) -> dict[str, Any]:
