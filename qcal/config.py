@@ -29,6 +29,7 @@ class Observer(str, enum.Enum):
     PERCENTILE = "percentile"
     ENTROPY = "entropy"
     MSE = "mse"
+    BLEND = "blend"          # MSE and percentile ranges mixed by the alpha that maximises the output SQNR
 
 
 @dataclass(frozen=True)
@@ -177,6 +178,7 @@ class QuantConfig:
     target: Target = Target.ORT_CPU
     observer: Observer = Observer.MSE
     percentile: float = 99.999
+    blend_alphas: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)   # observer "blend": mixes tried (0: MSE)
     calib_size: int = 64                  # calibration samples used (the first N of the set)
     imgsz: int = 640
     per_channel: bool = True
@@ -198,6 +200,11 @@ class QuantConfig:
                 raise ConfigError(f"scheme={self.scheme!r}: choose one of {[m.value for m in Scheme]}.") from None
         if isinstance(self.passes, list):
             object.__setattr__(self, "passes", tuple(self.passes))
+        if isinstance(self.blend_alphas, list):
+            object.__setattr__(self, "blend_alphas", tuple(self.blend_alphas))
+        if not self.blend_alphas or any(not 0.0 <= a <= 1.0 for a in self.blend_alphas):
+            raise ConfigError(f"blend_alphas={list(self.blend_alphas)}: give one or more mixes in [0, 1] "
+                              "(0: MSE ranges, 1: percentile ranges), e.g. [0, 0.25, 0.5, 0.75, 1].")
         if not 50.0 < self.percentile <= 100.0:
             raise ConfigError(f"percentile={self.percentile}: must be in (50, 100], e.g. 99.999.")
         if self.calib_size < 1:

@@ -101,3 +101,22 @@ def test_real_fall_detection_checkpoint(tmp_path: Path) -> None:
     head = [d for d in r.out.decisions if d.rule == "range_mismatch"]
     assert any(d.op_type == "Concat" for d in head)
     assert "fidelity" in r.summary() and "int8" in r.summary()
+
+
+def test_blend_observer_picks_the_alpha_with_the_best_output_sqnr(tmp_path: Path) -> None:
+    adapter = YoloAdapter.from_yaml("yolov8n.yaml", nc=3, imgsz=320)
+    cfg = qcal.QuantConfig(imgsz=320, calib_size=4, observer=qcal.config.Observer.BLEND, blend_alphas=(0.0, 1.0),
+                           keep_float=qcal.KeepFloatConfig(sensitivity_samples=2))
+    r = qcal.quantize(adapter, calib="bundled:vtest[0:30]", config=cfg, progress=False)
+    search = r.out.blend_search
+    assert search is not None and set(search) == {0.0, 1.0} and search[0.0] != search[1.0]
+    best = max(search, key=lambda a: search[a])
+    ends = r.out.calibration.endpoints
+    assert ends is not None
+    for t, (lo, hi) in r.out.calibration.ranges.items():  # the ranges written are the chosen endpoint's
+        assert (lo, hi) == ends[t][0 if best == 0.0 else 1]
+    d = r.to_dict()["calibration"]["blend_search"]
+    assert d["chosen_alpha"] == best and set(d["output_sqnr_db"]) == {"0.0", "1.0"}
+    paths = r.export(tmp_path)
+    assert read_metadata(paths["int8"])["qcal.observer"] == f"blend(alpha={best:g})"
+    assert "blend observer: alpha" in paths["report_md"].read_text()
