@@ -51,6 +51,11 @@ def test_yolov8n_from_yaml_end_to_end(tmp_path: Path) -> None:
     md = paths["report_md"].read_text()
     assert "range_mismatch" in md and "Nodes kept in float" in md and "range stability" in r.summary()
     assert r.to_dict()["coverage"]["n"] == 4
+    # default observer: blend at the one configured alpha (0.5), no search
+    ends = r.out.calibration.endpoints
+    assert r.out.blend_search is None and ends is not None and r.config.blend_alphas == (0.5,)
+    t, ((m_lo, m_hi), (p_lo, p_hi)) = next(iter(ends.items()))
+    assert r.out.calibration.ranges[t] == pytest.approx(((m_lo + p_lo) / 2, (m_hi + p_hi) / 2))
 
 
 def test_untrusted_and_missing_checkpoints(tmp_path: Path) -> None:
