@@ -54,7 +54,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    "(uint8 activations, int8 per-channel weights, reduce_range chosen from the CPU's VNNI flag) or "
                    "tensorrt (int8 symmetric, zero point 0)")
     p.add_argument("--observer", choices=[o.value for o in Observer], help="how activation ranges are chosen "
-                   "(default: from the config, mse)")
+                   "(default: from the config, blend = the mean of the MSE and the 99.999th-percentile range; mse, percentile, "
+                   "entropy and minmax as usual)")
     p.add_argument("--calib-size", type=int, help="use at most this many calibration samples")
     p.add_argument("--keep-float", nargs="*", metavar="NODE", help="ONNX node names to keep in float, in addition "
                    "to those qcal finds by measurement")

@@ -177,12 +177,16 @@ def run(adapter: ModelAdapter, images: Iterable[np.ndarray], n_images: int, conf
     drops: dict[str, float] = {}
     search: dict[float, float] | None = None
     probe = workdir / "probe.int8.onnx"
-    if stats.endpoints is not None and n_probe > 0 and first:
+    if stats.endpoints is not None:
         t1 = time.perf_counter()
-        stats, search = choose_blend(info, stats, profile, decisions, config.blend_alphas, first, fp32_path, probe,
-                                     meta, threads)
-        probe.unlink(missing_ok=True)
-        alpha = max(search, key=lambda a: search[a]) if search else 0.5
+        alpha = config.blend_alphas[0]
+        if len(config.blend_alphas) > 1 and n_probe > 0 and first:
+            stats, search = choose_blend(info, stats, profile, decisions, config.blend_alphas, first, fp32_path,
+                                         probe, meta, threads)
+            probe.unlink(missing_ok=True)
+            alpha = max(search, key=lambda a: search[a])
+        else:
+            stats = stats.blended(alpha)
         meta["observer"] = f"blend(alpha={alpha:g})"
         metadata = {**metadata, "qcal.observer": meta["observer"]}
         seconds["blend_search"] = time.perf_counter() - t1
