@@ -87,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
                    "folder or .gguf file, calibrated on --calib text (default: auto, from the checkpoint)")
     q.add_argument("--scheme", choices=["w8a8", "w4a16"], help="LLM scheme (default w8a8: int8 per-channel weights, "
                    "per-token int8 activations; w4a16: 4-bit group-wise weights)")
+    q.add_argument("--offload", choices=["none", "layers"], help="LLM only; layers: calibrate one decoder layer at "
+                   "a time from the memory-mapped safetensors (peak memory ~ one layer + the calibration "
+                   "activations) and write the quantized weights layer by layer to -o (docs/SCALE.md)")
     _add_common(q)
     d = sub.add_parser("demo", help="the embedded default: the fall-detection YOLOv8s on bundled vtest frames",
                        description="Quantize the bundled real YOLOv8s checkpoint on bundled vtest frames 0-359, "
@@ -169,6 +172,14 @@ def _run_llm(args: argparse.Namespace, cfg: QuantConfig) -> int:
     from qcal.llm import quantize_llm, robustness_llm
 
     cfg = cfg.replace(scheme=args.scheme) if args.scheme else cfg   # --passes is already in cfg (_config)
+    if args.offload:
+        import dataclasses
+
+        from qcal.config import LLMConfig
+
+        cfg = cfg.replace(llm=dataclasses.replace(cfg.llm or LLMConfig(), offload=args.offload))
+    if cfg.llm is not None and cfg.llm.offload.value == "layers":
+        return _run_llm_offloaded(args, cfg)
     result = quantize_llm(args.checkpoint, args.calib, cfg, trust_checkpoint=args.trust_checkpoint,
                           progress=not args.no_progress)
     print(result.summary())
@@ -176,6 +187,21 @@ def _run_llm(args: argparse.Namespace, cfg: QuantConfig) -> int:
         print(robustness_llm(result, args.eval, progress=not args.no_progress).summary())
     paths = result.export(args.out)
     print(f"\nwrote {', '.join(str(p) for p in paths.values())}")
+    return 0
+
+
+def _run_llm_offloaded(args: argparse.Namespace, cfg: QuantConfig) -> int:
+    from qcal.errors import ConfigError
+    from qcal.llm_offload import quantize_llm_offloaded
+
+    if args.eval:
+        raise ConfigError("--eval with --offload layers: perplexity needs the whole model in memory; evaluate the "
+                          "quantized folder separately, or drop --offload.")
+    result = quantize_llm_offloaded(args.checkpoint, args.calib, cfg, workdir=Path(args.out) / ".qcal-partial",
+                                    progress=not args.no_progress)
+    paths = result.export(args.out)
+    print(result.summary())
+    print(f"\nwrote {len(paths)} files to {args.out} (quant_table.json, report.json, one shard per decoder layer)")
     return 0
 
 
