@@ -77,7 +77,7 @@ def quantize_llm_offloaded(model: Any, calib: Any, config: QuantConfig, *, workd
     seconds = {"load": time.perf_counter() - t0}
 
     t = time.perf_counter()
-    hidden = [skel.embed(w) for w in windows]                       # (1, T, H) each, FP32
+    hidden = skel.embed(windows)                                    # (1, T, H) each, FP32
     probe = [h.clone() for h in hidden[: cfg.sensitivity_windows]]  # the smoothed float model's stream
     for i in tqdm(range(skel.n_layers), desc="calibrate layers", disable=not progress, leave=False):
         run.layer(i, hidden, probe)
@@ -132,9 +132,10 @@ class Skeleton:
         self._rotary = type(self.model.model.rotary_emb)(config=self.config)   # real inv_freq, on CPU
         self._ctx: dict[int, dict[str, Any]] = {}
 
-    def embed(self, ids: list[int]) -> torch.Tensor:
+    def embed(self, windows: list[list[int]]) -> list[torch.Tensor]:
+        """(1, T, H) FP32 hidden states of each window; the embedding matrix is read once and dropped."""
         w = self.weights.get("model.embed_tokens.weight")
-        return nn.functional.embedding(torch.tensor([ids]), w)
+        return [nn.functional.embedding(torch.tensor([ids]), w) for ids in windows]
 
     def layer(self, i: int) -> nn.Module:
         """Decoder layer i with its fp32 weights loaded (the only full-size tensors in memory)."""

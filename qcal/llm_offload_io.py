@@ -73,8 +73,8 @@ class WeightIndex:
         for f, ns in by_file.items():
             with safe_open(str(f), framework="pt") as fh:   # mapped only while this layer's tensors are copied
                 for n in ns:
-                    t = fh.get_tensor(n)
-                    out[n] = t.float() if t.dtype != torch.float32 else t.clone()
+                    t = fh.get_tensor(n)   # a private copy: in-place smoothing never reaches the file
+                    out[n] = t.float() if t.dtype != torch.float32 else t
         return out
 
 
