@@ -126,7 +126,7 @@ def run_child(model: Path, calib: Path, out: Path, threads: int) -> dict[str, An
     return dict(json.loads(p.stdout.strip().splitlines()[-1]))
 
 
-def equal_135m(work: Path, calib: Path, threads: int) -> dict[str, Any]:
+def equal_135m(work: Path, calib: Path, threads: int, windows: int) -> dict[str, Any]:
     import torch
 
     import qcal
@@ -137,7 +137,7 @@ def equal_135m(work: Path, calib: Path, threads: int) -> dict[str, Any]:
     if not (folder / "config.json").is_file():
         save_safetensors(smollm2_gguf(), folder)
     llm = {"seq_len": SEQ}
-    cfg = qcal.QuantConfig(scheme="w8a8", passes=["smoothquant"], calib_size=WINDOWS, llm=qcal.LLMConfig(**llm))
+    cfg = qcal.QuantConfig(scheme="w8a8", passes=["smoothquant"], calib_size=windows, llm=qcal.LLMConfig(**llm))
     t0 = time.perf_counter()
     mem = qcal.quantize(folder, calib=calib, config=cfg, progress=True)
     t_mem = time.perf_counter() - t0
@@ -158,7 +158,7 @@ def markdown(r: dict[str, Any]) -> str:
     o, e = r["ooc_llm"], r.get("ooc_135m", {})
     return "\n".join([
         "## Out-of-core LLM calibration (issue 11, part 2)", "",
-        f"Command: `{r['ooc_command']}`  ",
+        f"Commands: `{r['ooc_command']}`; equality: `{r.get('ooc_equal_command')}`  ",
         f"Model: random-weight Llama, SmolLM2's architecture scaled up ({o['config']}), {o['params'] / 1e9:.2f}B "
         f"parameters, fp32 safetensors {o['weights_gb']:.2f} GB (the in-memory path would hold all of it, plus a "
         "copy: not run here).", "",
@@ -180,7 +180,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", default="/tmp/qcal-ooc", help="model, corpus and outputs (not in the repository)")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--stages", default="write,big,equal", help="comma list of write, big, equal")
+    ap.add_argument("--stages", default="write,big,equal", help="comma list of write, big, equal (each saves "
+                    "work/STAGE.json; every run merges them into benchmarks/results/scale.json)")
+    ap.add_argument("--equal-windows", type=int, default=WINDOWS, help="calibration windows of the 135M check")
     ap.add_argument("--layers", type=int, default=BIG["num_hidden_layers"], help="smaller for a smoke test")
     args = ap.parse_args()
     BIG["num_hidden_layers"] = args.layers
@@ -188,8 +190,8 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     stages = args.stages.split(",")
     calib = corpus(work / "corpus.txt")
-    data = json.loads((RESULTS / "scale.json").read_text()) if (RESULTS / "scale.json").is_file() else {}
     model = work / "big"
+    cmd = f"OMP_NUM_THREADS={args.threads} nice -n 10 .venv/bin/python benchmarks/ooc_llm.py " + " ".join(sys.argv[1:])
     if "write" in stages:
         t0 = time.perf_counter()
         params = write_big(model)
@@ -198,21 +200,35 @@ def main() -> None:
         meta = json.loads((model / "model.safetensors.index.json").read_text())["metadata"]
         res = run_child(model, calib, work / "big-w8a8", args.threads)
         print(res)
-        data["ooc_llm"] = {"params": meta["total_parameters"], "weights_gb": round(meta["total_parameters"] * 4 / 1e9, 2),
-                           "config": ", ".join(f"{k} {v}" for k, v in BIG.items()), "threads": args.threads, **res}
+        save_stage(work / "big.json", {"ooc_llm": {
+            "params": meta["total_parameters"], "weights_gb": round(meta["total_parameters"] * 4 / 1e9, 2),
+            "config": ", ".join(f"{k} {v}" for k, v in BIG.items()), "threads": args.threads, **res},
+            "ooc_command": cmd}, args.layers)
     if "equal" in stages:
-        e = equal_135m(work, calib, args.threads)
+        e = equal_135m(work, calib, args.threads, args.equal_windows)
         print(e)
-        data["ooc_135m"] = e
-        data["ooc_equals_in_memory"] = e["equal"]
-    data["ooc_command"] = (f"OMP_NUM_THREADS={args.threads} nice -n 10 .venv/bin/python benchmarks/ooc_llm.py "
-                           + " ".join(sys.argv[1:]))
-    if args.layers != 24:
+        save_stage(work / "equal.json", {"ooc_135m": e, "ooc_equals_in_memory": e["equal"], "ooc_equal_command": cmd},
+                   args.layers)
+    if args.layers == 24:
+        merge_results(work)
+
+
+def save_stage(path: Path, data: dict[str, Any], layers: int) -> None:
+    if layers != 24:
         print("smoke test (--layers): results not saved")
         return
+    path.write_text(json.dumps(data, indent=1))
+
+
+def merge_results(work: Path) -> None:
+    """Stage results (work/big.json, work/equal.json) into benchmarks/results/scale.json, other keys kept."""
     from exporters.quant_table import atomic_write_text
     from qcal.machine import machine_info
 
+    data = json.loads((RESULTS / "scale.json").read_text()) if (RESULTS / "scale.json").is_file() else {}
+    for stage in ("big", "equal"):
+        if (work / f"{stage}.json").is_file():
+            data.update(json.loads((work / f"{stage}.json").read_text()))
     data["ooc_machine"] = machine_info().to_dict()
     data["noisy_machine"] = True
     atomic_write_text(RESULTS / "scale.json", json.dumps(data, indent=1))
@@ -220,7 +236,6 @@ def main() -> None:
         md = (RESULTS / "scale.md").read_text()
         md = md.split("## Out-of-core LLM calibration")[0].rstrip() + "\n\n" + markdown(data)
         atomic_write_text(RESULTS / "scale.md", md)
-
 
 if __name__ == "__main__":
     main()
