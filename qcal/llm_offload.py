@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from qcal.config import LLMConfig, QuantConfig, Scheme
 from qcal.errors import CalibrationError, CheckpointError, ConfigError
-from qcal.eval.outliers import ActivationStats
+from qcal.eval.outliers import ActivationStats, ChannelStats
 from qcal.llm import (
     KNOWN_PASSES,
     FloatDecision,
@@ -225,18 +225,13 @@ class _Calibration:
     def head(self, hidden: list[torch.Tensor], probe: list[torch.Tensor]) -> None:
         """Final norm: statistics of lm_head's input (without computing logits), and its probe if quantized."""
         norm = self.skel.norm()
-        xs = [norm(h) for h in hidden]
         if "lm_head" not in self.stats.names:
             return
-        st = self.stats.stats.get("lm_head")
-        for x in xs:
-            if st is None:
-                k = x.shape[-1]
-                from qcal.eval.outliers import ChannelStats
-
-                st = self.stats.stats["lm_head"] = ChannelStats(torch.zeros(k), torch.full((k,), float("inf")),
-                                                                torch.full((k,), float("-inf")))
-            st.update(x)
+        k = int(self.skel.config.hidden_size)    # as ActivationStats' hook starts it on its first input
+        st = self.stats.stats["lm_head"] = ChannelStats(torch.zeros(k), torch.full((k,), float("inf")),
+                                                        torch.full((k,), float("-inf")))
+        for h in hidden:
+            st.update(norm(h))
         if not self.quantizable(["lm_head"]):
             return
         self.ranges["lm_head"] = _tensor_range(self.stats, "lm_head", None)
