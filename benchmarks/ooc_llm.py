@@ -100,7 +100,7 @@ def corpus(path: Path) -> Path:
     return path
 
 
-def child_calibrate(model: Path, calib: Path, out: Path, threads: int) -> None:
+def child_calibrate(model: Path, calib: Path, out: Path, threads: int, windows: int = WINDOWS) -> None:
     """Runs in its own process: peak RSS is this process's alone."""
     import torch
 
@@ -108,7 +108,7 @@ def child_calibrate(model: Path, calib: Path, out: Path, threads: int) -> None:
     from qcal.llm_offload import quantize_llm_offloaded
 
     torch.set_num_threads(threads)
-    cfg = qcal.QuantConfig(scheme="w8a8", passes=["smoothquant"], calib_size=WINDOWS,
+    cfg = qcal.QuantConfig(scheme="w8a8", passes=["smoothquant"], calib_size=windows,
                            llm=qcal.LLMConfig(seq_len=SEQ, offload="layers"))
     t0 = time.perf_counter()
     r = quantize_llm_offloaded(model, calib, cfg, workdir=out, progress=True)
@@ -175,7 +175,8 @@ def markdown(r: dict[str, Any]) -> str:
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        child_calibrate(Path(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4]), int(sys.argv[5]))
+        child_calibrate(Path(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4]), int(sys.argv[5]),
+                        *(int(a) for a in sys.argv[6:7]))
         return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", default="/tmp/qcal-ooc", help="model, corpus and outputs (not in the repository)")

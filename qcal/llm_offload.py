@@ -48,10 +48,11 @@ from qcal.llm import (
     keep_float,
     sensitivity,
 )
-from qcal.llm_offload_io import OffloadedLLMResult, WeightIndex, linear_tensors, save_shard
+from qcal.llm_offload_io import OffloadedLLMResult, WeightIndex, linear_tensors, release_memory, save_shard
 from qcal.models.hf_llm import HFCausalLM
 from qcal.quant.llm_schemes import ActQuant, QuantLinear
 
+EMBED = "embed.safetensors"
 SUPPORTED = ("llama",)   # the decoder layer call and masks below are Llama's (SmolLM2, Llama 2/3, TinyLlama)
 
 
@@ -76,11 +77,14 @@ def quantize_llm_offloaded(model: Any, calib: Any, config: QuantConfig, *, workd
     run = _Calibration(skel, cfg, weight_bits, act, smooth_on)
     seconds = {"load": time.perf_counter() - t0}
 
+    out = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="qcal-ooc-"))
+    out.mkdir(parents=True, exist_ok=True)
     t = time.perf_counter()
-    hidden = skel.embed(windows)                                    # (1, T, H) each, FP32
+    hidden = skel.embed(windows, out / EMBED)                       # (1, T, H) each, FP32; embedding shard written
     probe = [h.clone() for h in hidden[: cfg.sensitivity_windows]]  # the smoothed float model's stream
     for i in tqdm(range(skel.n_layers), desc="calibrate layers", disable=not progress, leave=False):
         run.layer(i, hidden, probe)
+        release_memory()                                            # the layer is gone: return its pages
     run.head(hidden, probe)
     del hidden, probe
     seconds["calibrate"] = time.perf_counter() - t
@@ -91,8 +95,6 @@ def quantize_llm_offloaded(model: Any, calib: Any, config: QuantConfig, *, workd
     floats = {d.layer for d in decisions}
 
     t = time.perf_counter()
-    out = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="qcal-ooc-"))
-    out.mkdir(parents=True, exist_ok=True)
     table = _write(skel, run, floats, out, progress)
     seconds["write"] = time.perf_counter() - t
     seconds["total"] = time.perf_counter() - t0
@@ -132,10 +134,15 @@ class Skeleton:
         self._rotary = type(self.model.model.rotary_emb)(config=self.config)   # real inv_freq, on CPU
         self._ctx: dict[int, dict[str, Any]] = {}
 
-    def embed(self, windows: list[list[int]]) -> list[torch.Tensor]:
-        """(1, T, H) FP32 hidden states of each window; the embedding matrix is read once and dropped."""
+    def embed(self, windows: list[list[int]], shard: Path) -> list[torch.Tensor]:
+        """(1, T, H) FP32 hidden states of each window. The embedding matrix is read once, written unchanged to
+        `shard` (it stays float) while little else is in memory, and dropped."""
         w = self.weights.get("model.embed_tokens.weight")
-        return [nn.functional.embedding(torch.tensor([ids]), w) for ids in windows]
+        save_shard(shard, {"model.embed_tokens.weight": w})
+        hidden = [nn.functional.embedding(torch.tensor([ids]), w) for ids in windows]
+        del w
+        release_memory()
+        return hidden
 
     def layer(self, i: int) -> nn.Module:
         """Decoder layer i with its fp32 weights loaded (the only full-size tensors in memory)."""
@@ -251,7 +258,7 @@ def _write(skel: Skeleton, run: _Calibration, floats: set[str], out: Path, progr
         save_shard(out / name, tensors)
         files.append(name)
 
-    shard("embed.safetensors", {"model.embed_tokens.weight": skel.weights.get("model.embed_tokens.weight")})
+    files.append(EMBED)                                              # written in pass 1 (Skeleton.embed)
     for i in tqdm(range(skel.n_layers), desc="write layers", disable=not progress, leave=False):
         layer = skel.layer(i)
         tree = scope(f"model.layers.{i}", layer)
@@ -262,6 +269,7 @@ def _write(skel: Skeleton, run: _Calibration, floats: set[str], out: Path, progr
         fname = f"layer-{i:05d}.safetensors"
         shard(fname, _quantized(tree, run, floats, layers, fname))
         del layer, tree
+        release_memory()
     head: dict[str, torch.Tensor] = {"model.norm.weight": skel.weights.get("model.norm.weight")}
     if "lm_head" not in floats or not skel.tied:
         head.update(_quantized(scope("lm_head", skel.lm_head()), run, floats, layers, "head.safetensors"))

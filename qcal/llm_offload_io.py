@@ -78,6 +78,24 @@ class WeightIndex:
         return out
 
 
+def release_memory() -> None:
+    """Give freed heap pages back to the OS after each layer (glibc's malloc_trim; a no-op elsewhere).
+
+    One layer's tensors come and go every step; glibc keeps the freed space of mid-sized blocks (the hidden states,
+    16 MB weights) in its heap, fragmented, and the resident size crept up by ~30 MB per layer on the 1.5B model
+    without this. Releasing it keeps the peak at one layer's working set."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return
+    try:
+        ctypes.CDLL(name).malloc_trim(0)
+    except (OSError, AttributeError):   # not glibc (musl, macOS): nothing to trim
+        return
+
+
 def save_shard(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     from safetensors.torch import save_file
 
