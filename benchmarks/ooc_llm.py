@@ -168,9 +168,13 @@ def markdown(r: dict[str, Any]) -> str:
         f"| wall time | {o['wall_s']} s (calibrate {o['seconds'].get('calibrate')}, write {o['seconds'].get('write')}) |",
         f"| threads | {o['threads']} (noisy_machine: shared 2-core machine) |",
         f"| SmolLM2-135M out-of-core equals in-memory | {r['ooc_equals_in_memory']} ({e.get('tensors_compared')} "
-        f"tensors compared exactly, plus statistics, sensitivities, decisions) |",
+        f"tensors compared exactly, plus statistics, sensitivities, decisions; W8A8 + smoothquant on "
+        f"{e.get('windows')} windows x {SEQ} tokens) |",
         f"| SmolLM2-135M wall, in memory vs offload | {e.get('wall_s', {}).get('in_memory')} s vs "
-        f"{e.get('wall_s', {}).get('offload_layers')} s |", ""])
+        f"{e.get('wall_s', {}).get('offload_layers')} s |", "",
+        f"Bar: peak RSS below 3 GB for a model whose fp32 weights alone are {o['weights_gb']:.2f} GB: "
+        f"{'met' if o['peak_rss_gb'] < 3 else 'NOT met'}. Code measured: {o.get('code_commit', 'this commit')}. "
+        f"{o.get('note', '')}", ""])
 
 
 def main() -> None:
