@@ -140,6 +140,13 @@ class Activations(str, enum.Enum):
     PER_TENSOR = "per-tensor"   # static: one scale per tensor, from calibration
 
 
+class Offload(str, enum.Enum):
+    """Where the LLM's weights live during calibration (qcal/llm_offload.py)."""
+
+    NONE = "none"        # the whole model in memory (qcal/llm.py)
+    LAYERS = "layers"    # one decoder layer at a time from memory-mapped safetensors; peak ~ one layer
+
+
 @dataclass(frozen=True)
 class LLMConfig:
     """Options of the LLM path (`qcal.quantize` on a Hugging Face causal LM).
@@ -150,6 +157,8 @@ class LLMConfig:
     keep_float_ratio: a Linear whose quantization noise (output noise-to-signal on calibration tokens) exceeds
         this multiple of the median layer's is kept in float, at most keep_float_max of them, worst first; 0 turns
         the automatic decision off. Every decision is reported.
+    offload: "layers" calibrates one decoder layer at a time from memory-mapped safetensors (a model larger
+        than memory) and writes the quantized weights layer by layer; same result as "none" (the default).
     """
 
     activations: Activations = Activations.PER_TOKEN
@@ -160,8 +169,14 @@ class LLMConfig:
     keep_float_ratio: float = 8.0
     keep_float_max: int = 4
     sensitivity_windows: int = 2
+    offload: Offload = Offload.NONE
 
     def __post_init__(self) -> None:
+        if isinstance(self.offload, str) and not isinstance(self.offload, Offload):
+            try:
+                object.__setattr__(self, "offload", Offload(self.offload))
+            except ValueError:
+                raise ConfigError(f"llm.offload={self.offload!r}: choose one of {[m.value for m in Offload]}.") from None
         if self.seq_len < 2 or self.group_size < 8 or self.group_size % 8:
             raise ConfigError(f"llm: seq_len={self.seq_len} must be >= 2 and group_size={self.group_size} a "
                               "positive multiple of 8 (e.g. 128).")
