@@ -136,29 +136,30 @@ def gptq(w: torch.Tensor, h: torch.Tensor, *, bits: int = 4, group: int = 128, d
     hinv = _upper_cholesky_of_inverse(H, damp)
 
     Q = torch.zeros(n, k)
-    loss = 0.0
+    loss = torch.zeros(())
+    cols = perm.tolist()
     for b0 in range(0, k, block):
         b1 = min(b0 + block, k)
         W1, Hb = W[:, b0:b1].clone(), hinv[b0:b1, b0:b1]
         E = torch.zeros(n, b1 - b0)
         for i in range(b1 - b0):
-            col = int(perm[b0 + i])
+            col = cols[b0 + i]
             g = col // group
             if not act_order and col % group == 0:   # first column of a group: its grid from the updated weights
                 cur = torch.cat([W1[:, i:], W[:, b1:]], dim=1)[:, : min(group, k - col)]
                 scale[:, g], zero[:, g] = _params(cur, bits)
             w_col, d = W1[:, i], Hb[i, i]
-            q = _quant(w_col, scale[:, g], zero[:, g], lo, hi)
+            s_g, z_g = scale[:, g], zero[:, g]
+            q = _quant(w_col, s_g, z_g, lo, hi)
             Q[:, b0 + i] = q
-            deq = (q - zero[:, g]) * scale[:, g]
-            loss += float(((w_col - deq) ** 2).sum() / (2 * d * d))
-            err = (w_col - deq) / d
-            W1[:, i:] -= err[:, None] * Hb[i, i:][None, :]
+            err = (w_col - (q - z_g) * s_g) / d
+            W1[:, i:].sub_(err[:, None] * Hb[i, i:][None, :])
             E[:, i] = err
+        loss += E.pow(2).sum() / 2           # (w - q)^2 / (2 d^2), summed
         W[:, b1:] -= E @ hinv[b0:b1, b1:]
     codes = torch.empty_like(Q)
     codes[:, perm] = Q
-    return GPTQWeights(codes.to(torch.int32), scale, zero, group, bits, loss)
+    return GPTQWeights(codes.to(torch.int32), scale, zero, group, bits, float(loss))
 
 
 def _upper_cholesky_of_inverse(H: torch.Tensor, damp: float) -> torch.Tensor:
