@@ -152,6 +152,8 @@ class LLMConfig:
     gptq_damp, gptq_block, gptq_act_order: the gptq pass (qcal.passes.gptq): Hessian dampening as a fraction of
         its mean diagonal, columns per lazy-update block, and quantizing columns in order of decreasing input
         energy (desc_act; group grids fixed from the original weights so the exported format is unchanged).
+    gptq_scale_search: before each decoder layer's GPTQ solve, an AWQ-style per-channel scale search folded into
+        the norms / up_proj (qcal.passes.awq); w4a16 only.
     """
 
     activations: Activations = Activations.PER_TOKEN
@@ -165,6 +167,7 @@ class LLMConfig:
     gptq_damp: float = 0.01
     gptq_block: int = 128
     gptq_act_order: bool = True
+    gptq_scale_search: bool = False
 
     def __post_init__(self) -> None:
         if self.seq_len < 2 or self.group_size < 8 or self.group_size % 8:

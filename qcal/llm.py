@@ -128,6 +128,9 @@ def quantize_llm(model: Any, calib: Any, config: QuantConfig, *, trust_checkpoin
     if unknown:
         raise ConfigError(f"LLM passes {unknown} are unknown; the LLM path runs {list(KNOWN_PASSES)} "
                           "(layer-wise weight reconstruction for LLMs is 'gptq').")
+    if cfg.gptq_scale_search and scheme is not Scheme.W4A16:
+        raise ConfigError("llm.gptq_scale_search is for weight-only w4a16 (it would move outliers back into the "
+                          "quantized activations of w8a8); use passes=['smoothquant', 'gptq'] for w8a8.")
     t0 = time.perf_counter()
     if not isinstance(model, HFCausalLM | str | Path):
         raise CheckpointError(f"an in-memory {type(model).__name__}: wrap it with its tokenizer, "
@@ -176,7 +179,8 @@ def quantize_llm(model: Any, calib: Any, config: QuantConfig, *, trust_checkpoin
         t = time.perf_counter()
         gptq_report = apply_gptq(qmodel, windows, [n for n in quantizable if n not in floats], make,
                                  bits=weight_bits, group=cfg.group_size, damp=cfg.gptq_damp, block=cfg.gptq_block,
-                                 act_order=cfg.gptq_act_order, progress=progress).to_dict()
+                                 act_order=cfg.gptq_act_order, scale_search=cfg.gptq_scale_search,
+                                 progress=progress).to_dict()
         seconds["gptq"] = time.perf_counter() - t
     mods = dict(qmodel.named_modules())
     for n in quantizable:

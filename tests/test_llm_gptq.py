@@ -122,3 +122,24 @@ def test_real_smollm2_gptq_lowers_perplexity_vs_rtn(tmp_path: Path) -> None:
     sc = evaluate_lms(fns, ids, reference="fp32", window=256, progress=False)
     fp, q, base = sc["fp32"].ppl, sc["w4a16"].ppl, sc["rtn"].ppl
     assert q < base and (q - fp) < 0.8 * (base - fp), (fp, q, base)
+
+
+def test_scale_search_folds_exactly_and_is_reported(tiny: tuple[Path, Path, Path]) -> None:
+    from qcal.passes.gptq import apply_gptq
+    from tests.llm_tiny import tiny_llama
+
+    fp = tiny_llama(0, outlier=20.0)
+    model = copy.deepcopy(fp)
+    names = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n != "lm_head"]
+    ids = torch.randint(3, 64, (3, 32), generator=torch.Generator().manual_seed(0))
+    # `make` keeps each (scaled) float Linear: only the AWQ folding changes the model, which must be exact
+    rep = apply_gptq(model, [r.tolist() for r in ids], names, lambda n, lin, w: lin, bits=4, group=32,
+                     scale_search=True, progress=False)
+    assert set(rep.scales) == {f"model.layers.{i}.{p}" for i in range(2)
+                               for p in ("input_layernorm", "post_attention_layernorm", "mlp.up_proj")}
+    assert all(0 <= v["alpha"] < 1 and v["rtn_error_ratio"] <= 1 for v in rep.scales.values())
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=ids).logits, fp(input_ids=ids).logits, rtol=1e-4, atol=1e-4)
+    with pytest.raises(qcal.ConfigError, match="w4a16"):
+        qcal.quantize(tiny[0], calib=tiny[1], config=qcal.QuantConfig(
+            scheme="w8a8", passes=["gptq"], llm=qcal.LLMConfig(gptq_scale_search=True)), progress=False)

@@ -31,7 +31,9 @@ from torch import nn
 from tqdm import tqdm
 
 from qcal.errors import ConfigError
-from qcal.quant.gptq import GPTQWeights, Hessian, gptq
+from qcal.passes.awq import search_scales
+from qcal.passes.smoothquant import SmoothGroup, fold_scales, llama_groups
+from qcal.quant.gptq import GPTQWeights, Hessian, gptq, rtn_like
 
 Make = Callable[[str, nn.Linear, GPTQWeights], nn.Module]
 
@@ -46,6 +48,7 @@ class GPTQReport:
     layer in float, on the same (already quantized upstream) inputs."""
 
     linears: dict[str, float] = field(default_factory=dict)
+    scales: dict[str, dict[str, float]] = field(default_factory=dict)   # producer -> alpha, error ratio (AWQ)
     layer_rel_err: dict[str, float] = field(default_factory=dict)
     windows: int = 0
     tokens: int = 0
@@ -56,6 +59,7 @@ class GPTQReport:
         errs = list(self.layer_rel_err.values())
         return {"windows": self.windows, "tokens": self.tokens, "seconds": round(self.seconds, 1),
                 "options": self.options, "linears": len(self.linears),
+                "scale_search": {k: {kk: round(vv, 4) for kk, vv in v.items()} for k, v in self.scales.items()},
                 "layer_rel_err_max": round(max(errs), 6) if errs else None,
                 "layer_rel_err": {k: round(v, 6) for k, v in self.layer_rel_err.items()}}
 
@@ -100,14 +104,17 @@ def _run(layer: nn.Module, inputs: list[tuple[torch.Tensor, dict[str, Any]]]) ->
 @torch.no_grad()
 def apply_gptq(model: nn.Module, windows: list[list[int]], names: list[str], make: Make, *, bits: int,
                group: int, damp: float = 0.01, block: int = 128, act_order: bool = False,
-               progress: bool = True) -> GPTQReport:
+               scale_search: bool = False, progress: bool = True) -> GPTQReport:
     """Quantize the Linears `names` of `model` in place with GPTQ, decoder layer by decoder layer; `make(name,
     linear, weights)` builds the module that replaces each. Linears outside the decoder layers are left alone
-    (the caller rounds them to nearest). Returns what the pass did."""
+    (the caller rounds them to nearest). scale_search: an AWQ-style per-channel scale search folded into each
+    layer before its solve (qcal/passes/awq.py; weight-only schemes). Returns what the pass did."""
     t0 = time.perf_counter()
     prefix, layers = decoder_layers(model)
     report = GPTQReport(windows=len(windows), tokens=sum(len(w) for w in windows),
-                        options={"bits": bits, "group": group, "damp": damp, "block": block, "act_order": act_order})
+                        options={"bits": bits, "group": group, "damp": damp, "block": block, "act_order": act_order,
+                                 "scale_search": scale_search})
+    groups = llama_groups(model) if scale_search else []
     inputs = capture_layer_inputs(model, layers[0], windows)
     for k, layer in enumerate(tqdm(layers, desc="gptq", disable=not progress, leave=False)):
         lp = f"{prefix}.{k}."
@@ -119,6 +126,9 @@ def apply_gptq(model: nn.Module, windows: list[list[int]], names: list[str], mak
         finally:
             for h in handles:
                 h.remove()
+        for grp in groups:
+            if grp.producer.startswith(lp) and all(c[len(lp):] in mods for c in grp.consumers):
+                _scale_search(model, grp, lp, mods, hess, bits, group, report)
         for n, m in mods.items():
             res = gptq(m.weight, hess[n].matrix(), bits=bits, group=group, damp=damp, block=block,
                        act_order=act_order)
@@ -132,6 +142,18 @@ def apply_gptq(model: nn.Module, windows: list[list[int]], names: list[str], mak
         inputs = [(o, kw) for o, (_, kw) in zip(outs, inputs, strict=True)]
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def _scale_search(model: nn.Module, grp: SmoothGroup, lp: str, mods: dict[str, nn.Linear], hess: dict[str, Hessian],
+                  bits: int, group: int, report: GPTQReport) -> None:
+    """Choose and fold one group's AWQ scales; the consumers' Hessians follow their inputs (x / s)."""
+    cons = [grp_c[len(lp):] for grp_c in grp.consumers]
+    s, alpha, ratio = search_scales(hess[cons[0]].matrix(), [mods[c].weight.float() for c in cons],
+                                    lambda w: rtn_like(w, bits=bits, group=group))
+    fold_scales(model.get_submodule(grp.producer), [mods[c] for c in cons], grp.kind, s)
+    for c in cons:
+        hess[c].sum /= torch.outer(s, s).double()
+    report.scales[grp.producer] = {"alpha": alpha, "rtn_error_ratio": ratio}
 
 
 def _accumulate(h: Hessian) -> Callable[[nn.Module, tuple[Any, ...]], None]:
