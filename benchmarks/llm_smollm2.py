@@ -337,7 +337,7 @@ def main() -> None:
     ap.add_argument("--calib-windows", type=int, default=16)
     ap.add_argument("--eval-tokens", type=int, default=8192)
     ap.add_argument("--latency-runs", type=int, default=10)
-    ap.add_argument("--gptq-windows", type=int, default=32, help="calibration windows of the gptq stage")
+    ap.add_argument("--gptq-windows", type=int, default=16, help="calibration windows of the gptq stage")
     ap.add_argument("--onnx-with-sim", action="store_true", help="re-score the torch simulations in the onnx stage")
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")

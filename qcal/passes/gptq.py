@@ -104,7 +104,7 @@ def _run(layer: nn.Module, inputs: list[tuple[torch.Tensor, dict[str, Any]]]) ->
 @torch.no_grad()
 def apply_gptq(model: nn.Module, windows: list[list[int]], names: list[str], make: Make, *, bits: int,
                group: int, damp: float = 0.01, block: int = 128, act_order: bool = False,
-               scale_search: bool = False, progress: bool = True) -> GPTQReport:
+               scale_search: bool = False, weighted_clip: bool = False, progress: bool = True) -> GPTQReport:
     """Quantize the Linears `names` of `model` in place with GPTQ, decoder layer by decoder layer; `make(name,
     linear, weights)` builds the module that replaces each. Linears outside the decoder layers are left alone
     (the caller rounds them to nearest). scale_search: an AWQ-style per-channel scale search folded into each
@@ -113,7 +113,7 @@ def apply_gptq(model: nn.Module, windows: list[list[int]], names: list[str], mak
     prefix, layers = decoder_layers(model)
     report = GPTQReport(windows=len(windows), tokens=sum(len(w) for w in windows),
                         options={"bits": bits, "group": group, "damp": damp, "block": block, "act_order": act_order,
-                                 "scale_search": scale_search})
+                                 "scale_search": scale_search, "weighted_clip": weighted_clip})
     groups = llama_groups(model) if scale_search else []
     inputs = capture_layer_inputs(model, layers[0], windows)
     for k, layer in enumerate(tqdm(layers, desc="gptq", disable=not progress, leave=False)):
@@ -131,7 +131,7 @@ def apply_gptq(model: nn.Module, windows: list[list[int]], names: list[str], mak
                 _scale_search(model, grp, lp, mods, hess, bits, group, report)
         for n, m in mods.items():
             res = gptq(m.weight, hess[n].matrix(), bits=bits, group=group, damp=damp, block=block,
-                       act_order=act_order)
+                       act_order=act_order, weighted_clip=weighted_clip)
             report.linears[lp + n] = res.proxy_loss
             parent, _, child = n.rpartition(".")
             setattr(layer.get_submodule(parent) if parent else layer, child, make(lp + n, m, res))

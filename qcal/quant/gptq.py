@@ -88,10 +88,11 @@ class GPTQWeights:
         return self.codes.to(torch.int8), self.scale[:, 0].float()
 
 
-def _params(cols: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(scale (N,), zero (N,)) for one group's current columns (N, width)."""
+def _params(cols: torch.Tensor, bits: int, importance: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale (N,), zero (N,)) for one group's current columns (N, width); importance (width,) weights the
+    clipping search's error per column."""
     if bits == 4:
-        s, z = int4_group_params(cols[:, None, :])
+        s, z = int4_group_params(cols[:, None, :], importance=None if importance is None else importance[None, :])
         return s[:, 0], z[:, 0]
     scale = (cols.abs().amax(dim=1) / 127.0).clamp(min=1e-12)
     return scale, torch.zeros_like(scale)
@@ -103,9 +104,11 @@ def _quant(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, lo: int, hi
 
 
 def gptq(w: torch.Tensor, h: torch.Tensor, *, bits: int = 4, group: int = 128, damp: float = 0.01,
-         block: int = 128, act_order: bool = False) -> GPTQWeights:
+         block: int = 128, act_order: bool = False, weighted_clip: bool = False) -> GPTQWeights:
     """Quantize w (N, K) against the input Hessian h (K, K) (see `Hessian`). Returns integer weights in the
-    original column order. bits=4: asymmetric groups of `group` input channels; bits=8: symmetric per row."""
+    original column order. bits=4: asymmetric groups of `group` input channels; bits=8: symmetric per row.
+    weighted_clip: the 4-bit groups' clipping search weighs each input channel's error by diag(H) (its input
+    energy) instead of equally."""
     if bits not in (4, 8):
         raise ConfigError(f"gptq bits={bits}: choose 4 (group-wise uint4) or 8 (per-channel int8).")
     if block < 1 or damp < 0 or (bits == 4 and (group < 8 or group % 8)):
@@ -125,9 +128,11 @@ def gptq(w: torch.Tensor, h: torch.Tensor, *, bits: int = 4, group: int = 128, d
     n_groups = -(-k // group)
     scale = torch.zeros(n, n_groups)
     zero = torch.zeros(n, n_groups)
+    imp = torch.diag(H) if weighted_clip else None
     if act_order:      # static groups: every group's grid from the original weights, before any update
         for g in range(n_groups):
-            scale[:, g], zero[:, g] = _params(W[:, g * group:(g + 1) * group], bits)
+            sl = slice(g * group, (g + 1) * group)
+            scale[:, g], zero[:, g] = _params(W[:, sl], bits, None if imp is None else imp[sl])
         perm = torch.argsort(torch.diag(H), descending=True)
     else:
         perm = torch.arange(k)
@@ -146,8 +151,9 @@ def gptq(w: torch.Tensor, h: torch.Tensor, *, bits: int = 4, group: int = 128, d
             col = cols[b0 + i]
             g = col // group
             if not act_order and col % group == 0:   # first column of a group: its grid from the updated weights
-                cur = torch.cat([W1[:, i:], W[:, b1:]], dim=1)[:, : min(group, k - col)]
-                scale[:, g], zero[:, g] = _params(cur, bits)
+                width = min(group, k - col)
+                cur = torch.cat([W1[:, i:], W[:, b1:]], dim=1)[:, :width]
+                scale[:, g], zero[:, g] = _params(cur, bits, None if imp is None else imp[col:col + width])
             w_col, d = W1[:, i], Hb[i, i]
             s_g, z_g = scale[:, g], zero[:, g]
             q = _quant(w_col, s_g, z_g, lo, hi)

@@ -54,10 +54,11 @@ class Int4Groups:
         return w.reshape(n, kp)[:, : self.k]
 
 
-def int4_group_params(wg: torch.Tensor, *, clip_grid: int = 20, min_clip: float = 0.75
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
+def int4_group_params(wg: torch.Tensor, *, clip_grid: int = 20, min_clip: float = 0.75,
+                      importance: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """wg (N, G, group) -> asymmetric 4-bit (scale (N, G), zero (N, G) in 0..15, both float): the group's range
-    shrunk by the factor in [min_clip, 1] that minimises that group's squared round-to-nearest error."""
+    shrunk by the factor in [min_clip, 1] that minimises that group's squared round-to-nearest error, each input
+    channel's error weighted by `importance` (G, group) when given (e.g. its input energy, diag of the Hessian)."""
     lo = wg.amin(dim=2).clamp(max=0.0)
     hi = wg.amax(dim=2).clamp(min=0.0)
     best_err = torch.full(lo.shape, float("inf"))
@@ -66,7 +67,8 @@ def int4_group_params(wg: torch.Tensor, *, clip_grid: int = 20, min_clip: float 
         scale = ((hi - lo) * f / 15.0).clamp(min=1e-12)
         zero = torch.round(-lo * f / scale).clamp(0, 15)
         q = torch.round(wg / scale[..., None] + zero[..., None]).clamp(0, 15)
-        err = ((q - zero[..., None]) * scale[..., None] - wg).pow(2).sum(dim=2)
+        err2 = ((q - zero[..., None]) * scale[..., None] - wg).pow(2)
+        err = (err2 if importance is None else err2 * importance).sum(dim=2)
         better = err < best_err
         best_err = torch.where(better, err, best_err)
         best_scale = torch.where(better, scale, best_scale)

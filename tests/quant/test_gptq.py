@@ -32,10 +32,10 @@ def _hessian(x: torch.Tensor) -> torch.Tensor:
     return h.matrix()
 
 
-@pytest.mark.parametrize("act_order", [False, True])
-def test_int4_output_error_well_below_round_to_nearest(act_order: bool) -> None:
+@pytest.mark.parametrize("act_order,weighted_clip", [(False, False), (True, False), (True, True)])
+def test_int4_output_error_well_below_round_to_nearest(act_order: bool, weighted_clip: bool) -> None:
     w, x = _layer()
-    res = gptq(w, _hessian(x), bits=4, group=32, act_order=act_order, block=64)
+    res = gptq(w, _hessian(x), bits=4, group=32, act_order=act_order, block=64, weighted_clip=weighted_clip)
     rtn = rtn_like(w, bits=4, group=32)
     torch.testing.assert_close(rtn, int4_groupwise(w, 32).dequantize())     # the baseline is QuantLinear's RTN
     ratio = _out_err(x, w, res.dequantize()) / _out_err(x, w, rtn)
