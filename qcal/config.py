@@ -152,6 +152,8 @@ class LLMConfig:
     gptq_damp, gptq_block, gptq_act_order: the gptq pass (qcal.passes.gptq): Hessian dampening as a fraction of
         its mean diagonal, columns per lazy-update block, and quantizing columns in order of decreasing input
         energy (desc_act; group grids fixed from the original weights so the exported format is unchanged).
+    gptq_weighted_clip: the 4-bit group ranges' clipping search weighs each input channel's error by its input
+        energy (diag of the Hessian) instead of equally.
     gptq_scale_search: before each decoder layer's GPTQ solve, an AWQ-style per-channel scale search folded into
         the norms / up_proj (qcal.passes.awq); w4a16 only.
     """
@@ -167,6 +169,7 @@ class LLMConfig:
     gptq_damp: float = 0.01
     gptq_block: int = 128
     gptq_act_order: bool = True
+    gptq_weighted_clip: bool = True
     gptq_scale_search: bool = False
 
     def __post_init__(self) -> None:

@@ -180,6 +180,7 @@ def quantize_llm(model: Any, calib: Any, config: QuantConfig, *, trust_checkpoin
         gptq_report = apply_gptq(qmodel, windows, [n for n in quantizable if n not in floats], make,
                                  bits=weight_bits, group=cfg.group_size, damp=cfg.gptq_damp, block=cfg.gptq_block,
                                  act_order=cfg.gptq_act_order, scale_search=cfg.gptq_scale_search,
+                                 weighted_clip=cfg.gptq_weighted_clip,
                                  progress=progress).to_dict()
         seconds["gptq"] = time.perf_counter() - t
     mods = dict(qmodel.named_modules())

@@ -23,8 +23,8 @@ import torch
 
 def output_error(w: torch.Tensor, wq: torch.Tensor, h: torch.Tensor) -> float:
     """tr((wq - w) H (wq - w)^T): the summed squared output error over the calibration tokens, up to 2 / T."""
-    e = (wq - w).double()
-    return float(((e @ h.double()) * e).sum())
+    e = (wq - w).float()
+    return float(((e @ h.float()) * e).sum(dtype=torch.float64))
 
 
 @torch.no_grad()
