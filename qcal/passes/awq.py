@@ -5,7 +5,8 @@ For Linears that share an input x (K channels) fed by a scalable producer (a nor
 for down_proj), scale input channel c of the weights by s_c and divide the producer's channel by s_c: the float
 function is unchanged, but channels with large activations get a finer share of the weight grid. As in AWQ,
 s = a^alpha / sqrt(max(a^alpha) min(a^alpha)) with a the channel's activation magnitude, alpha on a grid in
-[0, 1), chosen to minimise the consumers' output error after round-to-nearest on the scheme's grid.
+[0, 1), chosen to minimise the consumers' output error after round-to-nearest on the scheme's grid (plain
+min/max groups during the search, as AWQ does; the clipping search comes later, in GPTQ's grid choice).
 
 Everything is read from the input Hessian H = 2 X^T X / T the gptq pass accumulates anyway, so the search
 costs no extra forward pass: a = sqrt(diag(H) / 2) (the channel's RMS, where AWQ uses mean |x|), and the output

@@ -149,7 +149,7 @@ def _scale_search(model: nn.Module, grp: SmoothGroup, lp: str, mods: dict[str, n
     """Choose and fold one group's AWQ scales; the consumers' Hessians follow their inputs (x / s)."""
     cons = [grp_c[len(lp):] for grp_c in grp.consumers]
     s, alpha, ratio = search_scales(hess[cons[0]].matrix(), [mods[c].weight.float() for c in cons],
-                                    lambda w: rtn_like(w, bits=bits, group=group))
+                                    lambda w: rtn_like(w, bits=bits, group=group, clip_grid=1))
     fold_scales(model.get_submodule(grp.producer), [mods[c] for c in cons], grp.kind, s)
     for c in cons:
         hess[c].sum /= torch.outer(s, s).double()
