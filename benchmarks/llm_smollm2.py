@@ -101,6 +101,10 @@ def markdown(d: dict) -> str:
                   "| model | ppl | vs FP32 | mean KL to FP32 |", "|---|---|---|---|"]
         lines += [f"| {k} | {v:.3f} | {100 * g['vs_fp32'][k]:+.2f}% | {g['kl'][k]:.4f} |" for k, v in g["ppl"].items()]
         lines += ["", f"ONNX Runtime (MatMulNBits) vs torch simulation: {100 * g['onnx_vs_simulation_ppl_rel']:+.3f}%"]
+        for name, run in d.get("gptq_runs", {}).items():
+            lines.append(f"- variant `{name}`: w4a16_gptq {run['ppl']['w4a16_gptq']:.3f} "
+                         f"({100 * run['vs_fp32']['w4a16_gptq']:+.2f}% vs FP32), ONNX "
+                         f"{100 * run['vs_fp32']['w4a16_gptq_onnx']:+.2f}%, quantize {run['wall_seconds']['quantize_total']} s")
     for k in ("w4a16_group_sweep", "onnx", "notes"):
         if k in d:
             lines += ["", f"## {k}", "", "```", json.dumps(d[k], indent=1), "```"]
@@ -256,7 +260,11 @@ def stage_gptq(args: argparse.Namespace, data: dict) -> None:
     cal = corpora.token_windows(calib_text, lm.encode, name="emma", tokenizer_name=lm.tokenizer_name,
                                 seq_len=512, n=n)
     t = time.perf_counter()
-    r = quantize_llm(lm, cal, config("w4a16", ["gptq"], n))
+    import qcal
+
+    cfg = qcal.QuantConfig(scheme="w4a16", passes=["gptq"], calib_size=n,
+                           llm=qcal.LLMConfig(gptq_scale_search=args.gptq_scale_search))
+    r = quantize_llm(lm, cal, cfg)
     wall = time.perf_counter() - t
     print(r.summary())
     rtn = copy.deepcopy(lm.model)            # the same layers, rounded to nearest (what --stage main scores)
@@ -276,7 +284,9 @@ def stage_gptq(args: argparse.Namespace, data: dict) -> None:
               "w4a16_gptq_onnx": ort_logits(paths["quantized"])}
     scores = evaluate_lms(models, eval_ids, reference="fp32", window=512)
     fp = scores["fp32"].ppl
+    variant = "gptq+awq" if args.gptq_scale_search else "gptq"
     data["gptq"] = {
+        "variant": variant, "config": cfg.to_dict(),
         "ppl": {k: round(v.ppl, 4) for k, v in scores.items()},
         "kl": {k: round(v.kl, 5) for k, v in scores.items()},
         "vs_fp32": {k: round(v.ppl / fp - 1, 5) for k, v in scores.items()},
@@ -286,6 +296,7 @@ def stage_gptq(args: argparse.Namespace, data: dict) -> None:
                          "export": round(export_s, 1)},
         "kept_in_float": [d.layer for d in r.decisions], "report": r.gptq,
         "onnx_size_mb": round(paths["quantized"].stat().st_size / 2**20, 1)}
+    data.setdefault("gptq_runs", {})[variant] = data["gptq"]
 
 
 def stage_latency(args: argparse.Namespace, data: dict) -> None:
@@ -338,6 +349,7 @@ def main() -> None:
     ap.add_argument("--eval-tokens", type=int, default=8192)
     ap.add_argument("--latency-runs", type=int, default=10)
     ap.add_argument("--gptq-windows", type=int, default=16, help="calibration windows of the gptq stage")
+    ap.add_argument("--gptq-scale-search", action="store_true", help="gptq stage: llm.gptq_scale_search (AWQ)")
     ap.add_argument("--onnx-with-sim", action="store_true", help="re-score the torch simulations in the onnx stage")
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -348,7 +360,10 @@ def main() -> None:
              "onnx": stage_onnx, "gptq": stage_gptq,
              "latency": stage_latency}
     stage[args.stage](args, data)
-    data = {**load_results(), **data}   # re-read: stages may run side by side
+    old = load_results()
+    if "gptq_runs" in data:         # keep the other gptq variants measured before
+        data["gptq_runs"] = {**old.get("gptq_runs", {}), **data["gptq_runs"]}
+    data = {**old, **data}   # re-read: stages may run side by side
     finish(data)
     from qcal.machine import machine_info
 
