@@ -110,10 +110,10 @@ def test_real_smollm2_gptq_lowers_perplexity_vs_rtn(tmp_path: Path) -> None:
     from calib_sets import corpora
 
     text = corpora.pydoc_topics()
-    cfg = qcal.QuantConfig(scheme="w4a16", passes=["gptq"], calib_size=2,
-                           llm=qcal.LLMConfig(seq_len=256, sensitivity_windows=1, keep_float_ratio=0))
+    cfg = qcal.QuantConfig(scheme="w4a16", passes=["gptq"], calib_size=4,   # 2048 tokens: H of down_proj (K=1536)
+                           llm=qcal.LLMConfig(seq_len=512, sensitivity_windows=1, keep_float_ratio=0))
     cal = tmp_path / "cal.txt"
-    cal.write_text(text[:20_000])
+    cal.write_text(text[:40_000])
     r = qcal.quantize(gguf, calib=cal, config=cfg, progress=False)
     assert r.gptq is not None and r.gptq["linears"] == 210
     rtn = _rtn_twin(r.lm.model, r.quantized_layers(), 128)
