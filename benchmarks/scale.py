@@ -30,14 +30,14 @@ EVAL = "bundled:vtest[360:480:2]"
 IMGSZ, CALIB_SIZE, NOOP_TASKS, CPUS_PER_NODE = 640, 32, 200, 2
 
 
-def sweep(out: Path, executor: str) -> dict[str, Any]:
+def sweep(out: Path, executor: str, address: str | None = None) -> dict[str, Any]:
     import qcal
     from qcal.cli import _demo_checkpoint
 
     return qcal.robustness(_demo_checkpoint(), eval=EVAL, calib=str(ROOT / CALIB), conditions="qrid",
                            precisions=PRECISIONS, out=out, config=qcal.QuantConfig(imgsz=IMGSZ, calib_size=CALIB_SIZE),
                            trust_checkpoint=True, latency_runs=0, bootstrap=0, threads=1, progress=True,
-                           executor=executor).to_dict()
+                           executor=executor, address=address).to_dict()
 
 
 def untimed(d: dict[str, Any]) -> str:
@@ -65,7 +65,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", default="/tmp/qcal-scale", help="sweep folder (models and cells)")
     ap.add_argument("--timing-only", action="store_true", help="reuse the built models; re-time the cells")
+    ap.add_argument("--stage", default="all", choices=["all", "ray2node"], help="ray2node: only the two-node "
+                    "loopback cluster run (needs --work from an earlier full run: its serial/ models and report)")
     args = ap.parse_args()
+    if args.stage == "ray2node":
+        from ray2node import stage_ray2node
+
+        stage_ray2node(Path(args.work), sweep, untimed)
+        return
     import ray
 
 
@@ -108,7 +115,7 @@ def main() -> None:
         "precisions": [p["name"] for p in serial["precisions"]], "conditions": [c["name"] for c in serial["conditions"]],
         "models_build_s": build_s if not args.timing_only else None,
         "wall_s": {"serial": serial["seconds"]["cells"], "ray_local": ray_run["seconds"]["cells"],
-                   "ray_2node": None},
+                   "ray_2node": None},   # benchmarks/ray2node.py (--stage ray2node) fills it
         "ray_local_includes_ray_start": True, "ray_start_s": ray_start_s, "ray_local_total_s": ray_total,
         "rerun_all_cached_s": rerun_s, "rerun_cells_s": rerun["seconds"]["cells"],
         "per_cell_s": round(per_cell, 3), "ray_fixed_s": round(fixed, 2), "task_overhead_ms": round(overhead, 2),
@@ -123,8 +130,15 @@ def main() -> None:
     })
     out = ROOT / "benchmarks" / "results"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "scale.json").write_text(json.dumps(res, indent=1))
-    (out / "scale.md").write_text(markdown(res))
+    # part 2's results (out-of-core LLM: benchmarks/ooc_llm.py; two-node Ray: --stage ray2node) are kept
+    old = json.loads((out / "scale.json").read_text()) if (out / "scale.json").is_file() else {}
+    res.update({k: v for k, v in old.items() if k.startswith(("ooc_", "ray_2node"))})
+    res["wall_s"]["ray_2node"] = old.get("wall_s", {}).get("ray_2node")
+    kept = (out / "scale.md").read_text().split("\n## ", 1)[1:] if (out / "scale.md").is_file() else []
+    from exporters.quant_table import atomic_write_text
+
+    atomic_write_text(out / "scale.json", json.dumps(res, indent=1))
+    atomic_write_text(out / "scale.md", markdown(res) + "".join("\n## " + k for k in kept))
     print(markdown(res))
 
 
@@ -141,7 +155,7 @@ def markdown(r: dict[str, Any]) -> str:
         f"| serial (in-process) | {w['serial']} |",
         f"| Ray local, 2 CPUs (includes starting Ray, {r['ray_start_s']} s) | {w['ray_local']} |",
         f"| rerun, every cell cached | {r['rerun_cells_s']} |",
-        "| Ray 2-node loopback | not run (part 2) |", "",
+        f"| Ray 2-node loopback, 1 CPU each (separate run, see below) | {w.get('ray_2node')} |", "",
         f"Per cell (serial): {r['per_cell_s']} s. Ray per-task overhead (no-op cells): {r['task_overhead_ms']} ms. "
         f"Ray fixed cost in the local run (start, worker imports, transfers): {r['ray_fixed_s']} s.  ",
         f"Ray report equals serial report except timing fields: {r['ray_report_equals_serial']}.", "",

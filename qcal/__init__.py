@@ -18,6 +18,7 @@ from qcal.config import (  # noqa: E402
     MetaAug,
     MetaAugConfig,
     Observer,
+    Offload,
     QuantConfig,
     Scheme,
     Target,
@@ -72,5 +73,5 @@ def robustness(*args, **kwargs):  # type: ignore[no-untyped-def]
 
 __all__ = ["Activations", "AdaQuantConfig", "AdaQuantMode", "Budget", "CalibrationError", "CheckpointError",
            "ConfigError", "ExportError", "KeepFloatConfig", "LLMConfig", "MetaAug",
-           "MetaAugConfig", "Observer", "QcalError", "QuantConfig",
+           "MetaAugConfig", "Observer", "Offload", "QcalError", "QuantConfig",
            "Scheme", "Target", "UntrustedCheckpointError", "__version__", "allocate_bits", "quantize", "robustness"]

@@ -4,6 +4,7 @@ state, whatever the number of samples."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ import onnxruntime as ort
 from tqdm import tqdm
 
 from qcal.graph import GraphInfo, with_outputs
-from qcal.quant.observers import Observer, make_observer
+from qcal.quant.observers import BlendObserver, Observer, blend_range, make_observer
 
 
 @dataclass
@@ -29,6 +30,14 @@ class CalibrationStats:
     # (samples, tensors) max |x| per sample: 8 bytes per sample and tensor (0.5 MB for 256 x 246), for the
     # range-stability diagnostic (is the set big enough?)
     per_sample_absmax: np.ndarray | None = None
+    # blend observer only: per tensor (MSE range, percentile range); `ranges` then holds one mix of the two
+    endpoints: dict[str, tuple[tuple[float, float], tuple[float, float]]] | None = None
+
+    def blended(self, alpha: float) -> CalibrationStats:
+        """The same statistics with ranges mixed at `alpha` (0: MSE, 1: percentile)."""
+        if self.endpoints is None:
+            raise ValueError("blended() needs statistics from the blend observer")
+        return dataclasses.replace(self, ranges={t: blend_range(m, p, alpha) for t, (m, p) in self.endpoints.items()})
 
 
 def make_session(model_bytes: bytes, threads: int = 2, *, arena: bool = True) -> ort.InferenceSession:
@@ -75,5 +84,6 @@ def calibrate(info: GraphInfo, tensors: list[str], feeds: Iterable[dict[str, np.
 
         raise CalibrationError("the calibration set yielded no samples; give at least one image.")
     ranges = {t: o.compute_range() for t, o in obs.items()}
+    ends = {t: o.endpoints() for t, o in obs.items() if isinstance(o, BlendObserver)}
     return CalibrationStats(ranges, {t: (lo[t], hi[t]) for t in tensors}, n, time.perf_counter() - t0, observer,
-                            sum(o.nbytes for o in obs.values()), np.stack(absmax))
+                            sum(o.nbytes for o in obs.values()), np.stack(absmax), ends or None)

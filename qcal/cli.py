@@ -54,7 +54,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    "(uint8 activations, int8 per-channel weights, reduce_range chosen from the CPU's VNNI flag) or "
                    "tensorrt (int8 symmetric, zero point 0)")
     p.add_argument("--observer", choices=[o.value for o in Observer], help="how activation ranges are chosen "
-                   "(default: from the config, mse)")
+                   "(default: from the config, blend = the mean of the MSE and the 99.999th-percentile range; mse, percentile, "
+                   "entropy and minmax as usual)")
     p.add_argument("--calib-size", type=int, help="use at most this many calibration samples")
     p.add_argument("--keep-float", nargs="*", metavar="NODE", help="ONNX node names to keep in float, in addition "
                    "to those qcal finds by measurement")
@@ -87,6 +88,9 @@ def main(argv: list[str] | None = None) -> int:
                    "folder or .gguf file, calibrated on --calib text (default: auto, from the checkpoint)")
     q.add_argument("--scheme", choices=["w8a8", "w4a16"], help="LLM scheme (default w8a8: int8 per-channel weights, "
                    "per-token int8 activations; w4a16: 4-bit group-wise weights)")
+    q.add_argument("--offload", choices=["none", "layers"], help="LLM only; layers: calibrate one decoder layer at "
+                   "a time from the memory-mapped safetensors (peak memory ~ one layer + the calibration "
+                   "activations) and write the quantized weights layer by layer to -o (docs/SCALE.md)")
     _add_common(q)
     d = sub.add_parser("demo", help="the embedded default: the fall-detection YOLOv8s on bundled vtest frames",
                        description="Quantize the bundled real YOLOv8s checkpoint on bundled vtest frames 0-359, "
@@ -169,6 +173,14 @@ def _run_llm(args: argparse.Namespace, cfg: QuantConfig) -> int:
     from qcal.llm import quantize_llm, robustness_llm
 
     cfg = cfg.replace(scheme=args.scheme) if args.scheme else cfg   # --passes is already in cfg (_config)
+    if args.offload:
+        import dataclasses
+
+        from qcal.config import LLMConfig
+
+        cfg = cfg.replace(llm=dataclasses.replace(cfg.llm or LLMConfig(), offload=args.offload))
+    if cfg.llm is not None and cfg.llm.offload.value == "layers":
+        return _run_llm_offloaded(args, cfg)
     result = quantize_llm(args.checkpoint, args.calib, cfg, trust_checkpoint=args.trust_checkpoint,
                           progress=not args.no_progress)
     print(result.summary())
@@ -176,6 +188,21 @@ def _run_llm(args: argparse.Namespace, cfg: QuantConfig) -> int:
         print(robustness_llm(result, args.eval, progress=not args.no_progress).summary())
     paths = result.export(args.out)
     print(f"\nwrote {', '.join(str(p) for p in paths.values())}")
+    return 0
+
+
+def _run_llm_offloaded(args: argparse.Namespace, cfg: QuantConfig) -> int:
+    from qcal.errors import ConfigError
+    from qcal.llm_offload import quantize_llm_offloaded
+
+    if args.eval:
+        raise ConfigError("--eval with --offload layers: perplexity needs the whole model in memory; evaluate the "
+                          "quantized folder separately, or drop --offload.")
+    result = quantize_llm_offloaded(args.checkpoint, args.calib, cfg, workdir=Path(args.out) / ".qcal-partial",
+                                    progress=not args.no_progress)
+    paths = result.export(args.out)
+    print(result.summary())
+    print(f"\nwrote {len(paths)} files to {args.out} (quant_table.json, report.json, one shard per decoder layer)")
     return 0
 
 
@@ -195,9 +222,10 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         "(noise_low,blur_medium,jpeg_l3), or a TOML file of [conditions.NAME] steps = [...]\n"
         "example: qcal bench best.pt --trust-checkpoint --calib calib_sets/recipes/vtest-qrid.toml "
         "--eval 'bundled:vtest[360:480]' -o report/")
-    b.add_argument("checkpoint", help="path of a YOLO .pt checkpoint")
+    b.add_argument("checkpoint", help="path of a YOLO .pt checkpoint, or a sweep file (.toml: models x recipes x "
+                   "conditions x precisions, one report per model under -o; see qcal/bench/sweep.py)")
     b.add_argument("--calib", help="calibration recipe (.toml) or source for the int8-* precisions")
-    b.add_argument("--eval", required=True, help="evaluation images (never overlapping the calibration sets; "
+    b.add_argument("--eval", help="(required without a sweep file) evaluation images (never overlapping the calibration sets; "
                    "labels are used when every image has them, else fidelity vs FP32 detections)")
     b.add_argument("--conditions", default="qrid", help="degradation conditions (default: qrid)")
     b.add_argument("--precisions", default=DEFAULT_PRECISIONS, help=f"comma list (default: {DEFAULT_PRECISIONS})")
@@ -223,8 +251,12 @@ def _run_bench(args: argparse.Namespace, argv: list[str] | None) -> int:
 
     from qcal.bench import robustness
 
-    cfg = QuantConfig.load(args.config) if args.config else QuantConfig()
     cmd = "qcal " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    if args.checkpoint.endswith(".toml"):
+        return _run_sweep(args, cmd)
+    if not args.eval:
+        raise QcalError("qcal bench CHECKPOINT needs --eval (evaluation images), or give a sweep file (.toml).")
+    cfg = QuantConfig.load(args.config) if args.config else QuantConfig()
     report = robustness(args.checkpoint, eval=args.eval, calib=args.calib, conditions=args.conditions,
                         precisions=args.precisions, out=args.out, config=cfg,
                         trust_checkpoint=args.trust_checkpoint, latency_runs=args.latency_runs,
@@ -232,6 +264,28 @@ def _run_bench(args: argparse.Namespace, argv: list[str] | None) -> int:
                         device=args.device, runtime=args.runtime, executor=args.executor, address=args.address)
     print(report.summary())
     print(f"\nwrote {', '.join(str(p) for p in report.paths.values())}")
+    return 0
+
+
+_SWEEP_OWNS = {"calib": None, "eval": None, "config": None, "conditions": "qrid", "latency_runs": 30,
+               "bootstrap": 1000, "threads": 2, "device": "cpu", "runtime": None}
+
+
+def _run_sweep(args: argparse.Namespace, cmd: str) -> int:
+    from qcal.bench.spec import DEFAULT_PRECISIONS
+    from qcal.bench.sweep import Sweep, run_sweep
+    from qcal.errors import ConfigError
+
+    given = [k for k, v in {**_SWEEP_OWNS, "precisions": DEFAULT_PRECISIONS}.items() if getattr(args, k) != v]
+    if given:
+        raise ConfigError(f"qcal bench {args.checkpoint}: {['--' + k.replace('_', '-') for k in given]} belong in the "
+                          "sweep file (keys of the same names; [config] for --config); with a sweep file the command "
+                          "line takes only -o, --executor, --address, --trust-checkpoint and --no-progress.")
+    reports = run_sweep(Sweep.load(args.checkpoint), args.out, trust_checkpoint=args.trust_checkpoint,
+                        executor=args.executor, address=args.address, progress=not args.no_progress, command=cmd)
+    for name, report in reports.items():
+        print(f"== {name}\n{report.summary()}\n")
+    print(f"wrote {len(reports)} report(s) under {args.out} (sweep.json indexes them)")
     return 0
 
 

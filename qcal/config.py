@@ -29,6 +29,7 @@ class Observer(str, enum.Enum):
     PERCENTILE = "percentile"
     ENTROPY = "entropy"
     MSE = "mse"
+    BLEND = "blend"          # a mix of the MSE and the percentile range of one histogram (see blend_alphas)
 
 
 @dataclass(frozen=True)
@@ -139,6 +140,13 @@ class Activations(str, enum.Enum):
     PER_TENSOR = "per-tensor"   # static: one scale per tensor, from calibration
 
 
+class Offload(str, enum.Enum):
+    """Where the LLM's weights live during calibration (qcal/llm_offload.py)."""
+
+    NONE = "none"        # the whole model in memory (qcal/llm.py)
+    LAYERS = "layers"    # one decoder layer at a time from memory-mapped safetensors; peak ~ one layer
+
+
 @dataclass(frozen=True)
 class LLMConfig:
     """Options of the LLM path (`qcal.quantize` on a Hugging Face causal LM).
@@ -156,6 +164,8 @@ class LLMConfig:
         energy (diag of the Hessian) instead of equally.
     gptq_scale_search: before each decoder layer's GPTQ solve, an AWQ-style per-channel scale search folded into
         the norms / up_proj (qcal.passes.awq); w4a16 only.
+    offload: "layers" calibrates one decoder layer at a time from memory-mapped safetensors (a model larger
+        than memory) and writes the quantized weights layer by layer; same result as "none" (the default).
     """
 
     activations: Activations = Activations.PER_TOKEN
@@ -171,8 +181,14 @@ class LLMConfig:
     gptq_act_order: bool = True
     gptq_weighted_clip: bool = True
     gptq_scale_search: bool = False
+    offload: Offload = Offload.NONE
 
     def __post_init__(self) -> None:
+        if isinstance(self.offload, str) and not isinstance(self.offload, Offload):
+            try:
+                object.__setattr__(self, "offload", Offload(self.offload))
+            except ValueError:
+                raise ConfigError(f"llm.offload={self.offload!r}: choose one of {[m.value for m in Offload]}.") from None
         if self.seq_len < 2 or self.group_size < 8 or self.group_size % 8:
             raise ConfigError(f"llm: seq_len={self.seq_len} must be >= 2 and group_size={self.group_size} a "
                               "positive multiple of 8 (e.g. 128).")
@@ -190,8 +206,11 @@ class QuantConfig:
     """Everything that decides the quantized model. Two runs with equal configs and calibration sets agree."""
 
     target: Target = Target.ORT_CPU
-    observer: Observer = Observer.MSE
+    observer: Observer = Observer.BLEND
     percentile: float = 99.999
+    # observer "blend": range = (1-alpha) MSE + alpha percentile. One value: used as is (0.5 was best on held-out
+    # frames, benchmarks/results/observer_blend.md); several: the one with the best model-output SQNR is kept
+    blend_alphas: tuple[float, ...] = (0.5,)
     calib_size: int = 64                  # calibration samples used (the first N of the set)
     imgsz: int = 640
     per_channel: bool = True
@@ -213,6 +232,11 @@ class QuantConfig:
                 raise ConfigError(f"scheme={self.scheme!r}: choose one of {[m.value for m in Scheme]}.") from None
         if isinstance(self.passes, list):
             object.__setattr__(self, "passes", tuple(self.passes))
+        if isinstance(self.blend_alphas, list):
+            object.__setattr__(self, "blend_alphas", tuple(self.blend_alphas))
+        if not self.blend_alphas or any(not 0.0 <= a <= 1.0 for a in self.blend_alphas):
+            raise ConfigError(f"blend_alphas={list(self.blend_alphas)}: give one or more mixes in [0, 1] "
+                              "(0: MSE ranges, 1: percentile ranges), e.g. [0, 0.25, 0.5, 0.75, 1].")
         if not 50.0 < self.percentile <= 100.0:
             raise ConfigError(f"percentile={self.percentile}: must be in (50, 100], e.g. 99.999.")
         if self.calib_size < 1:

@@ -33,6 +33,7 @@ class PipelineOutput:
     node_sqnr_drop: dict[str, float]
     calibration: CalibrationStats
     seconds: dict[str, float]
+    blend_search: dict[float, float] | None = None   # blend observer: alpha -> model-output SQNR (dB)
 
 
 def resolve_profile(config: QuantConfig) -> QdqProfile:
@@ -116,6 +117,19 @@ def verified(info: GraphInfo, stats: CalibrationStats, profile: QdqProfile, deci
     return kept
 
 
+def choose_blend(info: GraphInfo, stats: CalibrationStats, profile: QdqProfile, decisions: list[FloatDecision],
+                 alphas: tuple[float, ...], feeds: list[dict[str, np.ndarray]], fp32_path: Path, probe: Path,
+                 meta: Mapping[str, object], threads: int) -> tuple[CalibrationStats, dict[float, float]]:
+    """The blend observer's alpha (0: MSE ranges, 1: percentile ranges) with the best model-output SQNR on the
+    probe samples; ties go to the first alpha listed."""
+    scores: dict[float, float] = {}
+    for a in alphas:
+        export_qdq(fp32_path, build_table(stats.blended(a), profile, decisions, meta), profile, probe)
+        scores[a] = output_sqnr(fp32_path, probe, feeds, threads)
+    best = max(scores, key=lambda a: scores[a])
+    return stats.blended(best), scores
+
+
 def run(adapter: ModelAdapter, images: Iterable[np.ndarray], n_images: int, config: QuantConfig, workdir: Path,
         *, metadata: dict[str, str], progress: bool = True, threads: int = 2) -> PipelineOutput:
     seconds: dict[str, float] = {}
@@ -161,8 +175,22 @@ def run(adapter: ModelAdapter, images: Iterable[np.ndarray], n_images: int, conf
             decided.add(d.node)
     meta = {**metadata, "observer": config.observer.value}
     drops: dict[str, float] = {}
+    search: dict[float, float] | None = None
+    probe = workdir / "probe.int8.onnx"
+    if stats.endpoints is not None:
+        t1 = time.perf_counter()
+        alpha = config.blend_alphas[0]
+        if len(config.blend_alphas) > 1 and n_probe > 0 and first:
+            stats, search = choose_blend(info, stats, profile, decisions, config.blend_alphas, first, fp32_path,
+                                         probe, meta, threads)
+            probe.unlink(missing_ok=True)
+            alpha = max(search, key=lambda a: search[a])
+        else:
+            stats = stats.blended(alpha)
+        meta["observer"] = f"blend(alpha={alpha:g})"
+        metadata = {**metadata, "qcal.observer": meta["observer"]}
+        seconds["blend_search"] = time.perf_counter() - t1
     if n_probe > 0 and first:
-        probe = workdir / "probe.int8.onnx"
         export_qdq(fp32_path, build_table(stats, profile, decisions, meta), profile, probe)
         sq = tensor_sqnr(info, probe, first, threads)
         candidates, drops = sensitivity_decisions(info, sq, config.keep_float.max_nodes,
@@ -180,7 +208,7 @@ def run(adapter: ModelAdapter, images: Iterable[np.ndarray], n_images: int, conf
     except Exception as e:
         raise ExportError(f"QDQ export failed: {e}") from e
     seconds["export_int8"] = time.perf_counter() - t0
-    return PipelineOutput(fp32_path, int8_path, table, profile, decisions, drops, stats, seconds)
+    return PipelineOutput(fp32_path, int8_path, table, profile, decisions, drops, stats, seconds, search)
 
 
 __all__ = ["PipelineOutput", "run", "resolve_profile", "build_table", "sqnr_db"]

@@ -32,13 +32,19 @@ def summary_table(r: dict[str, Any]) -> str:
         rules[k["rule"]] = rules.get(k["rule"], 0) + 1
     m = r.get("machine", {})
     out += ["", note,
-            f"target {r['target']} | observer {r['calibration']['observer']} | {r['calibration']['samples']} "
+            f"target {r['target']} | observer {r['calibration']['observer']}{_alpha(r)} | "
+            f"{r['calibration']['samples']} "
             f"calibration samples | set {r['calibration']['set_hash'][:12]}",
             _stability_line(r.get("range_stability", {})),
             f"kept in float: {len(kept)} node(s) " + ", ".join(f"{v} by {k}" for k, v in rules.items()),
             f"quantize time {r['seconds']['total']:.1f} s | CPU {m.get('cpu_model', '?')} "
             f"flags {' '.join(m.get('flags', []))}"]
     return "\n".join(out)
+
+
+def _alpha(r: dict[str, Any]) -> str:
+    b = r["calibration"].get("blend_search")
+    return f" (alpha {b['chosen_alpha']})" if b else ""
 
 
 def _stability_line(rs: dict[str, Any]) -> str:
@@ -48,6 +54,14 @@ def _stability_line(rs: dict[str, Any]) -> str:
     return f"range stability: tensors whose range moves < {rs['tol']:.0%}: " + ", ".join(parts)
 
 
+def _blend_lines(b: dict[str, Any] | None) -> list[str]:
+    if not b:
+        return []
+    tried = ", ".join(f"{a}: {v} dB" for a, v in b["output_sqnr_db"].items())
+    return [f"- blend observer: alpha {b['chosen_alpha']} chosen (0 = MSE ranges, 1 = percentile ranges); "
+            f"model-output SQNR on the probe samples per alpha: {tried}"]
+
+
 def report_markdown(r: dict[str, Any]) -> str:
     lines = [f"# qcal report: {r['model']['source']}", "", "```", summary_table(r), "```", "",
              "## Run", "", f"- qcal {r['qcal_version']}, target `{r['target']}`, config hash `{r['config_hash']}`",
@@ -55,7 +69,7 @@ def report_markdown(r: dict[str, Any]) -> str:
              f"- calibration set hash `{r['calibration']['set_hash']}` ({r['calibration']['samples']} samples, "
              f"observer {r['calibration']['observer']}, {r['calibration']['seconds']} s, observer state "
              f"{r['calibration']['observer_state_mb']} MB)",
-             f"- timings (s): {r['seconds']}", "",
+             f"- timings (s): {r['seconds']}", *_blend_lines(r['calibration'].get("blend_search")), "",
              "## Nodes kept in float, and why", "", "| node | op | rule | reason |", "|---|---|---|---|"]
     for k in r.get("kept_in_float", []):
         lines.append(f"| `{k['node']}` | {k['op']} | {k['rule']} | {k['reason']} |")

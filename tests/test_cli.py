@@ -16,7 +16,7 @@ def test_config_round_trip(tmp_path: Path, capsys) -> None:  # type: ignore[no-u
     assert main(["config"]) == 0
     text = capsys.readouterr().out
     p = tmp_path / "c.toml"
-    p.write_text(text.replace('observer = "mse"', 'observer = "entropy"'))
+    p.write_text(text.replace('observer = "blend"', 'observer = "entropy"'))
     assert main(["config", "--config", str(p)]) == 0
     assert 'observer = "entropy"' in capsys.readouterr().out
     p.write_text("bogus = 1\n")

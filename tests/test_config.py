@@ -28,3 +28,13 @@ def test_bad_values() -> None:
         QuantConfig(opset=11)
     with pytest.raises(ConfigError, match="expected int"):
         QuantConfig.from_toml('calib_size = "many"\n')
+
+
+def test_blend_alphas_round_trip_and_validation() -> None:
+    cfg = QuantConfig(observer=Observer.BLEND, blend_alphas=[0.0, 0.5])  # type: ignore[arg-type]
+    assert cfg.blend_alphas == (0.0, 0.5)
+    assert QuantConfig.from_toml(cfg.to_toml()) == cfg
+    with pytest.raises(ConfigError, match=r"blend_alphas=\[1.5\].*in \[0, 1\]"):
+        QuantConfig(blend_alphas=(1.5,))
+    with pytest.raises(ConfigError, match="blend_alphas"):
+        QuantConfig(blend_alphas=())

@@ -51,6 +51,11 @@ def test_yolov8n_from_yaml_end_to_end(tmp_path: Path) -> None:
     md = paths["report_md"].read_text()
     assert "range_mismatch" in md and "Nodes kept in float" in md and "range stability" in r.summary()
     assert r.to_dict()["coverage"]["n"] == 4
+    # default observer: blend at the one configured alpha (0.5), no search
+    ends = r.out.calibration.endpoints
+    assert r.out.blend_search is None and ends is not None and r.config.blend_alphas == (0.5,)
+    t, ((m_lo, m_hi), (p_lo, p_hi)) = next(iter(ends.items()))
+    assert r.out.calibration.ranges[t] == pytest.approx(((m_lo + p_lo) / 2, (m_hi + p_hi) / 2))
 
 
 def test_untrusted_and_missing_checkpoints(tmp_path: Path) -> None:
@@ -101,3 +106,22 @@ def test_real_fall_detection_checkpoint(tmp_path: Path) -> None:
     head = [d for d in r.out.decisions if d.rule == "range_mismatch"]
     assert any(d.op_type == "Concat" for d in head)
     assert "fidelity" in r.summary() and "int8" in r.summary()
+
+
+def test_blend_observer_picks_the_alpha_with_the_best_output_sqnr(tmp_path: Path) -> None:
+    adapter = YoloAdapter.from_yaml("yolov8n.yaml", nc=3, imgsz=320)
+    cfg = qcal.QuantConfig(imgsz=320, calib_size=4, observer=qcal.config.Observer.BLEND, blend_alphas=(0.0, 1.0),
+                           keep_float=qcal.KeepFloatConfig(sensitivity_samples=2))
+    r = qcal.quantize(adapter, calib="bundled:vtest[0:30]", config=cfg, progress=False)
+    search = r.out.blend_search
+    assert search is not None and set(search) == {0.0, 1.0} and search[0.0] != search[1.0]
+    best = max(search, key=lambda a: search[a])
+    ends = r.out.calibration.endpoints
+    assert ends is not None
+    for t, (lo, hi) in r.out.calibration.ranges.items():  # the ranges written are the chosen endpoint's
+        assert (lo, hi) == ends[t][0 if best == 0.0 else 1]
+    d = r.to_dict()["calibration"]["blend_search"]
+    assert d["chosen_alpha"] == best and set(d["output_sqnr_db"]) == {"0.0", "1.0"}
+    paths = r.export(tmp_path)
+    assert read_metadata(paths["int8"])["qcal.observer"] == f"blend(alpha={best:g})"
+    assert "blend observer: alpha" in paths["report_md"].read_text()

@@ -85,6 +85,10 @@ def test_gptq_config_roundtrip_and_errors() -> None:
         qcal.LLMConfig(gptq_damp=0.0)
     with pytest.raises(qcal.ConfigError, match="unknown key"):
         qcal.QuantConfig.from_dict({"llm": {"gptq_dampening": 0.1}})
+    from qcal.llm import quantize_llm
+
+    with pytest.raises(qcal.ConfigError, match="offload"):       # refused before anything is loaded
+        quantize_llm("unused", "unused", cfg.replace(llm=qcal.LLMConfig(offload="layers")), progress=False)
 
 
 def test_cli_quantize_llm_gptq(tiny: tuple[Path, Path, Path], tmp_path: Path,

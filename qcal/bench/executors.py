@@ -179,7 +179,8 @@ class RayExecutor:
         except (ConnectionError, RuntimeError) as e:
             raise ClusterUnreachableError(
                 f"cannot join the Ray cluster at {self.address}: {e}. Check the address, and that this machine has "
-                "the cluster's token (~/.ray/auth_token or RAY_AUTH_TOKEN; see docs/SCALE.md).") from e
+                "the cluster's token (~/.ray/auth_token or RAY_AUTH_TOKEN) and RAY_AUTH_MODE=token set; see "
+                "docs/SCALE.md).") from e
         return True
 
     def _run(self, ray: Any, runner: Callable[[CellJob], list[Detections]], jobs: Sequence[CellJob],

@@ -1,4 +1,4 @@
-"""Streaming range observers: MinMax, Percentile, Entropy (TensorRT's KL calibrator) and MSE.
+"""Streaming range observers: MinMax, Percentile, Entropy (TensorRT's KL calibrator), MSE and Blend.
 
 All keep fixed-size state (MinMax: two floats; the others: one StreamingHistogram of `bins` float64 counts),
 so memory does not grow with the number of calibration samples. `compute_range` returns the clipping range
@@ -21,6 +21,7 @@ class ObserverKind(str, enum.Enum):
     PERCENTILE = "percentile"
     ENTROPY = "entropy"
     MSE = "mse"
+    BLEND = "blend"
 
 
 class Observer(ABC):
@@ -187,6 +188,34 @@ class MseObserver(HistogramObserver):
         return float(lo[k, 0]), float(hi[k, 0])
 
 
+class BlendObserver(HistogramObserver):
+    """Both the MSE range and the percentile range of one histogram, and ranges between them.
+
+    range(alpha) = (1 - alpha) * MSE range + alpha * percentile range. MSE minimises each tensor's own error and
+    so clips outliers that later layers need; the percentile keeps them at the cost of coarser steps. Which
+    mix serves the whole model is a measurement: the pipeline tries several alphas on the calibration set and
+    keeps the one with the best model-output SQNR (`alpha` here is the starting value).
+    """
+
+    def __init__(self, *, percentile: float = 99.999, alpha: float = 0.5, **kw: object) -> None:
+        super().__init__(**kw)  # type: ignore[arg-type]
+        self._mse = MseObserver(**kw)  # type: ignore[arg-type]
+        self._pct = PercentileObserver(percentile=percentile, **kw)  # type: ignore[arg-type]
+        self._mse.hist = self._pct.hist = self.hist  # one histogram, two range rules
+        self.alpha = alpha
+
+    def endpoints(self) -> tuple[tuple[float, float], tuple[float, float]]:
+        """(MSE range, percentile range)."""
+        return self._mse.compute_range(), self._pct.compute_range()
+
+    def compute_range(self) -> tuple[float, float]:
+        return blend_range(*self.endpoints(), self.alpha)
+
+
+def blend_range(mse: tuple[float, float], pct: tuple[float, float], alpha: float) -> tuple[float, float]:
+    return (1 - alpha) * mse[0] + alpha * pct[0], (1 - alpha) * mse[1] + alpha * pct[1]
+
+
 def make_observer(kind: ObserverKind | str, *, symmetric: bool, qmin: int, qmax: int, bins: int = 2048,
                   percentile: float = 99.999) -> Observer:
     try:
@@ -200,4 +229,6 @@ def make_observer(kind: ObserverKind | str, *, symmetric: bool, qmin: int, qmax:
         return PercentileObserver(percentile=percentile, bins=bins, **kw)
     if k is ObserverKind.ENTROPY:
         return EntropyObserver(bins=max(bins, 4096), **kw)
+    if k is ObserverKind.BLEND:
+        return BlendObserver(percentile=percentile, bins=bins, **kw)
     return MseObserver(bins=bins, **kw)

@@ -4,7 +4,7 @@ import torch
 
 from qcal.errors import CalibrationError, ConfigError
 from qcal.quant.histogram import StreamingHistogram
-from qcal.quant.observers import kl_threshold_bin, make_observer
+from qcal.quant.observers import BlendObserver, blend_range, kl_threshold_bin, make_observer
 
 
 def test_minmax_matches_torch_ao(rng: np.random.Generator) -> None:
@@ -49,7 +49,7 @@ def test_histogram_growth_is_exact(rng: np.random.Generator) -> None:
         assert abs(above(mine) - truth) <= band and abs(above(h) - truth) <= band
 
 
-@pytest.mark.parametrize("kind", ["minmax", "percentile", "entropy", "mse"])
+@pytest.mark.parametrize("kind", ["minmax", "percentile", "entropy", "mse", "blend"])
 def test_memory_does_not_grow(kind: str, rng: np.random.Generator) -> None:
     obs = make_observer(kind, symmetric=False, qmin=0, qmax=255)
     x = rng.standard_normal(5000).astype(np.float32)
@@ -128,3 +128,21 @@ def test_bad_observer_and_empty() -> None:
         make_observer("kmeans", symmetric=False, qmin=0, qmax=255)
     with pytest.raises(CalibrationError, match="no data"):
         make_observer("mse", symmetric=False, qmin=0, qmax=255).compute_range()
+
+
+def test_blend_spans_mse_and_percentile(rng: np.random.Generator) -> None:
+    x = rng.laplace(size=100_000).astype(np.float32)
+    mse = make_observer("mse", symmetric=False, qmin=0, qmax=255)
+    pct = make_observer("percentile", symmetric=False, qmin=0, qmax=255, percentile=99.99)
+    blend = make_observer("blend", symmetric=False, qmin=0, qmax=255, percentile=99.99)
+    for chunk in np.array_split(x, 7):
+        for o in (mse, pct, blend):
+            o.update(chunk)
+    assert isinstance(blend, BlendObserver)
+    (m_lo, m_hi), (p_lo, p_hi) = blend.endpoints()
+    assert (m_lo, m_hi) == mse.compute_range() and (p_lo, p_hi) == pct.compute_range()
+    assert abs(p_hi - m_hi) > 0.1 * m_hi  # the two rules disagree on a heavy tail, so the mix matters
+    lo, hi = blend.compute_range()  # alpha 0.5 until the pipeline measures a better one
+    assert lo == pytest.approx((m_lo + p_lo) / 2) and hi == pytest.approx((m_hi + p_hi) / 2)
+    assert blend_range((m_lo, m_hi), (p_lo, p_hi), 1.0) == pytest.approx((p_lo, p_hi))
+    assert blend.nbytes == mse.nbytes  # one histogram serves both rules

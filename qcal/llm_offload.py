@@ -1,0 +1,320 @@
+"""Out-of-core LLM calibration: one decoder layer in memory at a time, weights memory-mapped from safetensors.
+
+`QuantConfig(llm=LLMConfig(offload="layers"))` (CLI `--offload layers`) runs the same steps as qcal/llm.py on a
+Llama-architecture Hugging Face folder whose fp32 weights need not fit in memory, and gives the same decisions,
+scales and codes (tested on SmolLM2-135M). The scheme is the sequential one of llm-compressor: the calibration
+activations go through the model layer by layer and are kept between layers (32 windows x 512 tokens x hidden
+2048 fp32 = 128 MB), so each layer is loaded once per pass.
+
+Pass 1 (calibration), per decoder layer i, with only layer i's weights in memory:
+  1. load its tensors from the memory-mapped safetensors (fp32), build the layer from the config;
+  2. run every calibration window's hidden states through it, recording the input statistics of its Linears
+     (qcal.eval.outliers.ActivationStats, as in memory); the outputs are the next layer's inputs. Hidden states
+     are FP32 (un-smoothed, unquantized), as the in-memory path measures on the FP32 model (llm-compressor's
+     `quantization_aware_calibration=False`);
+  3. smoothquant on this layer (its groups are all inside it), activation ranges, then the sensitivity probe on a
+     second, short stream: the first `sensitivity_windows` windows through the smoothed float layers, as the
+     in-memory probe runs them through the smoothed float model.
+Then the final norm (statistics of lm_head's input, its probe when lm_head is quantized) and the float decisions,
+which need every layer's sensitivity (the median over the model).
+Pass 2 (write), per layer: load it again, re-apply its smoothing (the same arithmetic, so the same weights),
+quantize the Linears not kept in float (QuantLinear) and write the layer's shard atomically.
+
+A per-layer weight solver (GPTQ, qcal/quant/gptq.py on another branch) plugs in at pass 1, step 3: it needs only
+that layer's input Hessian, accumulated from the same hidden states while the layer is in memory.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from qcal.config import LLMConfig, QuantConfig, Scheme
+from qcal.errors import CalibrationError, CheckpointError, ConfigError
+from qcal.eval.outliers import ActivationStats, ChannelStats
+from qcal.llm import (
+    KNOWN_PASSES,
+    FloatDecision,
+    _act,
+    _ignored,
+    _tensor_range,
+    calib_windows,
+    keep_float,
+    sensitivity,
+)
+from qcal.llm_offload_io import OffloadedLLMResult, WeightIndex, linear_tensors, release_memory, save_shard
+from qcal.models.hf_llm import HFCausalLM
+from qcal.quant.llm_schemes import ActQuant, QuantLinear
+
+EMBED = "embed.safetensors"
+SUPPORTED = ("llama",)   # the decoder layer call and masks below are Llama's (SmolLM2, Llama 2/3, TinyLlama)
+
+
+def quantize_llm_offloaded(model: Any, calib: Any, config: QuantConfig, *, workdir: str | Path | None = None,
+                           progress: bool = True) -> OffloadedLLMResult:
+    """Calibrate and quantize a safetensors Llama folder layer by layer; the quantized weights are written to
+    `workdir` (a new temporary folder by default) shard by shard; `result.export(dir)` moves them to `dir`."""
+    cfg, scheme = config.llm or LLMConfig(), config.scheme or Scheme.W8A8
+    unknown = [p for p in config.passes if p not in KNOWN_PASSES]
+    if unknown:
+        raise ConfigError(f"LLM passes {unknown} are unknown; the LLM path runs {list(KNOWN_PASSES)}.")
+    t0 = time.perf_counter()
+    folder = _folder(model)
+    skel = Skeleton(folder)
+    lm = HFCausalLM(skel.model, skel.tokenizer, str(folder))   # tokenization only: the skeleton's tensors are meta
+    textset = calib_windows(lm, calib, cfg.seq_len, config.calib_size, config.seed)
+    windows = lm.token_windows(textset, seq_len=cfg.seq_len)
+    if not windows:
+        raise CalibrationError("the calibration text gives no window of 2+ tokens; give more text.")
+    weight_bits, act = (8, _act(cfg.activations)) if scheme is Scheme.W8A8 else (4, ActQuant.NONE)
+    smooth_on = "smoothquant" in config.passes
+    run = _Calibration(skel, cfg, weight_bits, act, smooth_on)
+    seconds = {"load": time.perf_counter() - t0}
+
+    out = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="qcal-ooc-"))
+    out.mkdir(parents=True, exist_ok=True)
+    t = time.perf_counter()
+    hidden = skel.embed(windows, out / EMBED)                       # (1, T, H) each, FP32; embedding shard written
+    probe = [h.clone() for h in hidden[: cfg.sensitivity_windows]]  # the smoothed float model's stream
+    for i in tqdm(range(skel.n_layers), desc="calibrate layers", disable=not progress, leave=False):
+        run.layer(i, hidden, probe)
+        release_memory()                                            # the layer is gone: return its pages
+    run.head(hidden, probe)
+    del hidden, probe
+    seconds["calibrate"] = time.perf_counter() - t
+
+    decisions = [FloatDecision(n, "ignore", "in config.llm.ignore") for n in skel.linear_names
+                 if _ignored(n, cfg.ignore)]
+    decisions += keep_float(run.sens, cfg.keep_float_ratio, cfg.keep_float_max)
+    floats = {d.layer for d in decisions}
+
+    t = time.perf_counter()
+    table = _write(skel, run, floats, out, progress)
+    seconds["write"] = time.perf_counter() - t
+    seconds["total"] = time.perf_counter() - t0
+    result = OffloadedLLMResult(config, str(folder), textset, sum(len(w) for w in windows), run.stats.table(),
+                                run.sens, decisions, smooth_on, seconds, windows, out, table)
+    result.write_metadata(skel.tokenizer, folder)
+    return result
+
+
+# --- the model, one piece at a time --------------------------------------------------------------------------
+
+class Skeleton:
+    """The model's structure on the meta device (no memory), its tokenizer, and its weights memory-mapped."""
+
+    def __init__(self, folder: Path) -> None:
+        try:
+            from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+            from transformers.masking_utils import create_causal_mask
+        except ImportError as e:
+            raise CheckpointError(f"offload='layers' needs transformers: `pip install 'qcal[llm]'` ({e}).") from e
+        self.config = AutoConfig.from_pretrained(str(folder), attn_implementation="eager")
+        kind = getattr(self.config, "model_type", "?")
+        if kind not in SUPPORTED:
+            raise CheckpointError(f"{folder}: model_type {kind!r}; offload='layers' supports {list(SUPPORTED)} "
+                                  "(Llama-architecture decoders). Use offload='none' (whole model in memory).")
+        self.config.use_cache = False
+        with torch.device("meta"):
+            self.model = AutoModelForCausalLM.from_config(self.config, dtype=torch.float32,
+                                                          attn_implementation="eager")
+        self.model.eval()
+        self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        self.weights = WeightIndex(folder)
+        self.n_layers = int(self.config.num_hidden_layers)
+        self.linear_names = [n for n, m in self.model.named_modules() if isinstance(m, nn.Linear)]
+        self.tied = bool(getattr(self.config, "tie_word_embeddings", False)) and "lm_head.weight" not in self.weights
+        self._mask_fn = create_causal_mask
+        self._rotary = type(self.model.model.rotary_emb)(config=self.config)   # real inv_freq, on CPU
+        self._ctx: dict[int, dict[str, Any]] = {}
+
+    def embed(self, windows: list[list[int]], shard: Path) -> list[torch.Tensor]:
+        """(1, T, H) FP32 hidden states of each window. The embedding matrix is read once, written unchanged to
+        `shard` (it stays float) while little else is in memory, and dropped."""
+        w = self.weights.get("model.embed_tokens.weight")
+        save_shard(shard, {"model.embed_tokens.weight": w})
+        hidden = [nn.functional.embedding(torch.tensor([ids]), w) for ids in windows]
+        del w
+        release_memory()
+        return hidden
+
+    def layer(self, i: int) -> nn.Module:
+        """Decoder layer i with its fp32 weights loaded (the only full-size tensors in memory)."""
+        prefix = f"model.layers.{i}."
+        with torch.device("meta"):
+            layer = type(self.model.model.layers[i])(self.config, i)
+        layer.load_state_dict(self.weights.prefixed(prefix), assign=True, strict=True)
+        return layer.eval()
+
+    def norm(self) -> nn.Module:
+        with torch.device("meta"):
+            norm = type(self.model.model.norm)(self.config.hidden_size, eps=self.config.rms_norm_eps)
+        norm.load_state_dict({"weight": self.weights.get("model.norm.weight")}, assign=True)
+        return norm
+
+    def lm_head(self) -> nn.Linear:
+        name = "model.embed_tokens.weight" if self.tied else "lm_head.weight"
+        with torch.device("meta"):
+            head = nn.Linear(self.config.hidden_size, self.config.vocab_size, bias=False)
+        head.load_state_dict({"weight": self.weights.get(name)}, assign=True)
+        return head
+
+    def run_layer(self, layer: nn.Module, h: torch.Tensor) -> torch.Tensor:
+        """One window through one decoder layer, with the mask and rotary embeddings LlamaModel.forward builds."""
+        t = h.shape[1]
+        ctx = self._ctx.get(t)
+        if ctx is None:
+            pos = torch.arange(t)[None]
+            mask = self._mask_fn(config=self.config, inputs_embeds=h, attention_mask=None, cache=None,
+                                 position_ids=pos)
+            ctx = self._ctx[t] = {"attention_mask": mask, "position_ids": pos,
+                                  "position_embeddings": self._rotary(h, position_ids=pos)}
+        return layer(h, cache=None, use_cache=False, **ctx)
+
+
+def scope(prefix: str, module: nn.Module) -> nn.Module:
+    """A module tree in which `module` sits at `prefix` (e.g. model.layers.3), so that it and its children carry
+    the names of the full model: statistics, smoothing groups and decisions match the in-memory path's."""
+    root = nn.Module()
+    parent = root
+    *path, last = prefix.split(".")
+    for part in path:
+        child = nn.Module()
+        parent.add_module(part, child)
+        parent = child
+    parent.add_module(last, module)
+    return root
+
+
+class _Calibration:
+    """Pass 1 state: activation statistics, smoothing scales, ranges and sensitivities, filled layer by layer."""
+
+    def __init__(self, skel: Skeleton, cfg: LLMConfig, weight_bits: int, act: ActQuant, smooth_on: bool) -> None:
+        self.skel, self.cfg, self.weight_bits, self.act, self.smooth_on = skel, cfg, weight_bits, act, smooth_on
+        self.stats = ActivationStats(skel.model)     # names in the model's order; filled from per-layer stats
+        self.smooth: dict[str, torch.Tensor] = {}    # consumer Linear -> s
+        self.ranges: dict[str, tuple[float, float]] = {}
+        self.sens: dict[str, float] = {}
+
+    def quantizable(self, names: list[str]) -> list[str]:
+        return [n for n in names if not _ignored(n, self.cfg.ignore)]
+
+    @torch.no_grad()
+    def layer(self, i: int, hidden: list[torch.Tensor], probe: list[torch.Tensor]) -> None:
+        skel = self.skel
+        layer = skel.layer(i)
+        tree = scope(f"model.layers.{i}", layer)
+        st = ActivationStats(tree)
+        with st.recording():
+            for j, h in enumerate(hidden):
+                hidden[j] = skel.run_layer(layer, h)
+        self.stats.stats.update(st.stats)
+        if self.smooth_on:
+            from qcal.passes.smoothquant import apply_smoothquant
+
+            self.smooth.update(apply_smoothquant(tree, st.absmax(), self.cfg.smoothquant_alpha))
+        names = self.quantizable(st.names)
+        self.ranges.update({n: _tensor_range(self.stats, n, self.smooth.get(n)) for n in names})
+
+        def forward(_m: nn.Module, j: int) -> None:
+            probe[j] = skel.run_layer(layer, probe[j])
+
+        self.sens.update(sensitivity(tree, names, list(range(len(probe))), self.weight_bits, self.act,
+                                     self.cfg.group_size, self.ranges, forward=forward))
+
+    @torch.no_grad()
+    def head(self, hidden: list[torch.Tensor], probe: list[torch.Tensor]) -> None:
+        """Final norm: statistics of lm_head's input (without computing logits), and its probe if quantized."""
+        norm = self.skel.norm()
+        if "lm_head" not in self.stats.names:
+            return
+        k = int(self.skel.config.hidden_size)    # as ActivationStats' hook starts it on its first input
+        st = self.stats.stats["lm_head"] = ChannelStats(torch.zeros(k), torch.full((k,), float("inf")),
+                                                        torch.full((k,), float("-inf")))
+        for h in hidden:
+            st.update(norm(h))
+        if not self.quantizable(["lm_head"]):
+            return
+        self.ranges["lm_head"] = _tensor_range(self.stats, "lm_head", None)
+        lm_head = self.skel.lm_head()
+        probe_x = [norm(h) for h in probe]
+        self.sens.update(sensitivity(scope("lm_head", lm_head), ["lm_head"], probe_x, self.weight_bits, self.act,
+                                     self.cfg.group_size, self.ranges, forward=lambda _m, x: lm_head(x)))
+
+
+# --- pass 2: quantize and write, layer by layer --------------------------------------------------------------
+
+def _write(skel: Skeleton, run: _Calibration, floats: set[str], out: Path, progress: bool) -> dict[str, Any]:
+    layers: dict[str, Any] = {}
+    files: list[str] = []
+
+    def shard(name: str, tensors: dict[str, torch.Tensor]) -> None:
+        save_shard(out / name, tensors)
+        files.append(name)
+
+    files.append(EMBED)                                              # written in pass 1 (Skeleton.embed)
+    for i in tqdm(range(skel.n_layers), desc="write layers", disable=not progress, leave=False):
+        layer = skel.layer(i)
+        tree = scope(f"model.layers.{i}", layer)
+        if run.smooth_on:
+            from qcal.passes.smoothquant import apply_smoothquant
+
+            apply_smoothquant(tree, {n: run.stats.stats[n].absmax for n in _names(tree)}, run.cfg.smoothquant_alpha)
+        fname = f"layer-{i:05d}.safetensors"
+        shard(fname, _quantized(tree, run, floats, layers, fname))
+        del layer, tree
+        release_memory()
+    head: dict[str, torch.Tensor] = {"model.norm.weight": skel.weights.get("model.norm.weight")}
+    if "lm_head" not in floats or not skel.tied:
+        head.update(_quantized(scope("lm_head", skel.lm_head()), run, floats, layers, "head.safetensors"))
+    shard("head.safetensors", head)
+    return {"format": "qcal offloaded safetensors (quantized weights per decoder layer)",
+            "files": files, "tied_lm_head": skel.tied and "lm_head" in floats, "layers": layers}
+
+
+def _names(tree: nn.Module) -> list[str]:
+    return [n for n, m in tree.named_modules() if isinstance(m, nn.Linear)]
+
+
+def _quantized(tree: nn.Module, run: _Calibration, floats: set[str], layers: dict[str, Any],
+               fname: str) -> dict[str, torch.Tensor]:
+    """The shard of one scope: its parameters with each quantized Linear replaced by its codes and scales."""
+    tensors: dict[str, torch.Tensor] = {}
+    linears = {n: m for n, m in tree.named_modules() if isinstance(m, nn.Linear)}
+    for name, p in tree.named_parameters():
+        owner = name.rsplit(".", 1)[0]
+        if owner not in linears or owner in floats:
+            tensors[name] = p.detach().contiguous()
+    for n, m in linears.items():
+        if n in floats:
+            layers[n] = {"kind": "float", "file": fname}
+            continue
+        q = QuantLinear(m, weight_bits=run.weight_bits, act=run.act, group=run.cfg.group_size,
+                        act_range=run.ranges.get(n))
+        spec, qt = linear_tensors(n, q)
+        tensors.update(qt)
+        layers[n] = {**spec, "file": fname}
+    return tensors
+
+
+def _folder(model: Any) -> Path:
+    if isinstance(model, HFCausalLM):
+        model = model.source
+    if not isinstance(model, str | Path):
+        raise CheckpointError(f"offload='layers' reads a model folder, not an in-memory {type(model).__name__}; "
+                              "save it with save_pretrained(safe_serialization=True) and pass the folder.")
+    p = Path(model)
+    if p.suffix == ".gguf" or (p.is_dir() and not (p / "config.json").is_file()):
+        raise CheckpointError(f"{p}: offload='layers' memory-maps safetensors; a GGUF file cannot be. Convert it "
+                              "(load it with transformers, save_pretrained) or use offload='none'.")
+    if not p.is_dir() or not any(p.glob("*.safetensors")):
+        raise CheckpointError(f"{p}: offload='layers' needs a Hugging Face folder with config.json and "
+                              "*.safetensors weights.")
+    return p
+
