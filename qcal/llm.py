@@ -6,9 +6,9 @@ Steps, in one streaming pass over the calibration windows and one short probe:
 2. passes: `smoothquant` folds per-channel scales into norms/weights (exact in float);
 3. sensitivity probe: each Linear's output noise-to-signal when only it is quantized, on the first
    `sensitivity_windows` windows; layers far above the median are kept in float (reported, with reasons);
-4. every other Linear (minus `ignore`) becomes a QuantLinear of the scheme.
-Layer-wise weight error minimisation (GPTQ/AdaQuant) is not applied here: weights are round-to-nearest
-(with a per-group clipping search for 4-bit).
+4. every other Linear (minus `ignore`) becomes a QuantLinear of the scheme: with the `gptq` pass its integer
+   weights come from GPTQ, decoder layer by decoder layer (qcal/passes/gptq.py); otherwise they are
+   round-to-nearest (with a per-group clipping search for 4-bit).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from qcal.quant.llm_schemes import (
     static_qparams,
 )
 
-KNOWN_PASSES = ("smoothquant",)
+KNOWN_PASSES = ("smoothquant", "gptq")
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,7 @@ class LLMQuantResult:
     smoothed: bool
     seconds: dict[str, float] = field(default_factory=dict)
     calib_ids: list[list[int]] = field(default_factory=list, repr=False)   # the token windows calibrated on
+    gptq: dict[str, Any] | None = None         # what the gptq pass did (GPTQReport.to_dict()), None without it
 
     @property
     def scheme(self) -> Scheme:
@@ -92,7 +93,7 @@ class LLMQuantResult:
                 "scheme": self.scheme.value, "config": self.config.to_dict(), "config_hash": self.config.hash(),
                 "calibration": {"set_hash": self.calib.content_hash, "recipe": self.calib.recipe,
                                 "windows": len(self.calib), "tokens": self.calib_tokens},
-                "smoothquant": self.smoothed, "quantized_layers": len(self.quantized_layers()),
+                "smoothquant": self.smoothed, "gptq": self.gptq, "quantized_layers": len(self.quantized_layers()),
                 "kept_in_float": [d.__dict__ for d in self.decisions],
                 "sensitivity_top": [{"layer": k, "noise_to_signal": round(v, 6)} for k, v in
                                     sorted(self.sensitivity.items(), key=lambda kv: -kv[1])[:10]],
@@ -123,6 +124,9 @@ class LLMQuantResult:
 def quantize_llm(model: Any, calib: Any, config: QuantConfig, *, trust_checkpoint: bool = False,
                  progress: bool = True) -> LLMQuantResult:
     cfg = config.llm or LLMConfig()
+    if cfg.offload is Offload.LAYERS and "gptq" in config.passes:
+        raise ConfigError("passes=['gptq'] with llm.offload='layers' is not wired yet (the out-of-core path runs "
+                          "smoothquant only); drop one of them, or call qcal.quant.gptq.gptq per layer.")
     if cfg.offload is Offload.LAYERS:   # one decoder layer at a time from safetensors: qcal/llm_offload.py
         from qcal.llm_offload import quantize_llm_offloaded
 
@@ -131,7 +135,10 @@ def quantize_llm(model: Any, calib: Any, config: QuantConfig, *, trust_checkpoin
     unknown = [p for p in config.passes if p not in KNOWN_PASSES]
     if unknown:
         raise ConfigError(f"LLM passes {unknown} are unknown; the LLM path runs {list(KNOWN_PASSES)} "
-                          "(layer-wise reconstruction is not wired for LLMs yet).")
+                          "(layer-wise weight reconstruction for LLMs is 'gptq').")
+    if cfg.gptq_scale_search and scheme is not Scheme.W4A16:
+        raise ConfigError("llm.gptq_scale_search is for weight-only w4a16 (it would move outliers back into the "
+                          "quantized activations of w8a8); use passes=['smoothquant', 'gptq'] for w8a8.")
     t0 = time.perf_counter()
     if not isinstance(model, HFCausalLM | str | Path):
         raise CheckpointError(f"an in-memory {type(model).__name__}: wrap it with its tokenizer, "
@@ -168,16 +175,32 @@ def quantize_llm(model: Any, calib: Any, config: QuantConfig, *, trust_checkpoin
     decisions += keep_float(sens, cfg.keep_float_ratio, cfg.keep_float_max)
     seconds["sensitivity"] = time.perf_counter() - t
     floats = {d.layer for d in decisions}
+    gptq_report = None
+    if "gptq" in config.passes:
+        from qcal.passes.gptq import apply_gptq
+        from qcal.quant.gptq import GPTQWeights
+
+        def make(name: str, linear: nn.Linear, w: GPTQWeights) -> nn.Module:
+            return QuantLinear(linear, weight_bits=weight_bits, act=act, group=cfg.group_size,
+                               act_range=ranges[name], weights=w.int4_groups() if weight_bits == 4 else w.int8())
+
+        t = time.perf_counter()
+        gptq_report = apply_gptq(qmodel, windows, [n for n in quantizable if n not in floats], make,
+                                 bits=weight_bits, group=cfg.group_size, damp=cfg.gptq_damp, block=cfg.gptq_block,
+                                 act_order=cfg.gptq_act_order, scale_search=cfg.gptq_scale_search,
+                                 weighted_clip=cfg.gptq_weighted_clip,
+                                 progress=progress).to_dict()
+        seconds["gptq"] = time.perf_counter() - t
     mods = dict(qmodel.named_modules())
     for n in quantizable:
-        if n not in floats:
+        if n not in floats and not isinstance(mods[n], QuantLinear):     # not done by gptq: round to nearest
             parent, _, child = n.rpartition(".")
             setattr(mods[parent], child, QuantLinear(mods[n], weight_bits=weight_bits, act=act,
                                                      group=cfg.group_size, act_range=ranges[n]))
     qmodel.eval()
     seconds["total"] = time.perf_counter() - t0
     return LLMQuantResult(config, lm, qmodel, textset, sum(len(w) for w in windows), stats.table(), sens,
-                          decisions, bool(smooth), seconds, windows)
+                          decisions, bool(smooth), seconds, windows, gptq_report)
 
 
 def _act(a: Activations) -> ActQuant:

@@ -82,7 +82,7 @@ def test_refuses_overlap_unknown_pass_and_bad_scheme(tiny: tuple[Path, Path, Pat
                            config=qcal.QuantConfig(calib_size=2, llm=qcal.LLMConfig(seq_len=32)), progress=False)
         r2.evaluate(calib.read_text(), progress=False)
     with pytest.raises(ConfigError, match="unknown"):
-        qcal.quantize(model, calib=calib, config=qcal.QuantConfig(passes=["gptq"]), progress=False)
+        qcal.quantize(model, calib=calib, config=qcal.QuantConfig(passes=["adaquant"]), progress=False)
     with pytest.raises(ConfigError, match="choose one of"):
         qcal.QuantConfig(scheme="w2a2")
 

@@ -71,14 +71,23 @@ def apply_smoothquant(model: nn.Module, act_absmax: dict[str, torch.Tensor], alp
             raise ConfigError(f"smoothquant: no activation statistics for {g.consumers[0]}; calibrate first.")
         act = torch.stack([act_absmax[c].float() for c in g.consumers]).amax(dim=0)
         s = smoothing_scales(act, [c.weight.float() for c in consumers], alpha)
-        prod = mods[g.producer]
-        if g.kind == "norm":
-            prod.weight.div_(s.to(prod.weight.dtype))
-        else:
-            prod.weight.div_(s.to(prod.weight.dtype)[:, None])
-            if getattr(prod, "bias", None) is not None:
-                prod.bias.div_(s.to(prod.bias.dtype))
-        for name, c in zip(g.consumers, consumers, strict=True):
-            c.weight.mul_(s.to(c.weight.dtype)[None, :])
-            applied[name] = s
+        fold_scales(mods[g.producer], consumers, g.kind, s)
+        applied.update(dict.fromkeys(g.consumers, s))
     return applied
+
+
+@torch.no_grad()
+def fold_scales(prod: nn.Module, consumers: list[nn.Module], kind: str, s: torch.Tensor) -> None:
+    """Divide the producer's output channels by s (K,) and multiply the consumers' input columns by s: the float
+    function is unchanged. kind: "norm" (a norm weight) or "rows" (a Linear's output rows and bias)."""
+    pw: torch.Tensor = prod.get_parameter("weight")
+    if kind == "norm":
+        pw.div_(s.to(pw.dtype))
+    else:
+        pw.div_(s.to(pw.dtype)[:, None])
+        if getattr(prod, "bias", None) is not None:
+            pb = prod.get_parameter("bias")
+            pb.div_(s.to(pb.dtype))
+    for c in consumers:
+        cw = c.get_parameter("weight")
+        cw.mul_(s.to(cw.dtype)[None, :])

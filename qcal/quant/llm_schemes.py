@@ -54,6 +54,28 @@ class Int4Groups:
         return w.reshape(n, kp)[:, : self.k]
 
 
+def int4_group_params(wg: torch.Tensor, *, clip_grid: int = 20, min_clip: float = 0.75,
+                      importance: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """wg (N, G, group) -> asymmetric 4-bit (scale (N, G), zero (N, G) in 0..15, both float): the group's range
+    shrunk by the factor in [min_clip, 1] that minimises that group's squared round-to-nearest error, each input
+    channel's error weighted by `importance` (G, group) when given (e.g. its input energy, diag of the Hessian)."""
+    lo = wg.amin(dim=2).clamp(max=0.0)
+    hi = wg.amax(dim=2).clamp(min=0.0)
+    best_err = torch.full(lo.shape, float("inf"))
+    best_scale, best_zero = torch.ones_like(lo), torch.zeros_like(lo)
+    for f in torch.linspace(1.0, min_clip, clip_grid):
+        scale = ((hi - lo) * f / 15.0).clamp(min=1e-12)
+        zero = torch.round(-lo * f / scale).clamp(0, 15)
+        q = torch.round(wg / scale[..., None] + zero[..., None]).clamp(0, 15)
+        err2 = ((q - zero[..., None]) * scale[..., None] - wg).pow(2)
+        err = (err2 if importance is None else err2 * importance).sum(dim=2)
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best_scale = torch.where(better, scale, best_scale)
+        best_zero = torch.where(better, zero, best_zero)
+    return best_scale, best_zero
+
+
 def int4_groupwise(w: torch.Tensor, group: int = 128, *, clip_grid: int = 20, min_clip: float = 0.75) -> Int4Groups:
     """Asymmetric 4-bit round-to-nearest per group, with the group's range shrunk to the factor in
     [min_clip, 1] that minimises that group's squared weight error (grid of clip_grid factors)."""
@@ -62,19 +84,7 @@ def int4_groupwise(w: torch.Tensor, group: int = 128, *, clip_grid: int = 20, mi
     n, k = w.shape
     kp = -(-k // group) * group
     wp = torch.nn.functional.pad(w.float(), (0, kp - k)).view(n, -1, group)       # (N, G, group)
-    lo = wp.amin(dim=2).clamp(max=0.0)
-    hi = wp.amax(dim=2).clamp(min=0.0)
-    best_err = torch.full(lo.shape, float("inf"))
-    best_scale, best_zero = torch.ones_like(lo), torch.zeros_like(lo)
-    for f in torch.linspace(1.0, min_clip, clip_grid):
-        scale = ((hi - lo) * f / 15.0).clamp(min=1e-12)
-        zero = torch.round(-lo * f / scale).clamp(0, 15)
-        q = torch.round(wp / scale[..., None] + zero[..., None]).clamp(0, 15)
-        err = ((q - zero[..., None]) * scale[..., None] - wp).pow(2).sum(dim=2)
-        better = err < best_err
-        best_err = torch.where(better, err, best_err)
-        best_scale = torch.where(better, scale, best_scale)
-        best_zero = torch.where(better, zero, best_zero)
+    best_scale, best_zero = int4_group_params(wp, clip_grid=clip_grid, min_clip=min_clip)
     codes = torch.round(wp / best_scale[..., None] + best_zero[..., None]).clamp(0, 15)
     return Int4Groups(codes.reshape(n, kp).to(torch.uint8), best_scale.float(), best_zero.to(torch.uint8), group, k)
 
@@ -106,19 +116,22 @@ class QuantLinear(nn.Module):
     fake-quantized as `act` says. Holds the integer codes so exporters write exactly what was simulated."""
 
     def __init__(self, linear: nn.Linear, *, weight_bits: int, act: ActQuant, group: int = 128,
-                 act_range: tuple[float, float] | None = None) -> None:
+                 act_range: tuple[float, float] | None = None,
+                 weights: Int4Groups | tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+        """weights: integer weights already chosen (e.g. by GPTQ): Int4Groups for 4 bits, (int8 codes (N, K),
+        scale (N,)) for 8 bits; None rounds `linear.weight` to nearest."""
         super().__init__()
         w = linear.weight.detach().float()
         self.weight_bits, self.act, self.group = weight_bits, act, group
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.int4: Int4Groups | None = None
         if weight_bits == 8:
-            q, s = int8_per_channel(w)
+            q, s = weights if isinstance(weights, tuple) else int8_per_channel(w)
             self.register_buffer("w_codes", q)
             self.register_buffer("w_scale", s)
             deq = q.float() * s[:, None]
         elif weight_bits == 4:
-            self.int4 = int4_groupwise(w, group)
+            self.int4 = weights if isinstance(weights, Int4Groups) else int4_groupwise(w, group)
             deq = self.int4.dequantize()
         else:
             raise ConfigError(f"weight_bits={weight_bits}: choose 8 or 4.")
