@@ -122,7 +122,7 @@ def test_unknown_pass_names() -> None:
     with pytest.raises(ConfigError, match="choose from"):
         make_pass("adaround")
     with pytest.raises(ConfigError, match="unknown pass"):
-        QuantConfig(passes=("adaquant", "gptq"))
+        QuantConfig(passes=("adaquant", "qdrop"))
 
 
 def test_smoothquant_refused_on_vision_models() -> None:
