@@ -77,6 +77,7 @@ class QuantResult:
             "calibration": {"set_hash": self.calib_hash, "samples": o.calibration.samples,
                             "observer": o.calibration.observer, "seconds": round(o.calibration.seconds, 2),
                             "observer_state_mb": round(o.calibration.state_bytes / 2**20, 2),
+                            "blend_alpha": o.blend_alpha,
                             "blend_search": None if o.blend_search is None else
                             {"chosen_alpha": max(o.blend_search, key=lambda a: o.blend_search[a]),  # type: ignore[index]
                              "output_sqnr_db": {str(a): round(v, 3) for a, v in o.blend_search.items()}}},

@@ -34,6 +34,7 @@ class PipelineOutput:
     calibration: CalibrationStats
     seconds: dict[str, float]
     blend_search: dict[float, float] | None = None   # blend observer: alpha -> model-output SQNR (dB)
+    blend_alpha: float | None = None                 # blend observer: the alpha used
 
 
 def resolve_profile(config: QuantConfig) -> QdqProfile:
@@ -176,6 +177,7 @@ def run(adapter: ModelAdapter, images: Iterable[np.ndarray], n_images: int, conf
     meta = {**metadata, "observer": config.observer.value}
     drops: dict[str, float] = {}
     search: dict[float, float] | None = None
+    alpha: float | None = None
     probe = workdir / "probe.int8.onnx"
     if stats.endpoints is not None:
         t1 = time.perf_counter()
@@ -208,7 +210,7 @@ def run(adapter: ModelAdapter, images: Iterable[np.ndarray], n_images: int, conf
     except Exception as e:
         raise ExportError(f"QDQ export failed: {e}") from e
     seconds["export_int8"] = time.perf_counter() - t0
-    return PipelineOutput(fp32_path, int8_path, table, profile, decisions, drops, stats, seconds, search)
+    return PipelineOutput(fp32_path, int8_path, table, profile, decisions, drops, stats, seconds, search, alpha)
 
 
 __all__ = ["PipelineOutput", "run", "resolve_profile", "build_table", "sqnr_db"]

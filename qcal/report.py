@@ -43,8 +43,8 @@ def summary_table(r: dict[str, Any]) -> str:
 
 
 def _alpha(r: dict[str, Any]) -> str:
-    b = r["calibration"].get("blend_search")
-    return f" (alpha {b['chosen_alpha']})" if b else ""
+    a = r["calibration"].get("blend_alpha")
+    return "" if a is None else f" (alpha {a:g})"
 
 
 def _stability_line(rs: dict[str, Any]) -> str:

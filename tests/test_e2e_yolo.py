@@ -56,6 +56,7 @@ def test_yolov8n_from_yaml_end_to_end(tmp_path: Path) -> None:
     assert r.out.blend_search is None and ends is not None and r.config.blend_alphas == (0.5,)
     t, ((m_lo, m_hi), (p_lo, p_hi)) = next(iter(ends.items()))
     assert r.out.calibration.ranges[t] == pytest.approx(((m_lo + p_lo) / 2, (m_hi + p_hi) / 2))
+    assert r.out.blend_alpha == 0.5 and "observer blend (alpha 0.5)" in r.summary()
 
 
 def test_untrusted_and_missing_checkpoints(tmp_path: Path) -> None:
