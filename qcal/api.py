@@ -79,7 +79,7 @@ class QuantResult:
                             "observer_state_mb": round(o.calibration.state_bytes / 2**20, 2),
                             "blend_alpha": o.blend_alpha,
                             "blend_search": None if o.blend_search is None else
-                            {"chosen_alpha": max(o.blend_search, key=lambda a: o.blend_search[a]),  # type: ignore[index]
+                            {"chosen_alpha": o.blend_alpha,
                              "output_sqnr_db": {str(a): round(v, 3) for a, v in o.blend_search.items()}}},
             "range_stability": range_stability(o.calibration),
             "coverage": coverage(self.calib),

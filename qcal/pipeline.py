@@ -120,7 +120,7 @@ def verified(info: GraphInfo, stats: CalibrationStats, profile: QdqProfile, deci
 
 def choose_blend(info: GraphInfo, stats: CalibrationStats, profile: QdqProfile, decisions: list[FloatDecision],
                  alphas: tuple[float, ...], feeds: list[dict[str, np.ndarray]], fp32_path: Path, probe: Path,
-                 meta: Mapping[str, object], threads: int) -> tuple[CalibrationStats, dict[float, float]]:
+                 meta: Mapping[str, object], threads: int) -> tuple[CalibrationStats, float, dict[float, float]]:
     """The blend observer's alpha (0: MSE ranges, 1: percentile ranges) with the best model-output SQNR on the
     probe samples; ties go to the first alpha listed."""
     scores: dict[float, float] = {}
@@ -128,7 +128,7 @@ def choose_blend(info: GraphInfo, stats: CalibrationStats, profile: QdqProfile, 
         export_qdq(fp32_path, build_table(stats.blended(a), profile, decisions, meta), profile, probe)
         scores[a] = output_sqnr(fp32_path, probe, feeds, threads)
     best = max(scores, key=lambda a: scores[a])
-    return stats.blended(best), scores
+    return stats.blended(best), best, scores
 
 
 def run(adapter: ModelAdapter, images: Iterable[np.ndarray], n_images: int, config: QuantConfig, workdir: Path,
@@ -183,10 +183,9 @@ def run(adapter: ModelAdapter, images: Iterable[np.ndarray], n_images: int, conf
         t1 = time.perf_counter()
         alpha = config.blend_alphas[0]
         if len(config.blend_alphas) > 1 and n_probe > 0 and first:
-            stats, search = choose_blend(info, stats, profile, decisions, config.blend_alphas, first, fp32_path,
-                                         probe, meta, threads)
+            stats, alpha, search = choose_blend(info, stats, profile, decisions, config.blend_alphas, first,
+                                                fp32_path, probe, meta, threads)
             probe.unlink(missing_ok=True)
-            alpha = max(search, key=lambda a: search[a])
         else:
             stats = stats.blended(alpha)
         meta["observer"] = f"blend(alpha={alpha:g})"
