@@ -133,3 +133,36 @@ def coco_dataset(json_path: Path, images_dir: Path, check: Check) -> CalibSet:
     if not items:
         raise EmptyCalibSetError(f"{json_path}: none of its {len(files)} images is readable under {images_dir}.")
     return CalibSet(items, skipped=skipped)
+
+
+def image_folder(root: Path, check: Check) -> CalibSet:
+    """A classification dataset in the ImageFolder layout: ROOT/<class name>/<images> (any depth below the class
+    folder). Class index = position of the class folder's name in sorted order (as torchvision's ImageFolder).
+    Each image carries one whole-image label row `cls 0.5 0.5 1 1`, so the classes are visible to stratified
+    selection, diagnostics and evaluation through the same Sample.labels as detection datasets."""
+    if not root.is_dir():
+        raise SourceNotFoundError(f"image folder {root} does not exist; pass ROOT with one sub-folder per class.")
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+        raise EmptyCalibSetError(f"image folder {root} has no class sub-folders; lay it out as ROOT/<class>/<image>.")
+    files: list[Path] = []
+    cls_of: dict[Path, int] = {}
+    for i, name in enumerate(classes):
+        for f in list_images(root / name, recursive=True):
+            files.append(f)
+            cls_of[f] = i
+
+    def labels(p: Path) -> Callable[[], np.ndarray | None]:
+        return partial(_whole_image_label, cls_of[p])
+
+    # keys keep the root's own name (ROOT/<class>/<file>): the train and test folders of one dataset often reuse
+    # file names, and overlap checks compare keys
+    items, skipped = checked_items(files, f"imagefolder:{root}", check, root=root.resolve().parent, labels=labels)
+    if not items:
+        raise EmptyCalibSetError(f"image folder {root}: its {len(classes)} class folders hold no decodable image "
+                                 f"({len(files)} files, {len(skipped)} unreadable).")
+    return CalibSet(items, skipped=skipped)
+
+
+def _whole_image_label(cls: int) -> np.ndarray:
+    return np.array([[cls, 0.5, 0.5, 1.0, 1.0]], np.float32)

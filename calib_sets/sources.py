@@ -149,6 +149,14 @@ class Source:
         return yolo_dataset(Path(yaml_path), split, check)
 
     @staticmethod
+    def image_folder(root: str | Path, *, check: Check = "header") -> CalibSet:
+        """A classification set in the ImageFolder layout ROOT/<class>/<images>; class = sorted folder index,
+        stored as a whole-image label row (see calib_sets.datasets.image_folder)."""
+        from calib_sets.datasets import image_folder
+
+        return image_folder(Path(root), check)
+
+    @staticmethod
     def coco(json_path: str | Path, images_dir: str | Path, *, check: Check = "header") -> CalibSet:
         """A COCO instances json + its image folder; boxes become YOLO-style Sample.labels."""
         from calib_sets.datasets import coco_dataset

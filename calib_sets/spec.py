@@ -17,7 +17,8 @@ _BUNDLED = re.compile(r"bundled:(\w+)(?:\[(\d*):(\d*)(?::(\d+))?\])?")
 def load(spec: CalibSet | str | Path | Sequence[str | Path]) -> CalibSet:
     """A CalibSet from: a CalibSet (returned as is); a folder of images; an image file; a video file;
     a .toml recipe; 'bundled:NAME' or 'bundled:NAME[a:b]' / 'bundled:NAME[a:b:step]' (frame numbers
-    a <= f < b, every step-th); or a list of any of these (concatenated in order)."""
+    a <= f < b, every step-th); 'imagefolder:DIR' (a classification set, DIR/<class>/<images>); or a list
+    of any of these (concatenated in order)."""
     if isinstance(spec, CalibSet):
         return spec
     if isinstance(spec, list | tuple):
@@ -35,6 +36,8 @@ def load(spec: CalibSet | str | Path | Sequence[str | Path]) -> CalibSet:
         if m.group(2) is not None:
             frames = range(int(m.group(2) or 0), int(m.group(3) or 10**9), int(m.group(4) or 1))
         return Source.bundled(m.group(1), frames)
+    if s.startswith("imagefolder:"):
+        return Source.image_folder(s[len("imagefolder:"):])
     if s.startswith("bundled:"):
         raise SourceNotFoundError(f"{s!r} is not a bundled spec; write 'bundled:vtest' or 'bundled:vtest[0:320]'.")
     p = Path(s)

@@ -8,6 +8,7 @@ against each rule that applies:
   max-drop   relative mAP50-95 drop vs FP32 on the same condition of the same run must be <= X
   min-map    mAP50-95 must be >= X (absolute)
   baseline   mAP50-95 must be >= the baseline report's same slice minus the tolerance
+(for a classifier's report, whose primary metric is top-1, read top-1 for mAP50-95.)
 A rule naming a condition (or precision) the report does not have fails as a missing slice: a gate must never
 pass because the thing it guards silently disappeared. Exit status: 0 all pass, 1 a slice failed, 2 the input
 is unusable (missing file, malformed JSON, not a qcal robustness report).
@@ -122,8 +123,8 @@ def load_report(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def _map(cells: Mapping[str, Any], prec: str, cond: str) -> float | None:
-    v = cells.get(prec, {}).get(cond, {}).get("map50_95")
+def _map(cells: Mapping[str, Any], prec: str, cond: str, key: str = "map50_95") -> float | None:
+    v = cells.get(prec, {}).get(cond, {}).get(key)
     return None if v is None or not math.isfinite(float(v)) else float(v)
 
 
@@ -132,6 +133,8 @@ def check(report: str | Path, *, max_drop: Thresholds | None = None, min_map: Th
           precisions: Sequence[str] | None = None) -> CheckResult:
     data = load_report(report)
     cells = data["cells"]
+    key = str(data.get("primary_metric", "map50_95"))
+    label, short = ("top-1", "top-1") if key == "top1" else ("mAP50-95", "mAP")
     conds = [c["name"] for c in data.get("conditions", [])] or sorted({k for v in cells.values() for k in v})
     gated = list(precisions) if precisions else [p for p in cells if p != "fp32"]
     cases: list[Case] = []
@@ -146,32 +149,36 @@ def check(report: str | Path, *, max_drop: Thresholds | None = None, min_map: Th
                               f"does not have (it has {conds})"))
     for prec in gated:
         for cond in conds:
-            x = _map(cells, prec, cond)
+            x = _map(cells, prec, cond, key)
             if max_drop is not None and (lim := max_drop.for_condition(cond)) is not None:
-                fp = _map(cells, "fp32", cond)
+                fp = _map(cells, "fp32", cond, key)
                 if fp is None or x is None:
-                    cases.append(Case("max-drop", prec, cond, False, "missing slice: no mAP for "
+                    cases.append(Case("max-drop", prec, cond, False, f"missing slice: no {short} for "
                                       f"{'fp32' if fp is None else prec} on {cond}"))
                 else:
                     drop = (fp - x) / fp if fp > 0 else 0.0
                     cases.append(Case("max-drop", prec, cond, drop <= lim + 1e-12,
-                                      f"relative drop vs FP32 {drop:+.4f} (mAP {x:.4f} vs {fp:.4f}), limit {lim:.4f}"))
+                                      f"relative drop vs FP32 {drop:+.4f} ({short} {x:.4f} vs {fp:.4f}), limit {lim:.4f}"))
             if min_map is not None and (lim := min_map.for_condition(cond)) is not None:
                 cases.append(Case("min-map", prec, cond, x is not None and x >= lim,
-                                  f"mAP50-95 {'missing' if x is None else f'{x:.4f}'}, minimum {lim:.4f}"))
+                                  f"{label} {'missing' if x is None else f'{x:.4f}'}, minimum {lim:.4f}"))
     if baseline is not None:
-        base = load_report(baseline)["cells"]
+        base_data = load_report(baseline)
+        if str(base_data.get("primary_metric", "map50_95")) != key:
+            raise ReportError(f"baseline {baseline} measures {base_data.get('primary_metric', 'map50_95')}, this "
+                              f"report {key}: compare reports of the same kind of model.")
+        base = base_data["cells"]
         for prec in gated:
             for cond in sorted(base.get(prec, {})):
-                b, x = _map(base, prec, cond), _map(cells, prec, cond)
+                b, x = _map(base, prec, cond, key), _map(cells, prec, cond, key)
                 if b is None:
                     continue
                 if x is None:
                     cases.append(Case("baseline", prec, cond, False, f"missing slice: the baseline has {prec} / "
-                                      f"{cond} (mAP {b:.4f}) but this report does not"))
+                                      f"{cond} ({short} {b:.4f}) but this report does not"))
                 else:
                     cases.append(Case("baseline", prec, cond, x >= b - tolerance - 1e-12,
-                                      f"mAP50-95 {x:.4f} vs baseline {b:.4f} ({x - b:+.4f}), tolerance {tolerance:.4f}"))
+                                      f"{label} {x:.4f} vs baseline {b:.4f} ({x - b:+.4f}), tolerance {tolerance:.4f}"))
     if not cases:
         raise ReportError("no rule to check: pass --max-drop, --min-map or --baseline.")
     return CheckResult(cases, str(report))

@@ -17,10 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 import calib_sets
 from exporters.quant_table import atomic_write_text
 from qcal import __version__
 from qcal.bench.cells import CellStore
+from qcal.bench.classify import compare_classifier, score_classifier
 from qcal.bench.executors import Executor, make_executor
 from qcal.bench.matrix import (
     build_models,
@@ -43,6 +46,7 @@ from qcal.errors import CalibrationError
 from qcal.eval.detection import pseudo_labels
 from qcal.machine import machine_info
 from qcal.models import load_model
+from qcal.models.base import Detections
 
 SCHEMA = "qcal.robustness/1"
 
@@ -82,8 +86,10 @@ def robustness(model: Any, *, eval: Any, calib: str | None = None, conditions: s
     log = (lambda msg: print(f"qcal bench: {msg}", file=sys.stderr)) if progress else (lambda msg: None)
     precs = parse_precisions(precisions, calib)
     conds = parse_conditions(conditions)
+    adapter = load_model(model, trust_checkpoint=trust_checkpoint, imgsz=cfg.imgsz)
+    imgsz = int(getattr(adapter, "input_size", cfg.imgsz))   # a torch module's own input size, else the config's
     try:
-        es = calib_sets.load(eval).resized(cfg.imgsz)
+        es = calib_sets.load(eval).resized(imgsz)
         samples = list(es)
     except calib_sets.CalibSetError as e:
         raise CalibrationError(f"evaluation set {eval!r}: {e}") from e
@@ -91,11 +97,10 @@ def robustness(model: Any, *, eval: Any, calib: str | None = None, conditions: s
         raise CalibrationError(f"evaluation set {eval!r} is empty.")
     images = [s.image for s in samples]
     hw = [img.shape[:2] for img in images]
-    adapter = load_model(model, trust_checkpoint=trust_checkpoint, imgsz=cfg.imgsz)
     store = CellStore(out)
 
     done = timed(seconds, "models")
-    models = build_models(adapter, precs, store, cfg, es, progress=progress, threads=threads, log=log)
+    models = build_models(adapter, precs, store, cfg, es, progress=progress, threads=threads, log=log, imgsz=imgsz)
     done()
     labelled = all(s.labels is not None for s in samples)
     done = timed(seconds, "cells")
@@ -106,16 +111,28 @@ def robustness(model: Any, *, eval: Any, calib: str | None = None, conditions: s
     cells = run_cells(adapter, run_models, conds, images, es.content_hash, store, threads=threads, progress=progress,
                       runtime=rt, device=device, executor=ex)
     done()
-    if labelled:
-        reference = [labels_to_detections(s.labels, h) for s, h in zip(samples, hw, strict=True)]  # type: ignore[arg-type]
-    else:
-        reference = [pseudo_labels(d) for d in cells["fp32"]["clean"]]
-    if need_fp32:
-        cells.pop("fp32")
     done = timed(seconds, "metrics")
-    nc = max(len(adapter.class_names), 1)
-    metrics, evals = score_cells(cells, reference, hw, nc)
-    comparisons = compare_calibrations(evals, precs, bootstrap)
+    if getattr(adapter, "task", "") == "classify":
+        labels = np.array([int(s.labels[0, 0]) for s in samples]) if labelled else None  # type: ignore[index]
+        metrics, correct = score_classifier(cells, labels)
+        if need_fp32:
+            metrics.pop("fp32")
+        comparisons = compare_classifier(correct, precs, bootstrap)
+        reference_info: dict[str, Any] = {"classes_seen": int(len(np.unique(labels))) if labels is not None else None}
+        primary = "top1"
+    else:
+        det_cells: dict[str, dict[str, list[Detections]]] = cells  # type: ignore[assignment]
+        if labelled:
+            reference = [labels_to_detections(s.labels, h) for s, h in zip(samples, hw, strict=True)]  # type: ignore[arg-type]
+        else:
+            reference = [pseudo_labels(d) for d in det_cells["fp32"]["clean"]]
+        if need_fp32:
+            det_cells.pop("fp32")
+        nc = max(len(adapter.class_names), 1)
+        metrics, evals = score_cells(det_cells, reference, hw, nc)
+        comparisons = compare_calibrations(evals, precs, bootstrap)
+        reference_info = {"reference_boxes": int(sum(len(r) for r in reference))}
+        primary = "map50_95"
     done()
     done = timed(seconds, "latency")
     latency = measure(adapter, models, images[0], runs=latency_runs, threads=threads)
@@ -126,9 +143,9 @@ def robustness(model: Any, *, eval: Any, calib: str | None = None, conditions: s
         "command": command,
         "model": {"source": adapter.source, "family": adapter.family, "sha256": adapter.model_hash()},
         "config": cfg.to_dict(), "config_hash": cfg.hash(),
+        "task": "classify" if primary == "top1" else "detect", "primary_metric": primary,
         "metric": "labels" if labelled else "fidelity",
-        "eval": {"spec": str(eval), "set_hash": es.content_hash, "images": len(images),
-                 "reference_boxes": int(sum(len(r) for r in reference))},
+        "eval": {"spec": str(eval), "set_hash": es.content_hash, "images": len(images), **reference_info},
         "conditions": [condition_dict(c) for c in conds],
         "precisions": [{"name": k, **v} for k, v in models.items()],
         "cells": metrics,

@@ -33,8 +33,12 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
+CellOutput = list[Detections] | list[np.ndarray]   # a detector's detections, or a classifier's logits, per image
+
+
 class CellStore:
-    """Detections per cell in OUT/cells/<key>.npz; a small JSON index of model artifacts in OUT/models/."""
+    """Per cell, in OUT/cells/<key>.npz, the detections (detectors) or the logits (classifiers) of every image;
+    a small JSON index of model artifacts in OUT/models/."""
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
@@ -44,12 +48,14 @@ class CellStore:
         self.models.mkdir(parents=True, exist_ok=True)
 
     # --- detections per cell ----------------------------------------------------------------------------------
-    def load(self, key: str) -> list[Detections] | None:
+    def load(self, key: str) -> CellOutput | None:
         p = self.cells / f"{key}.npz"
         if not p.is_file():
             return None
         try:
             z = np.load(p)
+            if "logits" in z.files:
+                return list(z["logits"])
             counts, boxes, scores, classes = z["counts"], z["boxes"], z["scores"], z["classes"]
         except Exception:   # a damaged file (disk full, foreign file) is recomputed, never trusted
             return None
@@ -59,15 +65,19 @@ class CellStore:
             start += n
         return out
 
-    def save(self, key: str, dets: list[Detections]) -> None:
-        counts = np.array([len(d) for d in dets], np.int64)
-        cat = lambda xs, shape, dt: np.concatenate(xs) if xs else np.zeros(shape, dt)  # noqa: E731
+    def save(self, key: str, dets: CellOutput) -> None:
         fd, tmp = tempfile.mkstemp(dir=self.cells, prefix=f".{key}.", suffix=".npz")
         os.close(fd)
         try:
-            np.savez(tmp, counts=counts, boxes=cat([d.boxes for d in dets], (0, 4), np.float32),
-                     scores=cat([d.scores for d in dets], (0,), np.float32),
-                     classes=cat([d.classes for d in dets], (0,), np.int64))
+            if dets and isinstance(dets[0], np.ndarray):
+                np.savez(tmp, logits=np.stack([np.asarray(x, np.float32) for x in dets]))
+            else:
+                det: list[Detections] = dets  # type: ignore[assignment]
+                cat = lambda xs, shape, dt: np.concatenate(xs) if xs else np.zeros(shape, dt)  # noqa: E731
+                np.savez(tmp, counts=np.array([len(d) for d in det], np.int64),
+                         boxes=cat([d.boxes for d in det], (0, 4), np.float32),
+                         scores=cat([d.scores for d in det], (0,), np.float32),
+                         classes=cat([d.classes for d in det], (0,), np.int64))
             os.replace(tmp, self.cells / f"{key}.npz")
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

@@ -25,9 +25,10 @@ import numpy as np
 from tqdm import tqdm
 
 from calib_sets.degrade import Condition
+from qcal.bench.cells import CellOutput
 from qcal.bench.spec import condition_name
 from qcal.errors import QcalError
-from qcal.models.base import Detections, ModelAdapter
+from qcal.models.base import ModelAdapter
 
 EXECUTORS = ("serial", "ray")
 
@@ -79,7 +80,7 @@ class CellRunner:
     _sessions: dict[str, Any] = field(default_factory=dict, repr=False)
     _degraded: tuple[str, list[np.ndarray]] | None = field(default=None, repr=False)
 
-    def __call__(self, job: CellJob) -> list[Detections]:
+    def __call__(self, job: CellJob) -> CellOutput:
         from qcal.sim import open_runner
 
         if not Path(job.model_file).is_file():
@@ -104,14 +105,14 @@ class CellRunner:
         return self._degraded[1]
 
 
-OnDone = Callable[[CellJob, list[Detections]], None]
+OnDone = Callable[[CellJob, CellOutput], None]
 
 
 class Executor(Protocol):
     @property
     def name(self) -> str: ...
 
-    def run(self, runner: Callable[[CellJob], list[Detections]], jobs: Sequence[CellJob], on_done: OnDone, *,
+    def run(self, runner: Callable[[CellJob], CellOutput], jobs: Sequence[CellJob], on_done: OnDone, *,
             progress: bool) -> list[CellFailure]: ...
 
 
@@ -125,7 +126,7 @@ class SerialExecutor:
 
     name: str = "serial"
 
-    def run(self, runner: Callable[[CellJob], list[Detections]], jobs: Sequence[CellJob], on_done: OnDone, *,
+    def run(self, runner: Callable[[CellJob], CellOutput], jobs: Sequence[CellJob], on_done: OnDone, *,
             progress: bool) -> list[CellFailure]:
         failures = []
         with _bar(len(jobs), progress, self.name) as bar:
@@ -154,7 +155,7 @@ class RayExecutor:
     connect_timeout_s: float = 5.0
     name: str = "ray"
 
-    def run(self, runner: Callable[[CellJob], list[Detections]], jobs: Sequence[CellJob], on_done: OnDone, *,
+    def run(self, runner: Callable[[CellJob], CellOutput], jobs: Sequence[CellJob], on_done: OnDone, *,
             progress: bool) -> list[CellFailure]:
         if not jobs:
             return []
@@ -183,7 +184,7 @@ class RayExecutor:
                 "docs/SCALE.md).") from e
         return True
 
-    def _run(self, ray: Any, runner: Callable[[CellJob], list[Detections]], jobs: Sequence[CellJob],
+    def _run(self, ray: Any, runner: Callable[[CellJob], CellOutput], jobs: Sequence[CellJob],
              on_done: OnDone, progress: bool) -> list[CellFailure]:
         opts: dict[str, Any] = {"num_cpus": self.cpus, "num_gpus": self.gpus, "max_retries": self.max_retries,
                                 "retry_exceptions": True}
@@ -212,7 +213,7 @@ class RayExecutor:
         return failures
 
 
-def _run_cell(runner: Callable[[CellJob], list[Detections]], job: CellJob) -> list[Detections]:
+def _run_cell(runner: Callable[[CellJob], CellOutput], job: CellJob) -> CellOutput:
     return runner(job)
 
 

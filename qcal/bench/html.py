@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from qcal.bench.tables import comparison_rows, matrix_rows, speed_rows
+from qcal.bench.tables import comparison_rows, matrix_rows, primary, speed_rows
 
 _CHECK_JS = """
 window.__errors = [];
@@ -61,18 +61,19 @@ def plots(data: dict[str, Any]) -> list[tuple[str, str]]:
 
     conds = [c["name"] for c in data["conditions"]]
     precs = list(data["cells"])
+    key, label = primary(data)
     out = []
     fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(conds) + 2), 3.8))
     width = 0.8 / max(len(precs), 1)
     x = np.arange(len(conds))
     for i, p in enumerate(precs):
-        ax.bar(x + i * width - 0.4 + width / 2, [_value(data, p, c, "map50_95") for c in conds], width, label=p)
+        ax.bar(x + i * width - 0.4 + width / 2, [_value(data, p, c, key) for c in conds], width, label=p)
     ax.set_xticks(x, conds, rotation=30, ha="right")
-    ax.set_ylabel("mAP50-95")
+    ax.set_ylabel(label)
     ax.set_ylim(0, 1.0)
     ax.legend(fontsize=8, ncol=min(len(precs), 5), loc="lower left")
     ax.grid(axis="y", alpha=0.3)
-    out.append(("mAP50-95 per condition and precision", _png(fig)))
+    out.append((f"{label} per condition and precision", _png(fig)))
 
     drops = np.array([[_value(data, p, c, "rel_drop_vs_fp32") for c in conds] for p in precs])
     fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(conds) + 2), 0.5 * len(precs) + 1.5))
@@ -82,7 +83,7 @@ def plots(data: dict[str, Any]) -> list[tuple[str, str]]:
         ax.text(j, i, "n/a" if not np.isfinite(v) else f"{100 * v:+.1f}%", ha="center", va="center", fontsize=8)
     ax.set_xticks(range(len(conds)), conds, rotation=30, ha="right")
     ax.set_yticks(range(len(precs)), precs)
-    fig.colorbar(im, ax=ax, label="relative mAP drop vs FP32")
+    fig.colorbar(im, ax=ax, label=f"relative {label} drop vs FP32")
     out.append(("Relative drop vs FP32 on the same condition", _png(fig)))
 
     lat = data.get("latency_ms", {})
@@ -91,11 +92,11 @@ def plots(data: dict[str, Any]) -> list[tuple[str, str]]:
         for p in precs:
             if p not in lat:
                 continue
-            clean = _value(data, p, "clean", "map50_95")
-            worst = np.nanmin([_value(data, p, c, "map50_95") for c in conds])
+            clean = _value(data, p, "clean", key)
+            worst = np.nanmin([_value(data, p, c, key) for c in conds])
             ax.errorbar(lat[p]["median_ms"], clean, yerr=[[clean - worst], [0]], fmt="o", capsize=4, label=p)
         ax.set_xlabel("latency ms (median, ONNX Runtime CPU)")
-        ax.set_ylabel("mAP50-95 (clean; bar down to worst condition)")
+        ax.set_ylabel(f"{label} (clean; bar down to worst condition)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         out.append(("Latency vs accuracy", _png(fig)))
@@ -116,9 +117,12 @@ def report_html(data: dict[str, Any]) -> str:
              f"&middot; CPU {e(str(m.get('cpu_model', '?')))}, flags {e(' '.join(m.get('flags', [])))}</p>"]
     for title, b64 in plots(data):
         parts.append(f"<h2>{e(title)}</h2><img class='plot' alt='{e(title)}' src='data:image/png;base64,{b64}'>")
-    parts += ["<h2>mAP50-95</h2>", _table(matrix_rows(data)), "<h2>mAP50</h2>", _table(matrix_rows(data, "map50")),
+    key, label = primary(data)
+    second = ["<h2>Top-1 agreement with FP32</h2>", _table(matrix_rows(data, "agreement_top1"))] if key == "top1" \
+        else ["<h2>mAP50</h2>", _table(matrix_rows(data, "map50"))]
+    parts += [f"<h2>{label}</h2>", _table(matrix_rows(data)), *second,
               "<h2>Relative drop vs FP32</h2>", _table(matrix_rows(data, "rel_drop_vs_fp32", "+.3f")),
-              "<h2>Detection ECE</h2>", _table(matrix_rows(data, "ece")),
+              f"<h2>{'Top-1' if key == 'top1' else 'Detection'} ECE</h2>", _table(matrix_rows(data, "ece")),
               "<h2>Latency and size</h2>", _table(speed_rows(data))]
     if data.get("comparisons"):
         parts += ["<h2>Degradation-aware vs clean calibration (95% bootstrap CI)</h2>",

@@ -23,7 +23,7 @@ from calib_sets.degrade import Condition
 from exporters.dynamic import export_dynamic
 from exporters.float16 import export_fp16
 from qcal import __version__
-from qcal.bench.cells import CellStore, file_sha256, key_of
+from qcal.bench.cells import CellOutput, CellStore, file_sha256, key_of
 from qcal.bench.executors import CellJob, CellRunner, CellsFailedError, Executor, SerialExecutor
 from qcal.bench.spec import Precision, calibration_set, condition_dict, condition_name
 from qcal.config import QuantConfig
@@ -47,8 +47,9 @@ def labels_to_detections(labels: np.ndarray, hw: tuple[int, int]) -> Detections:
 
 def build_models(adapter: ModelAdapter, precisions: Sequence[Precision], store: CellStore, cfg: QuantConfig,
                  eval_set: calib_sets.CalibSet, *, progress: bool, threads: int,
-                 log: Callable[[str], None]) -> dict[str, dict[str, Any]]:
-    """Every precision's ONNX file (built once, reused on resume) -> {name: info}."""
+                 log: Callable[[str], None], imgsz: int | None = None) -> dict[str, dict[str, Any]]:
+    """Every precision's ONNX file (built once, reused on resume) -> {name: info}. Calibration images are resized
+    to `imgsz` (default: the config's)."""
     from qcal.api import quantize
 
     fp32 = store.model_path("fp32")
@@ -73,7 +74,7 @@ def build_models(adapter: ModelAdapter, precisions: Sequence[Precision], store: 
                 store.record_model(p.name, key)
             info = store.model_info(p.name)
         elif p.kind == "static":
-            cs = calibration_set(p, cfg.imgsz)
+            cs = calibration_set(p, imgsz or cfg.imgsz)
             shared = calib_sets.overlap(cs, eval_set, by="both")
             if shared:
                 raise CalibrationError(f"{p.name}: {len(shared)} evaluation image(s) are also in its calibration "
@@ -101,7 +102,7 @@ def build_models(adapter: ModelAdapter, precisions: Sequence[Precision], store: 
 def run_cells(adapter: ModelAdapter, models: dict[str, dict[str, Any]], conditions: Sequence[Condition | None],
               images: list[np.ndarray], eval_hash: str, store: CellStore, *, threads: int,
               progress: bool, runtime: str = "ort", device: str = "cpu",
-              executor: Executor | None = None) -> dict[str, dict[str, list[Detections]]]:
+              executor: Executor | None = None) -> dict[str, dict[str, CellOutput]]:
     """Detections of every (precision, condition) cell; cached cells are loaded, not rerun; the rest run on
     `executor` (default: serial, in this process) and are saved as each finishes.
 
@@ -109,7 +110,7 @@ def run_cells(adapter: ModelAdapter, models: dict[str, dict[str, Any]], conditio
     quantization) on `device` (cpu or cuda)."""
     thresholds = {k: getattr(adapter, k, None) for k in ("conf", "iou", "max_det")}
     backend = {} if runtime == "ort" else {"runtime": runtime, "device": device}   # ORT keys stay as before
-    out: dict[str, dict[str, list[Detections]]] = {name: {} for name in models}
+    out: dict[str, dict[str, CellOutput]] = {name: {} for name in models}
     todo: list[tuple[str, Condition | None, str]] = []
     for c in conditions:
         for name, info in models.items():
@@ -123,7 +124,7 @@ def run_cells(adapter: ModelAdapter, models: dict[str, dict[str, Any]], conditio
     runner = CellRunner(adapter, images, runtime=runtime, device=device, threads=threads)
     jobs = [CellJob(k, n, c, models[n]["file"]) for n, c, k in todo]
 
-    def save(job: CellJob, dets: list[Detections]) -> None:   # in the driver, as each cell finishes
+    def save(job: CellJob, dets: CellOutput) -> None:   # in the driver, as each cell finishes
         store.save(job.key, dets)
         out[job.precision][condition_name(job.condition)] = dets
     failures = (executor or SerialExecutor()).run(runner, jobs, save, progress=progress)

@@ -22,7 +22,14 @@ def _markdown(rows: Sequence[Sequence[str]]) -> str:
                       *("| " + " | ".join(r) + " |" for r in body)])
 
 
-def matrix_rows(data: dict[str, Any], key: str = "map50_95", spec: str = ".3f") -> list[list[str]]:
+def primary(data: dict[str, Any]) -> tuple[str, str]:
+    """(cell key, label) of the report's headline metric: mAP50-95 for detectors, top-1 for classifiers."""
+    key = data.get("primary_metric", "map50_95")
+    return key, "top-1" if key == "top1" else "mAP50-95"
+
+
+def matrix_rows(data: dict[str, Any], key: str | None = None, spec: str = ".3f") -> list[list[str]]:
+    key = key or primary(data)[0]
     conds = [c["name"] for c in data["conditions"]]
     rows = [["precision", *conds]]
     for name, by_cond in data["cells"].items():
@@ -43,7 +50,7 @@ def speed_rows(data: dict[str, Any]) -> list[list[str]]:
 
 
 def comparison_rows(data: dict[str, Any]) -> list[list[str]]:
-    rows = [["condition", "a - b", "mAP50-95 diff", "95% CI", "real gain?"]]
+    rows = [["condition", "a - b", f"{primary(data)[1]} diff", "95% CI", "real gain?"]]
     for c in data.get("comparisons", []):
         verdict = ("yes" if c["lo"] > 0 else "worse" if c["hi"] < 0 else "no (CI spans 0)")
         rows.append([c["condition"], f"{c['a']} - {c['b']}", f"{c['diff']:+.4f}",
@@ -52,9 +59,10 @@ def comparison_rows(data: dict[str, Any]) -> list[list[str]]:
 
 
 def summary_table(data: dict[str, Any]) -> str:
-    metric = "fidelity vs FP32 detections on clean images" if data["metric"] == "fidelity" else "labels"
+    what = "predictions" if primary(data)[0] == "top1" else "detections"
+    metric = f"fidelity vs FP32 {what} on clean images" if data["metric"] == "fidelity" else "labels"
     m = data.get("machine", {})
-    parts = [f"mAP50-95 per condition ({metric}, {data['eval']['images']} images)", grid(matrix_rows(data)), "",
+    parts = [f"{primary(data)[1]} per condition ({metric}, {data['eval']['images']} images)", grid(matrix_rows(data)), "",
              grid(speed_rows(data))]
     if data.get("comparisons"):
         parts += ["", "degradation-aware vs clean calibration (bootstrap over images)", grid(comparison_rows(data))]
@@ -65,8 +73,12 @@ def summary_table(data: dict[str, Any]) -> str:
 
 def report_markdown(data: dict[str, Any]) -> str:
     m = data.get("machine", {})
-    metric = ("fidelity: mAP against the FP32 model's confident detections (score >= 0.25) on the clean image"
-              if data["metric"] == "fidelity" else "mAP against the evaluation set's labels")
+    if primary(data)[0] == "top1":
+        metric = ("fidelity: top-1 agreement with the FP32 model's prediction on the clean image"
+                  if data["metric"] == "fidelity" else "top-1 against the evaluation set's class labels")
+    else:
+        metric = ("fidelity: mAP against the FP32 model's confident detections (score >= 0.25) on the clean image"
+                  if data["metric"] == "fidelity" else "mAP against the evaluation set's labels")
     out = [
         "# qcal robustness report", "",
         f"- model: `{data['model']['source']}` (sha256 {data['model']['sha256'][:16]})",
@@ -77,21 +89,11 @@ def report_markdown(data: dict[str, Any]) -> str:
     ]
     if data.get("command"):
         out.append(f"- command: `{data['command']}`")
-    out += ["", "## mAP50-95", "", _markdown(matrix_rows(data)), "",
-            "## mAP50", "", _markdown(matrix_rows(data, "map50")), "",
-            "## Agreement with FP32 on the same condition", "",
-            "mAP50-95 against FP32's own detections on the same degraded image: what quantization adds to the "
-            "degradation's loss.", "", _markdown(matrix_rows(data, "agreement_map50_95")), "",
-            "## Relative drop vs FP32 on the same condition", "", _markdown(matrix_rows(data, "rel_drop_vs_fp32", "+.3f")),
-            "", "## Relative drop vs the same precision on clean", "",
-            _markdown(matrix_rows(data, "rel_drop_vs_clean", "+.3f")), "",
-            "## Confidence calibration (detection ECE; gap > 0 = over-confident)", "",
-            _markdown(matrix_rows(data, "ece")), "", _markdown(matrix_rows(data, "conf_gap", "+.3f")), "",
-            "## Latency and size (ONNX Runtime CPU, interleaved in one run)", "", _markdown(speed_rows(data))]
+    out += _classifier_sections(data) if primary(data)[0] == "top1" else _detector_sections(data)
     if data.get("comparisons"):
         out += ["", "## Degradation-aware vs clean calibration", "",
-                "Difference of mAP50-95 with a 95% percentile-bootstrap interval over evaluation images (the same "
-                "resampled images for both). A gain is real only where the interval excludes 0.", "",
+                f"Difference of {primary(data)[1]} with a 95% percentile-bootstrap interval over evaluation images "
+                "(the same resampled images for both). A gain is real only where the interval excludes 0.", "",
                 _markdown(comparison_rows(data))]
     out += ["", "## Conditions", ""]
     for c in data["conditions"]:
@@ -103,3 +105,30 @@ def report_markdown(data: dict[str, Any]) -> str:
         extra = f", calibration set {p['calib_hash'][:12]}" if p.get("calib_hash") else ""
         out.append(f"- `{p['name']}`: {p['file']} (sha256 {p['sha256'][:12]}{extra})")
     return "\n".join(out) + "\n"
+
+
+def _classifier_sections(data: dict[str, Any]) -> list[str]:
+    return ["", "## Top-1", "", _markdown(matrix_rows(data)), "",
+            "## Agreement with FP32 on the same condition", "",
+            "Top-1 agreement with FP32's prediction on the same degraded image: what quantization adds to the "
+            "degradation's loss.", "", _markdown(matrix_rows(data, "agreement_top1")), "",
+            "## Relative drop vs FP32 on the same condition", "", _markdown(matrix_rows(data, "rel_drop_vs_fp32", "+.3f")),
+            "", "## Relative drop vs the same precision on clean", "",
+            _markdown(matrix_rows(data, "rel_drop_vs_clean", "+.3f")), "",
+            "## Confidence calibration (top-1 ECE, 15 bins; gap > 0 = over-confident)", "",
+            _markdown(matrix_rows(data, "ece")), "", _markdown(matrix_rows(data, "conf_gap", "+.3f")), "",
+            "## Latency and size (ONNX Runtime CPU, interleaved in one run)", "", _markdown(speed_rows(data))]
+
+
+def _detector_sections(data: dict[str, Any]) -> list[str]:
+    return ["", "## mAP50-95", "", _markdown(matrix_rows(data)), "",
+            "## mAP50", "", _markdown(matrix_rows(data, "map50")), "",
+            "## Agreement with FP32 on the same condition", "",
+            "mAP50-95 against FP32's own detections on the same degraded image: what quantization adds to the "
+            "degradation's loss.", "", _markdown(matrix_rows(data, "agreement_map50_95")), "",
+            "## Relative drop vs FP32 on the same condition", "", _markdown(matrix_rows(data, "rel_drop_vs_fp32", "+.3f")),
+            "", "## Relative drop vs the same precision on clean", "",
+            _markdown(matrix_rows(data, "rel_drop_vs_clean", "+.3f")), "",
+            "## Confidence calibration (detection ECE; gap > 0 = over-confident)", "",
+            _markdown(matrix_rows(data, "ece")), "", _markdown(matrix_rows(data, "conf_gap", "+.3f")), "",
+            "## Latency and size (ONNX Runtime CPU, interleaved in one run)", "", _markdown(speed_rows(data))]

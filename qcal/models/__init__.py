@@ -10,8 +10,9 @@ from qcal.models.base import Detections, ModelAdapter, Prepared
 
 
 def load_model(model: Any, *, trust_checkpoint: bool = False, imgsz: int = 640,
-               example_input: Any = None) -> ModelAdapter:
-    """A YOLO .pt path, an adapter, or a torch.nn.Module (with example_input) -> a model adapter."""
+               example_input: Any = None, task: str = "generic") -> ModelAdapter:
+    """A YOLO .pt path, an adapter, or a torch.nn.Module (with example_input; task "classify" for a classifier
+    whose output is N x C logits) -> a model adapter."""
     if hasattr(model, "export_onnx") and hasattr(model, "prepare"):
         return model  # type: ignore[no-any-return]
     if isinstance(model, str | Path):
@@ -32,7 +33,7 @@ def load_model(model: Any, *, trust_checkpoint: bool = False, imgsz: int = 640,
             raise CheckpointError("a torch.nn.Module needs example_input (a tensor of the input shape).")
         from qcal.models.torch_module import TorchModuleAdapter
 
-        return TorchModuleAdapter(model, example_input)
+        return TorchModuleAdapter(model, example_input, task)
     raise CheckpointError(f"cannot quantize a {type(model).__name__}: pass a YOLO .pt path or a torch.nn.Module.")
 
 

@@ -1,5 +1,6 @@
 """Any torch.nn.Module with an example input: FP32 ONNX export; calibration images are resized to the
-example's H x W, scaled to 0..1, NCHW."""
+example's H x W, scaled to 0..1, NCHW. task "classify" marks a classifier (output: N x C logits), which
+`qcal.robustness` scores with top-1 and ECE."""
 
 from __future__ import annotations
 
@@ -13,12 +14,18 @@ import numpy as np
 
 from qcal.models.base import Prepared
 
+TASKS = ("generic", "classify")
+
 
 class TorchModuleAdapter:
     family = "torch"
-    task = "generic"
 
-    def __init__(self, module: Any, example_input: Any) -> None:
+    def __init__(self, module: Any, example_input: Any, task: str = "generic") -> None:
+        if task not in TASKS:
+            from qcal.errors import ConfigError
+
+            raise ConfigError(f"task {task!r} is not one of {TASKS}; use 'classify' for an N x C logits classifier.")
+        self.task = task
         self.module = module.eval()
         self.example = example_input
         self.source = type(module).__name__
@@ -33,6 +40,12 @@ class TorchModuleAdapter:
     def model_hash(self) -> str:
         return self._sha256
 
+    @property
+    def input_size(self) -> int:
+        """The long side of the example input: evaluation and calibration images are resized to it before any
+        degradation, so noise and blur are in the pixels this model sees."""
+        return int(max(self.example.shape[-2], self.example.shape[-1]))
+
     def float_module(self) -> Any:
         import copy
 
@@ -43,7 +56,7 @@ class TorchModuleAdapter:
 
     def with_module(self, module: Any, tag: str) -> TorchModuleAdapter:
         """The same adapter over a changed float module (e.g. after AdaQuant); `tag` enters the model hash."""
-        a = TorchModuleAdapter(module, self.example)
+        a = TorchModuleAdapter(module, self.example, self.task)
         a.source = self.source
         a._sha256 = hashlib.sha256(f"{self._sha256}:{tag}".encode()).hexdigest()
         return a
