@@ -20,6 +20,7 @@ class QdqProfile:
     quantize_bias: bool = True     # int32 biases (ORT CPU); TensorRT fuses float biases itself
     quantize_outputs: bool = True  # Q/DQ on op outputs too (ORT CPU fuses DQ->op->Q); TensorRT wants inputs only
     float_nodes_read_float: bool = False  # nodes kept in float read the float tensor, not a shared DQ output
+    rewrites: tuple[str, ...] = ()        # exact graph rewrites for this runtime (exporters.rewrite), in order
 
     def replace(self, **kw: object) -> QdqProfile:
         import dataclasses
@@ -28,7 +29,9 @@ class QdqProfile:
 
 
 # ORT CPU: u8 activations (asymmetric), s8 symmetric per-channel weights; QLinearConv etc. fuse from DQ->op->Q.
-ORT_CPU = QdqProfile("ort-cpu", "uint8", "int8", False, True, True, False, 13, None, False)
+# The DFL softmax rewrite is exact and saves ONNX Runtime CPU a transposing Softmax (see exporters.rewrite).
+ORT_CPU = QdqProfile("ort-cpu", "uint8", "int8", False, True, True, False, 13, None, False,
+                     rewrites=("softmax_weighted_sum",))
 # TensorRT explicit quantization: s8 symmetric, zero point 0, per-channel weights on the output-channel axis,
 # Q/DQ on the inputs TensorRT fuses (conv/gemm, residual add, pooling, resize, concat).
 TENSORRT = QdqProfile("tensorrt", "int8", "int8", True, True, True, False, 13,

@@ -8,6 +8,7 @@ exact record of the artifact.
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 from collections.abc import Mapping
@@ -94,6 +95,7 @@ def export_qdq(fp32_model: str | Path, table: QuantTable, profile: QdqProfile, o
         model = onnx.load(str(out_tmp))
     if profile.float_nodes_read_float:
         unshare_float_nodes(model, table.float_nodes)
+    rewritten = apply_rewrites(model, profile.rewrites)
     if profile.name == "tensorrt":   # qcal never writes a TensorRT model that breaks TensorRT's Q/DQ rules
         from exporters.trt_lint import lint_tensorrt
 
@@ -103,10 +105,25 @@ def export_qdq(fp32_model: str | Path, table: QuantTable, profile: QdqProfile, o
                                 f"or an unusual graph; please report it):\n{res.summary(limit=10)}")
     written = read_quant_table(model, target=profile.name)
     written = QuantTable(written.tensors, table.float_nodes, table.float_reasons, profile.name, table.meta)
-    if metadata:
-        stamp_metadata(model, metadata)
+    if metadata or rewritten:
+        stamp_metadata(model, {**(metadata or {}), **({"qcal.rewrites": json.dumps(rewritten)} if rewritten else {})})
     atomic_save(model, out_path)
     return written
+
+
+def apply_rewrites(model: onnx.ModelProto, names: tuple[str, ...]) -> dict[str, list[str]]:
+    """Run the profile's exact rewrites in place: {rewrite: [rewritten node names]} for those that matched."""
+    from exporters import rewrite
+
+    out: dict[str, list[str]] = {}
+    for name in names:
+        fn = getattr(rewrite, name, None)
+        if fn is None:
+            raise ExporterError(f"unknown graph rewrite {name!r}; known: {rewrite.__all__}.")
+        hit = fn(model)
+        if hit:
+            out[name] = hit
+    return out
 
 
 _WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
