@@ -1,7 +1,7 @@
 """qcal INT8 vs peer INT8 tools on the fall-detection YOLOv8s at 640, under clean and QRID-degraded inputs.
 
-Every tool quantizes from the same 64 calibration frames (bundled vtest frames 0-319, every 5th, letterboxed by
-the same preprocessing) in its own subprocess (quantize seconds and peak RSS from os.wait4). Evaluation: vtest.avi
+Every tool quantizes from the same 22 calibration frames (`bundled:vtest[0:320:5]`: the bundled set keeps every 3rd
+frame, so frames 0, 15, ..., 315; letterboxed by the same preprocessing) in its own subprocess (quantize seconds and peak RSS from os.wait4). Evaluation: vtest.avi
 frames 480-799, every 8th (40 frames no tool calibrated on), under the QRID conditions, through `qcal.robustness`
 (the product's matrix), so every variant is scored by the same code. Fidelity per condition = mAP50-95 against
 FP32's own detections on the same degraded frame (`agreement_map50_95` in the report).
@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.spine import checkpoint, head_decode_nodes, ort_peer, vtest  # noqa: E402
 
 CALIB = "bundled:vtest[0:320:5]"
-MIXED = ROOT / "benchmarks" / "recipes" / "vtest64-qrid.toml"   # the same 64 frames, half QRID-degraded
+MIXED = ROOT / "benchmarks" / "recipes" / "vtest64-qrid.toml"   # the same 22 frames, half QRID-degraded
 PEERS = ["ort_minmax", "ort_percentile", "ort_entropy", "ultralytics_int8", "nncf_int8"]
 RESULTS = ROOT / "benchmarks" / "results" / "robustness_peers"
 
@@ -131,6 +131,12 @@ def write_results(res: dict[str, Any]) -> None:
         q = res["quantize"].get(v, {})
         md.append(f"| {v} | {res['latency_ms'][v]:.1f} | {res['latency_ms'][v] / fp:.2f} | {res['size_mb'][v]:.1f} | "
                   f"{q.get('quantize_seconds', '')} | {q.get('peak_rss_gb', '')} |")
+    if res.get("margin_ci"):
+        md += ["", "## Fidelity margin over the best peer, 95% bootstrap interval over the 40 frames", "",
+               "| variant | " + " | ".join(conds) + " |", "|---|" + "---|" * len(conds)]
+        for q, row in res["margin_ci"].items():
+            md.append(f"| {q} | " + " | ".join(f"{row[c]['diff']:+.3f} [{row[c]['lo']:+.3f}, {row[c]['hi']:+.3f}] "
+                                               f"({row[c]['best_peer']})" for c in conds) + " |")
     md += ["", "## Bars", ""] + [f"- {k}: {v}" for k, v in res["bars"].items()]
     md += ["", f"Machine: {res['machine']}", ""]
     RESULTS.with_suffix(".md").write_text("\n".join(md))
@@ -149,6 +155,38 @@ def bars(res: dict[str, Any]) -> dict[str, Any]:
                   "fidelity_ge_best_peer_every_condition": all(v >= 0 for v in margin.values()),
                   "latency_ratio_vs_fastest_peer": round(lat[q] / lat[fastest], 3),
                   "latency_le_fastest_peer": lat[q] <= lat[fastest]}
+    return out
+
+
+def margin_intervals(work: Path, data: dict[str, Any], res: dict[str, Any], resamples: int = 1000) -> dict[str, Any]:
+    """Per qcal variant and condition: fidelity minus the best peer's, with a 95% bootstrap interval over the
+    evaluation frames (the same resampled frames for both), from the cached cells. Tells a real gap from noise."""
+    import calib_sets
+    from qcal.bench.cells import CellStore
+    from qcal.bench.matrix import run_cells
+    from qcal.bench.spec import parse_conditions
+    from qcal.eval.bootstrap import bootstrap_diff, image_evals
+    from qcal.eval.detection import pseudo_labels
+    from qcal.models import load_model
+
+    adapter = load_model(checkpoint(), trust_checkpoint=True, imgsz=640)
+    es = calib_sets.Source.video(vtest(), start=480, stop=800, every=8).resized(640)
+    images = [s.image for s in es]
+    hw = [img.shape[:2] for img in images]
+    models = {p["name"]: p for p in data["precisions"]}
+    cells = run_cells(adapter, models, parse_conditions("qrid"), images, es.content_hash, CellStore(work / "report"),
+                      threads=2, progress=False)
+    fid, out = res["fidelity_map50_95"], {}
+    peers = [v for v in fid if not v.startswith(("fp32", "qcal_"))]
+    for q in (v for v in fid if v.startswith("qcal_")):
+        out[q] = {}
+        for c in res["conditions"]:
+            best = max(peers, key=lambda p: float(fid[p][c]))  # noqa: B023
+            ref = [pseudo_labels(d) for d in cells["fp32"][c]]  # type: ignore[arg-type]
+            iv = bootstrap_diff(image_evals(ref, cells[q][c], hw, 2), image_evals(ref, cells[best][c], hw, 2),  # type: ignore[arg-type]
+                                resamples=resamples, seed=0)
+            out[q][c] = {"best_peer": best, **{k: round(v, 4) if isinstance(v, float) else v
+                                               for k, v in iv.to_dict().items()}}
     return out
 
 
@@ -188,15 +226,18 @@ def main() -> None:
                               trust_checkpoint=True, latency_runs=5, bootstrap=0, command="robustness_peers.py")
         cells = rep.data["cells"]
         conds = [c["name"] for c in rep.data["conditions"]]
+        report_data = rep.data
         res = {"conditions": conds,
                "fidelity_map50_95": {v: {c: cells[v][c]["agreement_map50_95"] for c in conds} for v in cells},
                "map50_95_vs_clean_fp32": {v: {c: cells[v][c]["map50_95"] for c in conds} for v in cells},
                "ece": {v: {c: cells[v][c]["ece"] for c in conds} for v in cells},
                "size_mb": rep.data["size_mb"], "quantize": quant,
-               "setup": ("Calibration: bundled vtest frames 0-319 every 5th (64 frames) for every tool; ORT and NNCF "
+               "setup": ("Calibration: bundled vtest frames 0-319 every 5th (the bundled set keeps every 3rd frame, so 22 frames: "
+                         "0, 15, ..., 315) for every tool; ORT and NNCF "
                          "exclude the same head-decode nodes (/model.22 except cv2/cv3); ORT: QDQ, u8 activations, "
                          "s8 per-channel weights, reduce_range. Evaluation: vtest.avi frames 480-799 every 8th "
                          "(40 frames), QRID conditions. Latency: ONNX Runtime CPU, 2 threads, interleaved runs.")}
+        res["margin_ci"] = margin_intervals(work, report_data, res)
     models = {"fp32": work / "report" / "models" / "fp32.onnx", **paths}
     a = YoloAdapter(None, "peer")
     feeds = a.prepare(calib_sets.Source.video(vtest(), start=480, stop=481).resized(640)[0].image).feeds
