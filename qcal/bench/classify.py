@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from qcal.bench.cells import CellOutput
+from qcal.bench.matrix import rel_drop
 from qcal.bench.spec import Precision
 from qcal.eval.bootstrap import bootstrap_mean_diff
 from qcal.eval.confidence import classifier_ece
@@ -54,15 +55,9 @@ def score_classifier(cells: dict[str, dict[str, CellOutput]], labels: np.ndarray
             metrics[name][cond], correct[name][cond] = cell, ok
     for row_m in metrics.values():
         for cond, cell in row_m.items():
-            cell["rel_drop_vs_clean"] = _rel_drop(row_m.get("clean", {}).get("top1"), cell["top1"])
-            cell["rel_drop_vs_fp32"] = _rel_drop(metrics.get("fp32", {}).get(cond, {}).get("top1"), cell["top1"])
+            cell["rel_drop_vs_clean"] = rel_drop(row_m.get("clean", {}).get("top1"), cell["top1"])
+            cell["rel_drop_vs_fp32"] = rel_drop(metrics.get("fp32", {}).get(cond, {}).get("top1"), cell["top1"])
     return metrics, correct
-
-
-def _rel_drop(ref: float | None, x: float) -> float | None:
-    if ref is None or ref <= 0:
-        return None
-    return round((ref - x) / ref, 4)
 
 
 def compare_classifier(correct: dict[str, dict[str, np.ndarray]], precisions: Sequence[Precision],

@@ -156,12 +156,12 @@ def score_cells(cells: dict[str, dict[str, list[Detections]]], reference: list[D
         for cond, cell in row.items():
             clean = row.get("clean", {}).get("map50_95")
             fp = metrics.get("fp32", {}).get(cond, {}).get("map50_95")
-            cell["rel_drop_vs_clean"] = _rel_drop(clean, cell["map50_95"])
-            cell["rel_drop_vs_fp32"] = _rel_drop(fp, cell["map50_95"])
+            cell["rel_drop_vs_clean"] = rel_drop(clean, cell["map50_95"])
+            cell["rel_drop_vs_fp32"] = rel_drop(fp, cell["map50_95"])
     return metrics, evals
 
 
-def _rel_drop(ref: float | None, x: float) -> float | None:
+def rel_drop(ref: float | None, x: float) -> float | None:
     if ref is None or not np.isfinite(ref) or ref <= 0:
         return None
     return round((ref - x) / ref, 4)

@@ -112,12 +112,7 @@ def _classifier_sections(data: dict[str, Any]) -> list[str]:
             "## Agreement with FP32 on the same condition", "",
             "Top-1 agreement with FP32's prediction on the same degraded image: what quantization adds to the "
             "degradation's loss.", "", _markdown(matrix_rows(data, "agreement_top1")), "",
-            "## Relative drop vs FP32 on the same condition", "", _markdown(matrix_rows(data, "rel_drop_vs_fp32", "+.3f")),
-            "", "## Relative drop vs the same precision on clean", "",
-            _markdown(matrix_rows(data, "rel_drop_vs_clean", "+.3f")), "",
-            "## Confidence calibration (top-1 ECE, 15 bins; gap > 0 = over-confident)", "",
-            _markdown(matrix_rows(data, "ece")), "", _markdown(matrix_rows(data, "conf_gap", "+.3f")), "",
-            "## Latency and size (ONNX Runtime CPU, interleaved in one run)", "", _markdown(speed_rows(data))]
+            *_common_sections(data, "top-1 ECE, 15 bins")]
 
 
 def _detector_sections(data: dict[str, Any]) -> list[str]:
@@ -126,9 +121,13 @@ def _detector_sections(data: dict[str, Any]) -> list[str]:
             "## Agreement with FP32 on the same condition", "",
             "mAP50-95 against FP32's own detections on the same degraded image: what quantization adds to the "
             "degradation's loss.", "", _markdown(matrix_rows(data, "agreement_map50_95")), "",
-            "## Relative drop vs FP32 on the same condition", "", _markdown(matrix_rows(data, "rel_drop_vs_fp32", "+.3f")),
+            *_common_sections(data, "detection ECE")]
+
+
+def _common_sections(data: dict[str, Any], ece: str) -> list[str]:
+    return ["## Relative drop vs FP32 on the same condition", "", _markdown(matrix_rows(data, "rel_drop_vs_fp32", "+.3f")),
             "", "## Relative drop vs the same precision on clean", "",
             _markdown(matrix_rows(data, "rel_drop_vs_clean", "+.3f")), "",
-            "## Confidence calibration (detection ECE; gap > 0 = over-confident)", "",
+            f"## Confidence calibration ({ece}; gap > 0 = over-confident)", "",
             _markdown(matrix_rows(data, "ece")), "", _markdown(matrix_rows(data, "conf_gap", "+.3f")), "",
             "## Latency and size (ONNX Runtime CPU, interleaved in one run)", "", _markdown(speed_rows(data))]
