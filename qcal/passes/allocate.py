@@ -5,7 +5,8 @@ Sensitivity is measured in torch simulation on the calibration set (task loss wi
 relative error vs FP32), one layer at a time with every other layer at the base precision. Costs: size (weight
 bits x params) and BOPs from the layer shapes; latency per layer and choice from ONNX Runtime's profiler on the
 all-base QDQ model and the FP32 model (qcal.passes.latency). Float choices (fp16/fp32) stay float in the QDQ
-ONNX: the plan lists their ONNX nodes, which QuantConfig.keep_float.nodes takes.
+ONNX: the plan lists their ONNX nodes, which QuantConfig.keep_float.nodes takes; "fp16" ones are also named in
+keep_float.fp16_nodes, which the pipeline converts to float16 inside the QDQ graph (exporters.float16).
 """
 
 from __future__ import annotations
@@ -49,10 +50,14 @@ def onnx_nodes_of_layers(onnx_path: Path, qmodel: QuantModel) -> dict[str, str]:
 
 def float_nodes_config(cfg: QuantConfig, choices: dict[str, Precision],
                        nodes: dict[str, str]) -> tuple[QuantConfig, list[str]]:
-    """cfg with the ONNX nodes of the float-choice layers added to keep_float.nodes; and those nodes."""
+    """cfg with the ONNX nodes of the float-choice layers kept float (keep_float.nodes), the fp16 ones also
+    computed in float16 (keep_float.fp16_nodes); and the float nodes."""
     float_nodes = [nodes[n] for n, p in choices.items() if p.is_float and n in nodes]
+    half = {nodes[n] for n, p in choices.items() if p is Precision.FP16 and n in nodes}
     kept = tuple(sorted(set(cfg.keep_float.nodes) | set(float_nodes)))
-    return cfg.replace(keep_float=KeepFloatConfig(**{**cfg.keep_float.__dict__, "nodes": kept})), float_nodes
+    fp16 = tuple(sorted(set(cfg.keep_float.fp16_nodes) | half))
+    return cfg.replace(keep_float=KeepFloatConfig(**{**cfg.keep_float.__dict__, "nodes": kept,
+                                                     "fp16_nodes": fp16})), float_nodes
 
 
 def allocate_bits(model: Any, calib: Any = None, *, budget: Budget, choices: Sequence[str | Precision] = ("int8", "fp16"),
@@ -109,6 +114,7 @@ def allocate_bits(model: Any, calib: Any = None, *, budget: Budget, choices: Seq
     plan = allocate(sens, costs, opts, budget)
     plan.export_config, float_nodes = float_nodes_config(cfg, plan.choices, nodes)
     plan.measured["float_nodes"] = float_nodes
+    plan.measured["fp16_nodes"] = list(plan.export_config.keep_float.fp16_nodes)
     plan.measured["layer_nodes"] = nodes
     plan.measured["unmatched_layers"] = [n for n in plan.choices if n not in nodes]
     plan.measured["layer_costs"] = {n: {"params": c.params, "macs": c.macs, "latency_ms": dict(c.latency_ms)}
