@@ -163,9 +163,10 @@ def main() -> None:
             sens.setdefault(n, {"int8": 0.0, "fp16": 0.0})
         plans["mixed_onnx"] = allocate(sens, costs, [Precision.INT8, Precision.FP16], Budget(latency=budget))
         onnx_cfg, _ = float_nodes_config(base, plans["mixed_onnx"].choices, probe.measured["layer_nodes"])
+        (models / "onnx_sensitivity.json").write_text(json.dumps(sens))   # kept in case a later step fails
+        mixed_onnx = qcal.quantize(adapter, calib=calib, config=onnx_cfg)   # owns its temporary folder: keep it
         paths["mixed_onnx"] = models / "mixed_onnx.onnx"
-        paths["mixed_onnx"].write_bytes(Path(qcal.quantize(adapter, calib=calib, config=onnx_cfg).out.int8_path)
-                                        .read_bytes())
+        paths["mixed_onnx"].write_bytes(Path(mixed_onnx.out.int8_path).read_bytes())
         res["seconds"]["onnx_sensitivity_allocation"] = round(time.perf_counter() - t0, 1)
         base_err = output_error(paths["fp32"], paths["int8"], feeds, args.threads)
         res["output_error_vs_fp32"] = {"int8": base_err}
