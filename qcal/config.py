@@ -53,6 +53,7 @@ class KeepFloatConfig:
     min_drop_db: float = 0.5
     min_gain_db: float = 0.2
     nodes: tuple[str, ...] = ()          # user-named nodes, always kept in float
+    fp16_nodes: tuple[str, ...] = ()     # kept float AND computed in float16 in the QDQ model (allocation "fp16")
 
     def __post_init__(self) -> None:
         if self.range_ratio <= 1:

@@ -162,13 +162,16 @@ def run(adapter: ModelAdapter, images: Iterable[np.ndarray], n_images: int, conf
 
     t0 = time.perf_counter()
     known = set(info.nodes)
-    missing = [n for n in config.keep_float.nodes if n not in known]
+    missing = [n for n in (*config.keep_float.nodes, *config.keep_float.fp16_nodes) if n not in known]
     if missing:
         from qcal.errors import ConfigError
 
         raise ConfigError(f"keep_float.nodes names {missing[:5]} which are not nodes of the exported graph; "
                           f"node names look like {sorted(known)[:3]}.")
-    decisions = [FloatDecision(n, info.nodes[n].op_type, "user", "named by the user") for n in config.keep_float.nodes]
+    decisions = [FloatDecision(n, info.nodes[n].op_type, "user", "named by the user") for n in config.keep_float.nodes
+                 if n not in config.keep_float.fp16_nodes]
+    decisions += [FloatDecision(n, info.nodes[n].op_type, "fp16", "named in keep_float.fp16_nodes: computes in float16")
+                  for n in dict.fromkeys(config.keep_float.fp16_nodes)]
     decided = {d.node for d in decisions}
     for d in range_mismatch(info, stats.minmax, config.keep_float.range_ratio) + no_compute_downstream(info):
         if d.node not in decided:
@@ -208,6 +211,15 @@ def run(adapter: ModelAdapter, images: Iterable[np.ndarray], n_images: int, conf
                            metadata=metadata)
     except Exception as e:
         raise ExportError(f"QDQ export failed: {e}") from e
+    if config.keep_float.fp16_nodes:   # the allocation's "fp16" layers: float16 inside the QDQ graph
+        from exporters.errors import ExporterError
+        from exporters.float16 import convert_nodes_fp16
+
+        try:
+            convert_nodes_fp16(int8_path, config.keep_float.fp16_nodes,
+                               metadata={"qcal.fp16_nodes": ",".join(config.keep_float.fp16_nodes)})
+        except ExporterError as e:
+            raise ExportError(f"FP16 conversion of keep_float.fp16_nodes failed: {e}") from e
     seconds["export_int8"] = time.perf_counter() - t0
     return PipelineOutput(fp32_path, int8_path, table, profile, decisions, drops, stats, seconds, search, alpha)
 

@@ -27,7 +27,7 @@ COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 class FloatDecision:
     node: str
     op_type: str
-    rule: str          # "range_mismatch" | "no_compute_downstream" | "sensitivity" | "user"
+    rule: str          # "range_mismatch" | "no_compute_downstream" | "sensitivity" | "user" | "fp16"
     reason: str
 
 

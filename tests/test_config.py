@@ -38,3 +38,11 @@ def test_blend_alphas_round_trip_and_validation() -> None:
         QuantConfig(blend_alphas=(1.5,))
     with pytest.raises(ConfigError, match="blend_alphas"):
         QuantConfig(blend_alphas=())
+
+
+def test_fp16_nodes_round_trip() -> None:
+    from qcal.config import KeepFloatConfig
+
+    cfg = QuantConfig(keep_float=KeepFloatConfig(nodes=("/a/Conv",), fp16_nodes=("/a/Conv", "/b/Gemm")))
+    again = QuantConfig.from_toml(cfg.to_toml())
+    assert again == cfg and again.keep_float.fp16_nodes == ("/a/Conv", "/b/Gemm")

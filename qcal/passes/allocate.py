@@ -5,7 +5,8 @@ Sensitivity is measured in torch simulation on the calibration set (task loss wi
 relative error vs FP32), one layer at a time with every other layer at the base precision. Costs: size (weight
 bits x params) and BOPs from the layer shapes; latency per layer and choice from ONNX Runtime's profiler on the
 all-base QDQ model and the FP32 model (qcal.passes.latency). Float choices (fp16/fp32) stay float in the QDQ
-ONNX: the plan lists their ONNX nodes, which QuantConfig.keep_float.nodes takes.
+ONNX: the plan lists their ONNX nodes, which QuantConfig.keep_float.nodes takes; "fp16" ones are also named in
+keep_float.fp16_nodes, which the pipeline converts to float16 inside the QDQ graph (exporters.float16).
 """
 
 from __future__ import annotations
@@ -49,17 +50,26 @@ def onnx_nodes_of_layers(onnx_path: Path, qmodel: QuantModel) -> dict[str, str]:
 
 def float_nodes_config(cfg: QuantConfig, choices: dict[str, Precision],
                        nodes: dict[str, str]) -> tuple[QuantConfig, list[str]]:
-    """cfg with the ONNX nodes of the float-choice layers added to keep_float.nodes; and those nodes."""
+    """cfg with the ONNX nodes of the float-choice layers kept float (keep_float.nodes), the fp16 ones also
+    computed in float16 (keep_float.fp16_nodes); and the float nodes."""
     float_nodes = [nodes[n] for n, p in choices.items() if p.is_float and n in nodes]
+    half = {nodes[n] for n, p in choices.items() if p is Precision.FP16 and n in nodes}
     kept = tuple(sorted(set(cfg.keep_float.nodes) | set(float_nodes)))
-    return cfg.replace(keep_float=KeepFloatConfig(**{**cfg.keep_float.__dict__, "nodes": kept})), float_nodes
+    fp16 = tuple(sorted(set(cfg.keep_float.fp16_nodes) | half))
+    return cfg.replace(keep_float=KeepFloatConfig(**{**cfg.keep_float.__dict__, "nodes": kept,
+                                                     "fp16_nodes": fp16})), float_nodes
 
 
 def allocate_bits(model: Any, calib: Any = None, *, budget: Budget, choices: Sequence[str | Precision] = ("int8", "fp16"),
                   base: str | Precision | None = None, labels: Any = None, config: QuantConfig | None = None,
                   example_input: Any = None, trust_checkpoint: bool = False, latency_runs: int = 20,
-                  threads: int = 1, progress: bool = True) -> Allocation:
+                  threads: int = 1, measure_on: str = "torch", onnx_samples: int = 4,
+                  progress: bool = True) -> Allocation:
     """Choose a precision per layer (Conv/Linear) minimising the summed measured sensitivity under `budget`.
+
+    measure_on: "torch" (simulation on the whole calibration set; any choice, labels allowed) or "onnx" (the
+    deployed QDQ model in ONNX Runtime, one layer kept float at a time, on the first `onnx_samples` calibration
+    samples; int8/fp16/fp32 choices, output error vs FP32: qcal.passes.onnx_sensitivity).
 
     The returned Allocation's `measured["float_nodes"]` are the ONNX nodes its float layers become, and
     `export_config` a QuantConfig keeping them float: `qcal.quantize(model, calib, config=plan.export_config)`.
@@ -73,6 +83,8 @@ def allocate_bits(model: Any, calib: Any = None, *, budget: Budget, choices: Seq
     from qcal.passes.sensitivity import measure
 
     cfg = config or QuantConfig()
+    if measure_on not in ("torch", "onnx"):
+        raise AllocationError(f"measure_on={measure_on!r}: choose 'torch' or 'onnx'.")
     opts = [Precision(c) for c in choices]
     base_p = Precision(base) if base is not None else next((p for p in opts if not p.is_float), opts[0])
     if base_p not in opts:
@@ -93,13 +105,25 @@ def allocate_bits(model: Any, calib: Any = None, *, budget: Budget, choices: Seq
     y = torch.as_tensor(labels) if labels is not None else None
     fp = QuantModel(module, Precision.FP32, x[:1])
     fp.calibrate(x[:1])
-    sens = measure(bank, x, opts, base_p, labels=y, fp_model=None if y is not None else fp, progress=progress)
+    sens = measure(bank, x, opts, base_p, labels=y, fp_model=None if y is not None else fp,
+                   progress=progress) if measure_on == "torch" else {}
     costs = torch_layer_costs(bank[base_p], x[:1])
     with tempfile.TemporaryDirectory(prefix="qcal-alloc-") as tmp:
         fp32_path = Path(tmp) / "model.fp32.onnx"
         refined = adapter.with_module(fp.float_module(), "alloc")
         refined.export_onnx(fp32_path, opset=cfg.opset)
         nodes = onnx_nodes_of_layers(fp32_path, fp)
+        if measure_on == "onnx":
+            from qcal.passes.onnx_sensitivity import onnx_sensitivity
+            from qcal.pipeline import run as run_pipeline
+
+            base_cfg = cfg.replace(keep_float=KeepFloatConfig(**{**cfg.keep_float.__dict__, "fp16_nodes": ()}))
+            out = run_pipeline(refined, (s.image for s in cs), len(cs), base_cfg, Path(tmp), metadata={},
+                               progress=progress, threads=threads)
+            feeds = [refined.prepare(s.image).feeds for s in cs.take(min(len(cs), onnx_samples))]
+            sens = onnx_sensitivity(out, nodes, feeds, opts, workdir=Path(tmp), threads=threads, progress=progress)
+            for n in costs:   # layers with no ONNX node of their own (listed in unmatched_layers): nothing measured
+                sens.setdefault(n, {p.value: 0.0 for p in opts})
         if budget.kind == "latency":
             from qcal.passes.latency import layer_latencies
 
@@ -109,7 +133,9 @@ def allocate_bits(model: Any, calib: Any = None, *, budget: Budget, choices: Seq
     plan = allocate(sens, costs, opts, budget)
     plan.export_config, float_nodes = float_nodes_config(cfg, plan.choices, nodes)
     plan.measured["float_nodes"] = float_nodes
+    plan.measured["fp16_nodes"] = list(plan.export_config.keep_float.fp16_nodes)
     plan.measured["layer_nodes"] = nodes
+    plan.measured["sensitivity_measured_on"] = measure_on
     plan.measured["unmatched_layers"] = [n for n in plan.choices if n not in nodes]
     plan.measured["layer_costs"] = {n: {"params": c.params, "macs": c.macs, "latency_ms": dict(c.latency_ms)}
                                     for n, c in costs.items()}

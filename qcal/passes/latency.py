@@ -4,7 +4,8 @@ ONNX Runtime rewrites the graph before it runs it (QDQ Conv -> QLinearConv named
 Conv + activation -> an NCHWc node named after its output tensor), so profiled names are mapped back to the
 original Conv/Gemm/MatMul: exact name, then the name without "_token_<k>", then the producer of the named
 tensor, walking back through activations. Time that maps to no layer (Q/DQ, reorders, other ops) is reported
-as "other". fp16 layers stay float in the QDQ graph, so their latency is the FP32 node's.
+as "other". The fp16 choice is timed as the FP32 node: on CPUs without FP16 arithmetic the converted node costs
+more (measured in docs/adaquant.md), so there give the allocation int8/fp32 choices.
 """
 
 from __future__ import annotations

@@ -32,10 +32,24 @@ def test_size_budget_keeps_float_layers_float_in_the_qdq_model() -> None:
     r = qcal.quantize(net, calib="bundled:vtest[0:24]", example_input=X, config=plan.export_config, progress=False)
     g = onnx.load(str(r.out.int8_path)).graph
     producers = {o: n for n in g.node for o in n.output}
+    inits = {i.name: i.data_type for i in g.initializer}
     for n in g.node:
         if n.op_type in ("Conv", "Gemm"):
             w_from_dq = n.input[1] in producers and producers[n.input[1]].op_type == "DequantizeLinear"
             assert w_from_dq == (n.name not in nodes), n.name
+            if n.name in nodes:   # the "fp16" choice is float16 in the graph: fp16 weights, a Cast on its input
+                assert inits[n.input[1]] == onnx.TensorProto.FLOAT16, n.name
+                assert producers[n.input[0]].op_type == "Cast", n.name
+    assert plan.measured["fp16_nodes"] == sorted(nodes)
+    assert {d.node: d.rule for d in r.out.decisions if d.node in nodes} == {n: "fp16" for n in nodes}
+    assert [o.type.tensor_type.elem_type for o in g.output] == [onnx.TensorProto.FLOAT] * len(g.output)
+    import numpy as np
+    import onnxruntime as ort
+
+    x = np.random.default_rng(0).uniform(0, 1, (1, 3, 32, 32)).astype(np.float32)
+    ys = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {g.input[0].name: x})[0]
+          for p in (r.out.fp32_path, r.out.int8_path)]
+    assert np.abs(ys[1] - ys[0]).max() <= 0.1 * np.abs(ys[0]).max() + 1e-6   # mixed INT8/FP16 close to FP32
 
 
 def test_latency_budget_uses_profiled_layer_times() -> None:
