@@ -5,7 +5,8 @@ source: `calib_sets.Source.image_folder`, label = the whole-image row's class), 
 with FP32 on the clean image (fidelity). Per cell: top-1, `agreement_top1` (with FP32 on the same condition: what
 quantization adds to the degradation's own loss), ECE of the top-1 probability (15 bins) and the confidence gap
 (mean top-1 probability - accuracy; > 0 = over-confident), relative drops as for detectors. Calibration recipes
-are compared per condition with a paired bootstrap interval of the top-1 difference over images.
+are compared per condition with a paired bootstrap interval of the top-1 difference over images and McNemar's
+exact test (qcal.eval.paired).
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ import numpy as np
 from qcal.bench.cells import CellOutput
 from qcal.bench.matrix import rel_drop
 from qcal.bench.spec import Precision
-from qcal.eval.bootstrap import bootstrap_mean_diff
 from qcal.eval.confidence import classifier_ece
+from qcal.eval.paired import compare_paired
 
 BASELINE = "int8-clean"
 
@@ -63,7 +64,7 @@ def score_classifier(cells: dict[str, dict[str, CellOutput]], labels: np.ndarray
 def compare_classifier(correct: dict[str, dict[str, np.ndarray]], precisions: Sequence[Precision],
                        resamples: int) -> list[dict[str, Any]]:
     """Each static precision other than int8-clean vs int8-clean, per condition: top-1 difference with a 95%
-    paired bootstrap interval over images."""
+    paired bootstrap interval over images and McNemar's p."""
     if BASELINE not in correct or resamples <= 0:
         return []
     out = []
@@ -71,6 +72,8 @@ def compare_classifier(correct: dict[str, dict[str, np.ndarray]], precisions: Se
         if p.kind != "static" or p.name == BASELINE:
             continue
         for cond, ok in correct[p.name].items():
-            iv = bootstrap_mean_diff(ok, correct[BASELINE][cond], resamples=resamples, seed=0)
-            out.append({"a": p.name, "b": BASELINE, "condition": cond, **iv.to_dict()})
+            c = compare_paired(ok, correct[BASELINE][cond], resamples=resamples, seed=0)
+            out.append({"a": p.name, "b": BASELINE, "condition": cond, "diff": c.diff, "lo": c.ci_low,
+                        "hi": c.ci_high, "resamples": resamples, "significant": c.verdict != "within noise",
+                        "mcnemar_p": round(c.mcnemar_p, 4)})
     return out

@@ -142,17 +142,3 @@ def bootstrap_diff(a: ImageEvals, b: ImageEvals, *, resamples: int = 1000, level
     lo, hi = (np.quantile(diffs, [alpha, 1 - alpha]) if diffs.size else (float("nan"), float("nan")))
     return Interval(a.map()[0] - b.map()[0], float(lo), float(hi), int(diffs.size))
 
-
-def bootstrap_mean_diff(a: np.ndarray, b: np.ndarray, *, resamples: int = 1000, level: float = 0.95,
-                        seed: int = 0) -> Interval:
-    """Percentile bootstrap interval of mean(a) - mean(b) for paired per-image scores (e.g. top-1 correctness),
-    resampling the same images for both."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    if a.shape != b.shape or a.ndim != 1:
-        raise ValueError("both score vectors must be 1-D and cover the same images")
-    d = a - b
-    rng = np.random.default_rng(seed)
-    means = d[rng.integers(0, d.size, (resamples, d.size))].mean(1) if d.size else np.zeros(0)
-    alpha = (1.0 - level) / 2
-    lo, hi = (np.quantile(means, [alpha, 1 - alpha]) if means.size else (float("nan"), float("nan")))
-    return Interval(float(d.mean()) if d.size else float("nan"), float(lo), float(hi), int(means.size))
