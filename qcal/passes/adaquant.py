@@ -28,7 +28,7 @@ from tqdm import tqdm
 from qcal.config import AdaQuantConfig, AdaQuantMode, Granularity, Rounding
 from qcal.passes.base import PassContext, PassReport
 from qcal.passes.cache import ActivationCache, capture
-from qcal.passes.reconstruct import Unit, optimise_unit, unit_mse, units
+from qcal.passes.reconstruct import Unit, attach_adaround, optimise_unit, unit_mse, units
 from qcal.quant.qmodules import QuantLayer
 
 __all__ = ["AdaQuant", "AdaQuantConfig", "AdaQuantMode", "layer_mse", "optimise_layer"]
@@ -125,14 +125,22 @@ class AdaQuant:
         bar = tqdm(plan, desc=f"reconstruct ({cfg.granularity.value}, {cfg.rounding.value})",
                    disable=not ctx.progress, leave=False)
         for i, unit in enumerate(bar):
-            if meta is not None:
-                edge = i in (0, len(plan) - 1) and cfg.augment is not None and cfg.augment.skip_first_last
-                meta.train_unit(ctx.qmodel, ctx.fp_model, unit, skip=edge)
             qm = unit.module(ctx.qmodel)
             qlayers = [ctx.qmodel.layers[n] for n in unit.layers]
-            x_in, y_fp = self.unit_io(ctx, unit)
-            before = unit_mse(qm, x_in, y_fp)
             saved = {k: v.detach().clone() for k, v in qm.state_dict().items()}
+            if cfg.rounding is Rounding.ADAROUND:   # V exists before the meta phase: its inner step moves V
+                for lay in qlayers:
+                    attach_adaround(lay)
+            if meta is not None:
+                edge = i in (0, len(plan) - 1) and cfg.augment is not None and cfg.augment.skip_first_last
+                meta.train_unit(ctx.qmodel, ctx.fp_model, unit, skip=edge, rounding=cfg.rounding)
+            x_in, y_fp = self.unit_io(ctx, unit)
+            fns = [lay.weight_fn for lay in qlayers]   # measure round-to-nearest, not AdaRound's soft start
+            for lay in qlayers:
+                lay.weight_fn = None
+            before = unit_mse(qm, x_in, y_fp)
+            for lay, fn in zip(qlayers, fns, strict=True):
+                lay.weight_fn = fn
             losses = optimise_unit(qm, qlayers, y_fp, x_in, cfg, rng)
             after = unit_mse(qm, x_in, y_fp)
             reverted = after > before

@@ -170,7 +170,8 @@ def optimise_unit(qm: nn.Module, layers: list[QuantLayer], y_fp: ActivationCache
     ada = cfg.rounding is Rounding.ADAROUND
     if ada:
         for lay in layers:
-            attach_adaround(lay)
+            if not isinstance(getattr(lay, "round_v", None), torch.Tensor):
+                attach_adaround(lay)
         groups = [([round_v(lay) for lay in layers], cfg.lr_round, False)]
     else:
         groups = [([lay.weight for lay in layers], cfg.lr_weight, True),
