@@ -79,24 +79,8 @@ def run_one(model: torch.nn.Module, calib: torch.Tensor, bits: str, variant: str
     return ctx.qmodel.eval(), info
 
 
-def recon_config(args: argparse.Namespace, seed: int, meta: object) -> object:
-    from qcal.config import AdaQuantConfig
-
-    return AdaQuantConfig(iters=args.iters, batch=32, seed=seed, augment=meta, granularity=args.granularity,
-                          rounding=args.rounding, qdrop=args.qdrop, lr_round=args.lr_round,
-                          lr_weight_scale=args.lr_weight_scale, lr_act_scale=args.lr_act_scale)
-
-
-def mean_sd(v: list[float]) -> str:
-    return f"{statistics.mean(v):.4f}" + (f" ± {statistics.stdev(v):.4f}" if len(v) > 1 else "")
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
-    ap.add_argument("--bits", nargs="+", default=["w2a4", "w3a3"])
-    ap.add_argument("--calib", type=int, default=256)
+def add_recon_args(ap: argparse.ArgumentParser) -> None:
+    """The reconstruction and MetaAug options (shared with metaaug_robustness.py)."""
     ap.add_argument("--iters", type=int, default=200, help="reconstruction iterations per unit (paper: 20000)")
     ap.add_argument("--granularity", default="block", choices=["layer", "block"])
     ap.add_argument("--rounding", default="adaround", choices=["free", "adaround"])
@@ -115,9 +99,30 @@ def main() -> None:
                     "calibration images' std (0: unbounded)")
     ap.add_argument("--save-dir", default="/tmp/metaaug_models", help="quantized state dicts (for robustness)")
     ap.add_argument("--merge", nargs="+", help="join these per-bit-width results files into --out and stop")
-    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     ap.add_argument("--width", type=int, default=8, help="T's UNet width (channels of its first level)")
     ap.add_argument("--meta-budget-s", type=float, default=0.0, help="MetaAug time budget per run (0: none)")
+
+
+def recon_config(args: argparse.Namespace, seed: int, meta: object) -> object:
+    from qcal.config import AdaQuantConfig
+
+    return AdaQuantConfig(iters=args.iters, batch=32, seed=seed, augment=meta, granularity=args.granularity,
+                          rounding=args.rounding, qdrop=args.qdrop, lr_round=args.lr_round,
+                          lr_weight_scale=args.lr_weight_scale, lr_act_scale=args.lr_act_scale)
+
+
+def mean_sd(v: list[float]) -> str:
+    return f"{statistics.mean(v):.4f}" + (f" ± {statistics.stdev(v):.4f}" if len(v) > 1 else "")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--bits", nargs="+", default=["w2a4", "w3a3"])
+    ap.add_argument("--calib", type=int, default=256)
+    add_recon_args(ap)
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "metaaug_fmnist"))
     args = ap.parse_args()
     if args.merge:
