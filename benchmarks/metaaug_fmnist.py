@@ -99,6 +99,8 @@ def add_recon_args(ap: argparse.ArgumentParser) -> None:
                     "calibration images' std (0: unbounded)")
     ap.add_argument("--save-dir", default="/tmp/metaaug_models", help="quantized state dicts (for robustness)")
     ap.add_argument("--merge", nargs="+", help="join these per-bit-width results files into --out and stop")
+    ap.add_argument("--samples", nargs="+", help="saved T files: write OUT_samples.png (x | T(x) | 10|T(x)-x|) "
+                    "for 8 calibration images of seed 0 and stop")
     ap.add_argument("--width", type=int, default=8, help="T's UNet width (channels of its first level)")
     ap.add_argument("--meta-budget-s", type=float, default=0.0, help="MetaAug time budget per run (0: none)")
 
@@ -132,6 +134,10 @@ def main() -> None:
     from qcal.machine import machine_info
 
     xtr, ytr, xte, yte = load_fmnist(args.data)
+    if args.samples:
+        write_samples(Path(f"{args.out}_samples.png"), args.samples,
+                      xtr[torch.from_numpy(np.random.default_rng(0).choice(len(xtr), args.calib, replace=False))][:8])
+        return
     model = ResNet8()
     model.load_state_dict(torch.load(CKPT, weights_only=True))
     model.eval()
@@ -163,6 +169,22 @@ def main() -> None:
                       f"{res['calib_top1'][bits][v][-1]} ({res['seconds'][bits][v][-1]} s)", flush=True)
                 atomic_write_text(Path(f"{args.out}.json"), json.dumps(res, indent=1))
     write_results(Path(args.out), res)
+
+
+def write_samples(out: Path, t_files: list[str], x: torch.Tensor) -> None:
+    """One row per T file: the 8 images, T of them, and 10x their absolute difference (grey, 0.5 = zero)."""
+    import cv2
+
+    from qcal.augment import Augmenter
+
+    rows = []
+    for f in t_files:
+        tx = Augmenter.load(f)(x)
+        tiles = [torch.cat(list(v[:, 0]), 1) for v in (x + 0.5, tx + 0.5, 0.5 + 10 * (tx - x).abs())]
+        rows.append(torch.cat(tiles, 0))
+    img = (torch.cat(rows, 0).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+    img = cv2.resize(img, (img.shape[1] * 3, img.shape[0] * 3), interpolation=cv2.INTER_NEAREST)
+    cv2.imwrite(str(out), img)
 
 
 def merge(parts: list[dict]) -> dict:
