@@ -189,3 +189,18 @@ def test_harden_rounds_up_exactly_where_v_is_non_negative() -> None:
     harden(lay)
     g = lay.w_grid
     assert torch.allclose(lay.weight.detach() / s, torch.clamp(floor + up, g.qmin, g.qmax), atol=1e-5)
+
+
+def test_cli_sets_block_adaround_qdrop() -> None:
+    import argparse
+
+    from qcal.cli import _add_common, _config
+
+    p = argparse.ArgumentParser()
+    _add_common(p)
+    cfg = _config(p.parse_args(["--passes", "adaquant", "--granularity", "block", "--rounding", "adaround",
+                                "--qdrop", "0.5", "--augment", "metaaug"]))
+    a = cfg.adaquant
+    assert (a.granularity, a.rounding, a.qdrop) == (Granularity.BLOCK, Rounding.ADAROUND, 0.5)
+    assert a.augment is not None
+    assert _config(p.parse_args(["--passes", "adaquant"])).adaquant == AdaQuantConfig()
