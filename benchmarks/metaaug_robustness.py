@@ -86,8 +86,21 @@ def main() -> None:
     ap.add_argument("--resamples", type=int, default=1000)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "metaaug_robustness"))
     ap.add_argument("--variants", nargs="+", default=[v[0] for v in VARIANTS], choices=[v[0] for v in VARIANTS])
+    ap.add_argument("--merge", nargs="+", help="join these results files (runs over different variants) into --out")
     add_recon_args(ap)
     args = ap.parse_args()
+    if args.merge:
+        parts = [json.loads(Path(f).read_text()) for f in args.merge]
+        res = dict(parts[0])
+        for key in ("top1", "seconds"):
+            res[key] = {}
+            for p in parts:
+                for bits, rows in p[key].items():
+                    res[key][bits] = rows if bits == "fp32" else {**res[key].get(bits, {}), **rows}
+        res["command"] = " ; ".join(p["command"] for p in parts)
+        atomic_write_text(Path(f"{args.out}.json"), json.dumps(res, indent=1))
+        write_md(Path(args.out), res)
+        return
     torch.set_num_threads(1)
     from calib_sets.presets import ladder_condition
     from qcal.machine import machine_info
