@@ -97,10 +97,6 @@ def add_recon_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--gamma", type=float, default=1.0, help="MetaAug feature (PKT) weight")
     ap.add_argument("--max-delta", type=float, default=1.0, help="bound |T(x)-x| per pixel, in units of the "
                     "calibration images' std (0: unbounded)")
-    ap.add_argument("--save-dir", default="/tmp/metaaug_models", help="quantized state dicts (for robustness)")
-    ap.add_argument("--merge", nargs="+", help="join these per-bit-width results files into --out and stop")
-    ap.add_argument("--samples", nargs="+", help="saved T files: write OUT_samples.png (x | T(x) | 10|T(x)-x|) "
-                    "for 8 calibration images of seed 0 and stop")
     ap.add_argument("--width", type=int, default=8, help="T's UNet width (channels of its first level)")
     ap.add_argument("--meta-budget-s", type=float, default=0.0, help="MetaAug time budget per run (0: none)")
 
@@ -124,6 +120,10 @@ def main() -> None:
     ap.add_argument("--bits", nargs="+", default=["w2a4", "w3a3"])
     ap.add_argument("--calib", type=int, default=256)
     add_recon_args(ap)
+    ap.add_argument("--save-dir", default="/tmp/metaaug_models", help="quantized state dicts (for robustness)")
+    ap.add_argument("--merge", nargs="+", help="join these per-bit-width results files into --out and stop")
+    ap.add_argument("--samples", nargs="+", help="saved T files: write OUT_samples.png (x | T(x) | 10|T(x)-x|) "
+                    "for 8 calibration images of seed 0 and stop")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "metaaug_fmnist"))
     args = ap.parse_args()
