@@ -122,13 +122,20 @@ def main() -> None:
     add_recon_args(ap)
     ap.add_argument("--save-dir", default="/tmp/metaaug_models", help="quantized state dicts (for robustness)")
     ap.add_argument("--merge", nargs="+", help="join these per-bit-width results files into --out and stop")
+    ap.add_argument("--robustness", help="with --merge: metaaug_robustness.json to include under 'robustness'")
     ap.add_argument("--samples", nargs="+", help="saved T files: write OUT_samples.png (x | T(x) | 10|T(x)-x|) "
                     "for 8 calibration images of seed 0 and stop")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "metaaug_fmnist"))
     args = ap.parse_args()
     if args.merge:
-        write_results(Path(args.out), merge([json.loads(Path(f).read_text()) for f in args.merge]))
+        res = merge([json.loads(Path(f).read_text()) for f in args.merge])
+        if args.robustness:   # metaaug_robustness.py's results: per condition (mean, CI low, CI high)
+            rob = json.loads(Path(args.robustness).read_text())
+            res["robustness"] = {"file": Path(args.robustness).name, "seed": rob["seed"],
+                                 "conditions": rob["conditions"], "top1": rob["top1"], "command": rob["command"]}
+        res["command"] += " ; python benchmarks/metaaug_fmnist.py " + shlex.join(sys.argv[1:])
+        write_results(Path(args.out), res)
         return
     torch.set_num_threads(1)
     from qcal.machine import machine_info
