@@ -69,7 +69,7 @@ def run_one(model: torch.nn.Module, calib: torch.Tensor, bits: str, variant: str
     if variant != "rtn":
         meta = MetaAugConfig(iters=args.meta_iters, seed=seed, batch=32, width=args.width, margin=args.margin,
                              lr=args.meta_lr, beta=args.beta, gamma=args.gamma, max_delta=args.max_delta,
-                             time_budget_s=args.meta_budget_s) if variant == "recon_metaaug" else None
+                             time_budget_s=args.meta_budget_s, inner_clip=args.inner_clip) if variant == "recon_metaaug" else None
         r = AdaQuant(recon_config(args, seed, meta)).run(ctx)
         info = {"layers_reverted": r.changed["layers_reverted"],
                 "mse_after": {k: round(v["mse_after"], 5) for k, v in r.per_layer.items()}}
@@ -97,6 +97,8 @@ def add_recon_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--gamma", type=float, default=1.0, help="MetaAug feature (PKT) weight")
     ap.add_argument("--max-delta", type=float, default=1.0, help="bound |T(x)-x| per pixel, in units of the "
                     "calibration images' std (0: unbounded)")
+    ap.add_argument("--inner-clip", type=float, default=0.0, help="bound the MetaAug inner step's gradient norm "
+                    "(0: off)")
     ap.add_argument("--width", type=int, default=8, help="T's UNet width (channels of its first level)")
     ap.add_argument("--meta-budget-s", type=float, default=0.0, help="MetaAug time budget per run (0: none)")
 

@@ -87,8 +87,8 @@ class MetaAugConfig:
     alpha: float = 5.0
     beta: float = 0.5
     gamma: float = 1.0
-    margin: float = 0.1
-    lr: float = 1e-2
+    margin: float = 0.1      # hinge margin on mean((T(x) - x)^2), in units of the calibration inputs' variance
+    lr: float = 1e-3
     inner_lr: float = 1e-2
     temperature: float = 4.0
     batch: int = 32
@@ -98,7 +98,8 @@ class MetaAugConfig:
     skip_first_last: bool = True
     time_budget_s: float = 0.0
     seed: int = 0
-    max_delta: float = 0.0   # > 0 bounds |T(x) - x| per pixel by tanh (0: unbounded residual)
+    max_delta: float = 1.0   # > 0 bounds |T(x) - x| per pixel by tanh, in input stds (0: unbounded residual)
+    inner_clip: float = 0.0  # > 0: the inner step's gradient is rescaled to at most this global norm
 
     def __post_init__(self) -> None:
         if self.iters < 0 or self.batch < 2 or self.width < 1:
@@ -108,7 +109,7 @@ class MetaAugConfig:
             raise ConfigError(f"metaaug: val_fraction={self.val_fraction} must be in (0, 1): the calibration set "
                               "is split into a training view and a validation view.")
         if min(self.alpha, self.beta, self.gamma, self.margin, self.lr, self.inner_lr, self.grad_clip,
-               self.time_budget_s, self.max_delta) < 0 or self.temperature <= 0:
+               self.time_budget_s, self.max_delta, self.inner_clip) < 0 or self.temperature <= 0:
             raise ConfigError("metaaug: weights, margin, learning rates, grad_clip and time_budget_s must be >= 0 "
                               "and temperature > 0.")
 

@@ -90,13 +90,17 @@ def layer_input(model: nn.Module, layer: nn.Module, x: torch.Tensor) -> torch.Te
 
 
 def inner_step(module: nn.Module, params: dict[str, torch.Tensor], x_in: torch.Tensor, target: torch.Tensor,
-               lr: float, rounding: Rounding = Rounding.FREE) -> dict[str, torch.Tensor]:
+               lr: float, rounding: Rounding = Rounding.FREE, clip: float = 0.0) -> dict[str, torch.Tensor]:
     """params - lr * d L_rec(module_params(x_in), target) / d params, differentiable w.r.t. x_in and target
-    (L_rec: the pass's reconstruction loss). `params` are detached copies: the module's tensors are never written."""
+    (L_rec: the pass's reconstruction loss). `params` are detached copies: the module's tensors are never written.
+    clip > 0 rescales the gradient to a global norm of at most `clip` (differentiably), bounding the step."""
     def loss(p: dict[str, torch.Tensor]) -> torch.Tensor:
         return recon_loss(functional_call(module, p, (x_in,)), target, rounding)
 
     g = grad(loss)(params)
+    if clip > 0:
+        norm = torch.sqrt(sum((v.pow(2).sum() for v in g.values()), torch.zeros(())))
+        g = {k: v * torch.clamp(clip / (norm + 1e-12), max=1.0) for k, v in g.items()}
     return {k: params[k] - lr * g[k] for k in params}
 
 
@@ -220,7 +224,7 @@ class MetaAugTrainer:
                 tx = self.net(x)
                 target = module_io(fp_model, fm, tx, "output")
                 stepped = inner_step(qm, inner_params(qmodel, unit), module_io(qmodel, qm, tx), target, cfg.inner_lr,
-                                     rounding)
+                                     rounding, cfg.inner_clip)
                 loss, parts = meta_loss(qmodel, fp_model, unit.name, stepped, x_val, x, tx, cfg, self.var)
                 tparams = list(self.net.parameters())
                 grads = torch.autograd.grad(loss, tparams, allow_unused=True)

@@ -233,3 +233,19 @@ def test_metaaug_on_block_adaround_qdrop_is_deterministic_and_bounded() -> None:
     assert h1 == h2 and s1["per_unit"] == s2["per_unit"]
     assert list(s1["per_unit"]) == ["stem", "block", "head.2"]
     assert all(0 < v["change_rms_over_std"] <= 0.5 for v in s1["per_unit"].values())
+
+
+def test_inner_clip_bounds_the_step_and_zero_changes_nothing() -> None:
+    q, fp, x = tiny_models(Precision.W4A4, torch.float32)
+    lay, fl = q.layers["2"], fp.layers["2"]
+    params = {k: v.detach() for k, v in lay.named_parameters() if k in INNER_PARAMS}
+    x_in, target = layer_input(q, lay, x), fl.forward_float(layer_input(fp, fl, x)) + 1.0
+    free = inner_step(lay, params, x_in, target, 0.1)
+    assert inner_step(lay, params, x_in, target, 0.1, clip=0.0).keys() == free.keys()
+    clipped = inner_step(lay, params, x_in, target, 0.1, clip=1e-3)
+
+    def step(s: dict[str, torch.Tensor]) -> float:
+        return float(torch.sqrt(sum(((s[k] - params[k]) ** 2).sum() for k in params)))
+
+    assert step(free) > 1e-3 * 0.1 * 10
+    assert step(clipped) == pytest.approx(1e-3 * 0.1, rel=1e-3)
