@@ -27,7 +27,16 @@ from calib_sets.spec import load
 from calib_sets.text import TextSample, TextSet
 
 __all__ = ["QRID", "BootstrapSpread", "CalibSet", "CalibSetError", "Condition", "ConversionWarning", "Coverage",
-           "DegradationMix", "DegradationParamError", "EmptyCalibSetError", "Item", "Manifest", "ManifestEntry",
+           "DegradationMix", "DegradationParamError", "EmptyCalibSetError", "Item", "Learned", "LearnedFileError", "Manifest", "ManifestEntry",
            "Overlap", "Recipe", "RecipeError", "Sample", "SkippedFilesWarning", "Source", "SourceNotFoundError",
            "Step", "TextSample", "TextSet", "UndecodableImageError", "bootstrap_spread", "coverage", "decode_image",
            "errors", "load", "named_condition", "overlap", "select"]
+
+
+def __getattr__(name: str) -> object:
+    """Learned (a saved MetaAug T applied to a set) imports torch: loaded on first use only."""
+    if name in ("Learned", "LearnedFileError"):
+        from calib_sets import learned
+
+        return getattr(learned, name)
+    raise AttributeError(f"module 'calib_sets' has no attribute {name!r}")

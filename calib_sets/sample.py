@@ -12,7 +12,7 @@ import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import lru_cache, partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -145,6 +145,10 @@ class CalibSet:
     def map(self, fn: Callable[[Sample], Sample], tag: str) -> CalibSet:
         """Apply a deterministic per-sample transform lazily; `tag` must describe it fully (it is hashed)."""
         return CalibSet([it.transformed(fn, tag) for it in self._items], self.recipe, self.skipped)
+
+    def augment(self, aug: Any) -> CalibSet:
+        """`aug.apply(self)`: e.g. a learned transformation, cs.augment(calib_sets.Learned("metaaug.safetensors"))."""
+        return aug.apply(self)  # type: ignore[no-any-return]
 
     def resized(self, imgsz: int) -> CalibSet:
         """Scale every image so that its long side is `imgsz` px (aspect kept, INTER_AREA when shrinking).

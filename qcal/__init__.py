@@ -13,6 +13,7 @@ from qcal.config import (  # noqa: E402
     Activations,
     AdaQuantConfig,
     AdaQuantMode,
+    Granularity,
     KeepFloatConfig,
     LLMConfig,
     MetaAug,
@@ -20,6 +21,8 @@ from qcal.config import (  # noqa: E402
     Observer,
     Offload,
     QuantConfig,
+    ReconstructConfig,
+    Rounding,
     Scheme,
     Target,
 )
@@ -72,6 +75,6 @@ def robustness(*args, **kwargs):  # type: ignore[no-untyped-def]
 
 
 __all__ = ["Activations", "AdaQuantConfig", "AdaQuantMode", "Budget", "CalibrationError", "CheckpointError",
-           "ConfigError", "ExportError", "KeepFloatConfig", "LLMConfig", "MetaAug",
-           "MetaAugConfig", "Observer", "Offload", "QcalError", "QuantConfig",
+           "ConfigError", "ExportError", "Granularity", "KeepFloatConfig", "LLMConfig", "MetaAug",
+           "MetaAugConfig", "Observer", "Offload", "QcalError", "QuantConfig", "ReconstructConfig", "Rounding",
            "Scheme", "Target", "UntrustedCheckpointError", "__version__", "allocate_bits", "quantize", "robustness"]

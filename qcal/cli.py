@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from qcal.alloc import Allocation
-from qcal.config import KeepFloatConfig, Observer, QuantConfig, Target
+from qcal.config import AdaQuantConfig, KeepFloatConfig, Observer, QuantConfig, Target
 from qcal.errors import QcalError
 
 DEMO_CALIB = "bundled:vtest[0:360]"   # bundled frames 0..357 calibrate ...
@@ -42,6 +42,13 @@ def _config(args: argparse.Namespace) -> QuantConfig:
         from qcal.config import MetaAugConfig
 
         changes["adaquant"] = dataclasses.replace(cfg.adaquant, augment=MetaAugConfig())
+    recon = {k: getattr(args, k) for k in ("granularity", "rounding", "qdrop") if getattr(args, k, None) is not None}
+    if recon:   # BRECQ blocks / AdaRound / QDrop in the adaquant pass
+        import dataclasses
+
+        base = changes.get("adaquant", cfg.adaquant)
+        assert isinstance(base, AdaQuantConfig)
+        changes["adaquant"] = dataclasses.replace(base, **recon)
     if args.keep_float:
         changes["keep_float"] = KeepFloatConfig(**{**cfg.keep_float.__dict__, "nodes": tuple(args.keep_float)})
     return cfg.replace(**changes)
@@ -65,6 +72,12 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    "for --task llm: smoothquant, gptq (GPTQ options: [llm] gptq_* in --config)")
     p.add_argument("--augment", choices=["none", "metaaug"], help="learned augmentation of the calibration inputs "
                    "inside the adaquant pass (MetaAug; options: [adaquant.augment] in --config)")
+    p.add_argument("--granularity", choices=["layer", "block"], help="adaquant pass: reconstruct each layer or "
+                   "each residual block jointly (BRECQ)")
+    p.add_argument("--rounding", choices=["free", "adaround"], help="adaquant pass: optimise the weights (free) or "
+                   "learn each weight's rounding (AdaRound)")
+    p.add_argument("--qdrop", type=float, help="adaquant pass: probability of keeping activations in float while "
+                   "reconstructing (QDrop; 0.5 in the paper)")
     p.add_argument("--allocate", metavar="KIND=RATIO", help="choose int8 or float per layer by integer "
                    "programming under a budget relative to FP32: latency=0.7, size=0.5 or bops=0.3; the float "
                    "layers stay float in the QDQ model (allocation.json lists them)")

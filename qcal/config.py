@@ -67,6 +67,16 @@ class AdaQuantMode(str, enum.Enum):
     SEQUENTIAL = "sequential"
 
 
+class Granularity(str, enum.Enum):
+    LAYER = "layer"   # each conv/linear on its own (AdaQuant, AdaRound)
+    BLOCK = "block"   # BRECQ: the layers of a residual block jointly, against the FP32 block output
+
+
+class Rounding(str, enum.Enum):
+    FREE = "free"          # AdaQuant: the float weights themselves are optimised (straight-through rounding)
+    ADAROUND = "adaround"  # AdaRound: per-weight learned up/down rounding, hardened at the end
+
+
 @dataclass(frozen=True)
 class MetaAugConfig:
     """MetaAug (qcal.augment.metaaug), an option of the reconstruction pass: a small UNet T learned per layer by
@@ -78,8 +88,8 @@ class MetaAugConfig:
     alpha: float = 5.0
     beta: float = 0.5
     gamma: float = 1.0
-    margin: float = 0.1
-    lr: float = 1e-2
+    margin: float = 0.1      # hinge margin on mean((T(x) - x)^2), in units of the calibration inputs' variance
+    lr: float = 1e-3
     inner_lr: float = 1e-2
     temperature: float = 4.0
     batch: int = 32
@@ -89,7 +99,8 @@ class MetaAugConfig:
     skip_first_last: bool = True
     time_budget_s: float = 0.0
     seed: int = 0
-    max_delta: float = 0.0   # > 0 bounds |T(x) - x| per pixel by tanh (0: unbounded residual)
+    max_delta: float = 1.0   # > 0 bounds |T(x) - x| per pixel by tanh, in input stds (0: unbounded residual)
+    inner_clip: float = 0.0  # > 0: the inner step's gradient is rescaled to at most this global norm
 
     def __post_init__(self) -> None:
         if self.iters < 0 or self.batch < 2 or self.width < 1:
@@ -99,7 +110,7 @@ class MetaAugConfig:
             raise ConfigError(f"metaaug: val_fraction={self.val_fraction} must be in (0, 1): the calibration set "
                               "is split into a training view and a validation view.")
         if min(self.alpha, self.beta, self.gamma, self.margin, self.lr, self.inner_lr, self.grad_clip,
-               self.time_budget_s, self.max_delta) < 0 or self.temperature <= 0:
+               self.time_budget_s, self.max_delta, self.inner_clip) < 0 or self.temperature <= 0:
             raise ConfigError("metaaug: weights, margin, learning rates, grad_clip and time_budget_s must be >= 0 "
                               "and temperature > 0.")
 
@@ -121,12 +132,38 @@ class AdaQuantConfig:
     mode: AdaQuantMode = AdaQuantMode.SEQUENTIAL
     seed: int = 0
     augment: MetaAugConfig | None = None   # MetaAug: learn a transformation of the calibration inputs
+    # The paper baselines of MetaAug (BRECQ / QDrop); the defaults keep plain AdaQuant bit-identical.
+    granularity: Granularity = Granularity.LAYER
+    rounding: Rounding = Rounding.FREE
+    qdrop: float = 0.0          # probability of keeping each activation element in float while reconstructing
+    lr_round: float = 1e-3      # AdaRound: Adam lr of the rounding variables V
+    round_weight: float = 0.01  # AdaRound: lambda of the regulariser sum(1 - |2h(V) - 1|^b)
+    round_beta: tuple[float, float] = (20.0, 2.0)   # AdaRound: b annealed linearly from the first to the second
+    round_warmup: float = 0.2   # AdaRound: fraction of iterations before the regulariser starts
 
     def __post_init__(self) -> None:
+        for name, kind in (("granularity", Granularity), ("rounding", Rounding), ("mode", AdaQuantMode)):
+            value = getattr(self, name)
+            if not isinstance(value, kind):   # accept the plain strings: granularity="block"
+                try:
+                    object.__setattr__(self, name, kind(value))
+                except ValueError:
+                    raise ConfigError(f"adaquant.{name}={value!r}: choose one of {[m.value for m in kind]}.") \
+                        from None
         if self.iters < 0 or self.batch < 1:
             raise ConfigError(f"adaquant: iters={self.iters} must be >= 0 and batch={self.batch} >= 1.")
-        if min(self.lr_weight, self.lr_bias, self.lr_weight_scale, self.lr_act_scale) < 0:
-            raise ConfigError("adaquant: learning rates must be >= 0 (0 freezes that parameter group).")
+        if min(self.lr_weight, self.lr_bias, self.lr_weight_scale, self.lr_act_scale, self.lr_round,
+               self.round_weight) < 0:
+            raise ConfigError("adaquant: learning rates and round_weight must be >= 0 (0 freezes that group).")
+        if not 0.0 <= self.qdrop < 1.0 or not 0.0 <= self.round_warmup < 1.0:
+            raise ConfigError(f"adaquant: qdrop={self.qdrop} and round_warmup={self.round_warmup} must be in "
+                              "[0, 1) (qdrop 0.5 is QDrop's setting; 0 turns it off).")
+        if len(self.round_beta) != 2 or min(self.round_beta) <= 0:
+            raise ConfigError(f"adaquant: round_beta={self.round_beta} must be two positive numbers "
+                              "(start, end), e.g. (20, 2).")
+
+
+ReconstructConfig = AdaQuantConfig   # the issue's name for the one reconstruction pass's config
 
 
 class Scheme(str, enum.Enum):

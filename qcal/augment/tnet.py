@@ -1,5 +1,5 @@
-"""The transformation network T of MetaAug: a small UNet (C -> C channels, output the size of the input) that
-starts near the identity, plus its file format.
+"""The transformation network T of MetaAug (defined in calib_sets.learned, which must not import qcal, so that
+calib_sets.Learned can apply a saved T to any set) and the Augmenter that saves and loads it.
 
 T(x) = x + head(unet(x)); the head's weights start at a small random scale (`init_scale`), so T is the identity
 within ~init_scale at initialisation while every layer still receives gradient (an exactly-zero head would leave
@@ -12,7 +12,6 @@ unless the caller passes `trust=True`.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -21,69 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
-from torch.nn import functional as F
 
+from calib_sets.learned import FORMAT, LearnedFileError, TNetSpec, TransformNet, content_hash, read_t
 from qcal.errors import CheckpointError, UntrustedCheckpointError
 
-FORMAT = "qcal-metaaug-t/1"
-
-
-@dataclass(frozen=True)
-class TNetSpec:
-    channels: int = 3
-    width: int = 16
-    init_scale: float = 1e-3
-    seed: int = 0
-    max_delta: float = 0.0   # > 0: T(x) = x + max_delta * tanh(head / max_delta), |T(x) - x| bounded
-
-
-def _block(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(), nn.Conv2d(cout, cout, 3, padding=1), nn.ReLU())
-
-
-class TransformNet(nn.Module):
-    """Two-level UNet with a residual output: T(x) = x + head(...)."""
-
-    def __init__(self, spec: TNetSpec) -> None:
-        super().__init__()
-        self.spec = spec
-        g = torch.Generator().manual_seed(spec.seed)
-        w = spec.width
-        self.enc1 = _block(spec.channels, w)
-        self.enc2 = _block(w, 2 * w)
-        self.mid = _block(2 * w, 2 * w)
-        self.dec2 = _block(4 * w, w)
-        self.dec1 = _block(2 * w, w)
-        self.head = nn.Conv2d(w, spec.channels, 1)
-        with torch.no_grad():   # deterministic init from the spec's seed, independent of the global RNG
-            for m in self.modules():
-                if isinstance(m, nn.Conv2d):
-                    fan_in = m.weight[0].numel()
-                    m.weight.copy_(torch.randn(m.weight.shape, generator=g) * (2.0 / fan_in) ** 0.5)
-                    assert m.bias is not None
-                    m.bias.zero_()
-            self.head.weight.mul_(spec.init_scale)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        e1 = self.enc1(x)
-        e2 = self.enc2(F.max_pool2d(e1, 2, ceil_mode=True))
-        m = self.mid(F.max_pool2d(e2, 2, ceil_mode=True))
-        d2 = self.dec2(torch.cat([F.interpolate(m, size=e2.shape[-2:], mode="nearest"), e2], 1))
-        d1 = self.dec1(torch.cat([F.interpolate(d2, size=e1.shape[-2:], mode="nearest"), e1], 1))
-        delta = self.head(d1)
-        if self.spec.max_delta > 0:
-            delta = self.spec.max_delta * torch.tanh(delta / self.spec.max_delta)
-        return x + delta
-
-
-def content_hash(state: dict[str, torch.Tensor], meta: dict[str, Any]) -> str:
-    h = hashlib.sha256(json.dumps(meta, sort_keys=True).encode())
-    for k in sorted(state):
-        h.update(k.encode())
-        h.update(state[k].detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
+__all__ = ["FORMAT", "Augmenter", "TNetSpec", "TransformNet", "content_hash"]
 
 @dataclass
 class Augmenter:
@@ -146,26 +87,8 @@ class Augmenter:
 
 
 def _load_safetensors(path: Path) -> Augmenter:
-    from safetensors import SafetensorError, safe_open
-
     try:
-        with safe_open(str(path), framework="pt") as f:
-            md = f.metadata() or {}
-            state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: not a readable safetensors MetaAug file ({e}); write one with "
-                              "Augmenter.save(path).") from e
-    try:
-        meta = json.loads(md["qcal"])
-        stored = md["sha256"]
-    except (KeyError, ValueError) as e:
-        raise CheckpointError(f"{path}: safetensors file without qcal MetaAug metadata; write it with "
-                              "Augmenter.save(path).") from e
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: format {meta.get('format')!r}, expected {FORMAT!r}.")
-    if content_hash(state, meta) != stored:
-        raise CheckpointError(f"{path}: content hash does not match the stored sha256 (file altered or "
-                              "truncated); re-save T with Augmenter.save(path).")
-    net = TransformNet(TNetSpec(**meta["spec"]))
-    net.load_state_dict(state)
+        net, meta, _ = read_t(path)
+    except LearnedFileError as e:
+        raise CheckpointError(str(e)) from e
     return Augmenter(net, meta["training"])

@@ -11,17 +11,24 @@ The target is always the FP32 layer applied to the FP32 input. One layer's input
 up to `max_memory_mb`, on disk (memmap) beyond.
 Defaults follow the paper's code: 1000 iterations, batch 50, lr 1e-5 (weights), 1e-3 (bias), 1e-3 (weight
 step sizes), 1e-1 (input step sizes).
+
+The same pass runs BRECQ-style block reconstruction, AdaRound and QDrop (granularity="block",
+rounding="adaround", qdrop > 0; qcal.passes.reconstruct); with the defaults (layer, free, qdrop 0) it is
+plain AdaQuant, bit-identical to the layer loop below.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from qcal.config import AdaQuantConfig, AdaQuantMode
+from qcal.config import AdaQuantConfig, AdaQuantMode, Granularity, Rounding
 from qcal.passes.base import PassContext, PassReport
-from qcal.passes.cache import ActivationCache
+from qcal.passes.cache import ActivationCache, capture
+from qcal.passes.reconstruct import Unit, attach_adaround, optimise_unit, unit_mse, units
 from qcal.quant.qmodules import QuantLayer
 
 __all__ = ["AdaQuant", "AdaQuantConfig", "AdaQuantMode", "layer_mse", "optimise_layer"]
@@ -90,6 +97,62 @@ class AdaQuant:
             return x_fp, x_fp
         return ctx.capture("q", name, "input", inputs), x_fp
 
+    @property
+    def plain(self) -> bool:
+        """AdaQuant as published: layer-wise, free rounding, no QDrop (the original loop)."""
+        c = self.config
+        return c.granularity is Granularity.LAYER and c.rounding is Rounding.FREE and c.qdrop == 0
+
+    def unit_io(self, ctx: PassContext, unit: Unit) -> tuple[ActivationCache, ActivationCache]:
+        """(the unit's inputs in the model being optimised, the FP32 unit's outputs on FP32 inputs)."""
+        inputs = ctx.inputs
+        fpm = unit.module(ctx.fp_model)
+        y_fp = capture(ctx.fp_model, fpm, inputs, what="output", batch=ctx.batch, max_memory_mb=ctx.max_memory_mb,
+                       folder=ctx.cache_dir)
+        src = ctx.fp_model if self.config.mode is AdaQuantMode.PARALLEL else ctx.qmodel
+        x_in = capture(src, unit.module(src), inputs, what="input", batch=ctx.batch,
+                       max_memory_mb=ctx.max_memory_mb, folder=ctx.cache_dir)
+        return x_in, y_fp
+
+    def run_units(self, ctx: PassContext, report: PassReport, meta: Any) -> None:
+        """Block / AdaRound / QDrop reconstruction, one unit at a time, never leaving a unit worse than before."""
+        cfg = self.config
+        rng = np.random.default_rng(cfg.seed)
+        layers = ctx.quantized_layers()
+        plan = units(ctx.qmodel, [n for n, _, _ in layers], cfg.granularity is Granularity.BLOCK)
+        report.changed.update({"granularity": cfg.granularity.value, "rounding": cfg.rounding.value,
+                               "qdrop": cfg.qdrop, "units": {u.name: list(u.layers) for u in plan}})
+        bar = tqdm(plan, desc=f"reconstruct ({cfg.granularity.value}, {cfg.rounding.value})",
+                   disable=not ctx.progress, leave=False)
+        for i, unit in enumerate(bar):
+            qm = unit.module(ctx.qmodel)
+            qlayers = [ctx.qmodel.layers[n] for n in unit.layers]
+            saved = {k: v.detach().clone() for k, v in qm.state_dict().items()}
+            if cfg.rounding is Rounding.ADAROUND:   # V exists before the meta phase: its inner step moves V
+                for lay in qlayers:
+                    attach_adaround(lay)
+            if meta is not None:
+                edge = i in (0, len(plan) - 1) and cfg.augment is not None and cfg.augment.skip_first_last
+                meta.train_unit(ctx.qmodel, ctx.fp_model, unit, skip=edge, rounding=cfg.rounding)
+            x_in, y_fp = self.unit_io(ctx, unit)
+            fns = [lay.weight_fn for lay in qlayers]   # measure round-to-nearest, not AdaRound's soft start
+            for lay in qlayers:
+                lay.weight_fn = None
+            before = unit_mse(qm, x_in, y_fp)
+            for lay, fn in zip(qlayers, fns, strict=True):
+                lay.weight_fn = fn
+            losses = optimise_unit(qm, qlayers, y_fp, x_in, cfg, rng)
+            after = unit_mse(qm, x_in, y_fp)
+            reverted = after > before
+            if reverted:
+                qm.load_state_dict(saved)
+            report.per_layer[unit.name] = {"mse_before": before, "mse_after": min(before, after),
+                                           "mse_optimised": after, "reverted": float(reverted),
+                                           "loss_rec_last": losses["rec"], "loss_round_last": losses["round"]}
+            bar.set_postfix({"mse": f"{min(before, after):.3g}"})
+            x_in.close()
+            y_fp.close()
+
     def run(self, ctx: PassContext) -> PassReport:
         cfg = self.config
         report = PassReport(self.name, changed={"mode": cfg.mode.value, "iters": cfg.iters, "batch": cfg.batch})
@@ -103,6 +166,9 @@ class AdaQuant:
 
             meta = MetaAugTrainer(cfg.augment, ctx.calib, progress=ctx.progress)
             ctx.augment = meta.augment if saved_hook is None else (lambda x: meta.augment(saved_hook(x)))
+        if not self.plain:
+            self.run_units(ctx, report, meta)
+            layers = []
         for i, (name, q, fp) in enumerate(tqdm(layers, desc=f"adaquant ({cfg.mode.value})", disable=not ctx.progress,
                                 leave=False)):
             if meta is not None:

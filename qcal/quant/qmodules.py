@@ -9,7 +9,7 @@ residual adds stay float). `QuantModel` deep-copies a float module, folds BatchN
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -36,6 +36,10 @@ class QuantLayer(nn.Module):
         self.a_scale = nn.Parameter(torch.tensor(1.0))
         self.a_signed = True
         self.calibrated = False
+        # Set only while a reconstruction pass runs (qcal.passes.reconstruct): a learned-rounding weight
+        # function (AdaRound) and QDrop's (probability, generator) for keeping input elements in float.
+        self.weight_fn: Callable[[QuantLayer], torch.Tensor] | None = None
+        self.drop: tuple[float, torch.Generator] | None = None
         self.set_precision(precision)
 
     @property
@@ -74,6 +78,8 @@ class QuantLayer(nn.Module):
             return self.weight
         if self.precision is Precision.FP16:
             return to_fp16(self.weight)
+        if self.weight_fn is not None:
+            return self.weight_fn(self)
         return fake_quant(self.weight, self.w_scale, self.w_grid)
 
     def quant_input(self, x: torch.Tensor) -> torch.Tensor:
@@ -84,7 +90,11 @@ class QuantLayer(nn.Module):
         if not self.calibrated:
             raise ConfigError("a QuantLayer ran before its input step size was calibrated: call "
                               "QuantModel.calibrate(calib) first.")
-        return fake_quant(x, self.a_scale, self.a_grid)
+        xq = fake_quant(x, self.a_scale, self.a_grid)
+        if self.drop is not None and self.drop[0] > 0:
+            keep = torch.rand(x.shape, generator=self.drop[1]) < self.drop[0]
+            return torch.where(keep, x, xq)
+        return xq
 
     def forward_float(self, x: torch.Tensor) -> torch.Tensor:
         return self._compute(x, self.weight)

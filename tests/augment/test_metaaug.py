@@ -15,6 +15,7 @@ from qcal.config import AdaQuantConfig, MetaAugConfig, QuantConfig
 from qcal.errors import CheckpointError, ConfigError, UntrustedCheckpointError
 from qcal.passes.adaquant import AdaQuant
 from qcal.passes.base import PassContext
+from qcal.passes.reconstruct import Unit
 from qcal.quant.fakequant import Precision
 from qcal.quant.qmodules import QuantModel
 from tests.passes.conftest import trained_bn_net
@@ -176,3 +177,75 @@ def test_max_delta_bounds_the_change() -> None:
     net = TransformNet(TNetSpec(channels=1, width=4, init_scale=100.0, max_delta=0.1))
     d = (net(x) - x).detach().abs()
     assert float(d.max()) <= 0.1 + 1e-6 and float(d.max()) > 0.05
+
+
+def test_block_inner_step_moves_adaround_v_and_leaves_the_caller_untouched() -> None:
+    from qcal.augment.metaaug import inner_params, module_io
+    from qcal.config import Rounding
+    from qcal.passes.reconstruct import attach_adaround
+    from tests.passes.test_reconstruct import toy
+
+    m, x = toy()
+    q = QuantModel(m, Precision.W4A4, x[:1])
+    q.calibrate(x)
+    fp = QuantModel(m, Precision.FP32, x[:1])
+    fp.calibrate(x[:1])
+    unit = Unit("block", ("block.conv1", "block.conv2"))
+    for n in unit.layers:
+        attach_adaround(q.layers[n])
+    params = inner_params(q, unit)
+    assert set(params) == {f"conv{i}.{k}" for i in (1, 2) for k in ("round_v", "w_scale", "a_scale")}
+    before = copy.deepcopy(q.model.block.state_dict())
+    net = TransformNet(TNetSpec(channels=1, width=4, init_scale=0.1))
+    tx = net(x[:16])
+    stepped = inner_step(q.model.block, params, module_io(q, q.model.block, tx),
+                         module_io(fp, fp.model.block, tx, "output"), 0.1, Rounding.ADAROUND)
+    for k, v in q.model.block.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert not torch.equal(stepped["conv1.round_v"], params["conv1.round_v"])
+    loss = meta_loss(q, fp, "block", stepped, x[16:32], x[:16], tx, MetaAugConfig(beta=0.0, gamma=0.0))[0]
+    g = torch.autograd.grad(loss, list(net.parameters()))
+    assert float(torch.cat([t.flatten() for t in g]).norm()) > 0   # the second-order path reaches T
+
+
+def test_later_layers_run_in_float_during_the_meta_phase_only() -> None:
+    from qcal.augment.metaaug import later_layers_float
+
+    q, _, _ = tiny_models(Precision.W4A4, torch.float32)
+    names = list(q.layers)
+    with later_layers_float(q, Unit(names[1], (names[1],))):
+        assert [q.layers[n].precision for n in names] == [Precision.W4A4, Precision.W4A4, Precision.FP32]
+    assert all(q.layers[n].precision is Precision.W4A4 for n in names)
+
+
+def test_metaaug_on_block_adaround_qdrop_is_deterministic_and_bounded() -> None:
+    from tests.passes.test_reconstruct import toy
+
+    def run() -> tuple[dict, str]:
+        m, x = toy()
+        ctx = PassContext.build(m, x, Precision.W4A4, progress=False)
+        meta = MetaAugConfig(iters=3, batch=8, width=4, max_delta=0.5, skip_first_last=False)
+        cfg = AdaQuantConfig(iters=10, batch=16, granularity="block", rounding="adaround", qdrop=0.5, augment=meta)
+        r = AdaQuant(cfg).run(ctx)
+        return r.changed["metaaug"], r.augmenter.hash
+
+    (s1, h1), (s2, h2) = run(), run()
+    assert h1 == h2 and s1["per_unit"] == s2["per_unit"]
+    assert list(s1["per_unit"]) == ["stem", "block", "head.2"]
+    assert all(0 < v["change_rms_over_std"] <= 0.5 for v in s1["per_unit"].values())
+
+
+def test_inner_clip_bounds_the_step_and_zero_changes_nothing() -> None:
+    q, fp, x = tiny_models(Precision.W4A4, torch.float32)
+    lay, fl = q.layers["2"], fp.layers["2"]
+    params = {k: v.detach() for k, v in lay.named_parameters() if k in INNER_PARAMS}
+    x_in, target = layer_input(q, lay, x), fl.forward_float(layer_input(fp, fl, x)) + 1.0
+    free = inner_step(lay, params, x_in, target, 0.1)
+    assert inner_step(lay, params, x_in, target, 0.1, clip=0.0).keys() == free.keys()
+    clipped = inner_step(lay, params, x_in, target, 0.1, clip=1e-3)
+
+    def step(s: dict[str, torch.Tensor]) -> float:
+        return float(torch.sqrt(sum(((s[k] - params[k]) ** 2).sum() for k in params)))
+
+    assert step(free) > 1e-3 * 0.1 * 10
+    assert step(clipped) == pytest.approx(1e-3 * 0.1, rel=1e-3)
