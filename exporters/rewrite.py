@@ -34,12 +34,16 @@ def _attr(node: onnx.NodeProto, name: str, default: object = None) -> object:
     return default
 
 
+def _all(node: onnx.NodeProto, name: str, value: int) -> bool:
+    """An int-list attribute is absent or every entry equals `value`."""
+    v = _attr(node, name)
+    return v is None or all(int(x) == value for x in v)  # type: ignore[attr-defined]
+
+
 def _is_plain_1x1(conv: onnx.NodeProto, weight: np.ndarray) -> bool:
-    ones = lambda v: v is None or all(int(x) == 1 for x in v)  # type: ignore[attr-defined]  # noqa: E731
-    zeros = lambda v: v is None or all(int(x) == 0 for x in v)  # type: ignore[attr-defined]  # noqa: E731
     return (weight.ndim == 4 and weight.shape[0] == 1 and weight.shape[2:] == (1, 1)
-            and int(_attr(conv, "group", 1)) == 1 and ones(_attr(conv, "strides")) and ones(_attr(conv, "dilations"))  # type: ignore[call-overload]
-            and zeros(_attr(conv, "pads")) and _attr(conv, "auto_pad", b"NOTSET") in (b"NOTSET", "NOTSET"))
+            and _attr(conv, "group", 1) == 1 and _all(conv, "strides", 1) and _all(conv, "dilations", 1)
+            and _all(conv, "pads", 0) and _attr(conv, "auto_pad", b"NOTSET") in (b"NOTSET", "NOTSET"))
 
 
 def softmax_weighted_sum(model: onnx.ModelProto) -> list[str]:

@@ -44,3 +44,11 @@ def save_tiny(folder: Path, seed: int = 0) -> Path:
 def tiny_text(n_words: int, seed: int = 0) -> str:
     g = torch.Generator().manual_seed(seed)
     return " ".join(WORDS[int(i)] for i in torch.randint(3, len(WORDS), (n_words,), generator=g))
+
+
+def tiny_workspace(d: Path) -> tuple[Path, Path, Path]:
+    """The tiny model saved under d/model, a calibration corpus and a held-out corpus (different seeds)."""
+    calib, held = d / "calib.txt", d / "held.txt"
+    calib.write_text(tiny_text(600, seed=1))
+    held.write_text(tiny_text(400, seed=2))
+    return save_tiny(d / "model"), calib, held

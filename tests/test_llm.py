@@ -13,18 +13,14 @@ from calib_sets import Source
 from qcal.cli import main as cli_main
 from qcal.errors import CalibrationError, ConfigError
 from qcal.llm import LLMQuantResult, keep_float
-from tests.llm_tiny import save_tiny, tiny_text
+from tests.llm_tiny import tiny_workspace
 
 pytest.importorskip("transformers")
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
-    d = tmp_path_factory.mktemp("llm")
-    calib, held = d / "calib.txt", d / "held.txt"
-    calib.write_text(tiny_text(600, seed=1))
-    held.write_text(tiny_text(400, seed=2))
-    return save_tiny(d / "model"), calib, held
+    return tiny_workspace(tmp_path_factory.mktemp("llm"))
 
 
 def test_w8a8_smoothquant_export_matches_simulation(tiny: tuple[Path, Path, Path], tmp_path: Path) -> None:

@@ -16,18 +16,14 @@ from qcal.cli import main as cli_main
 from qcal.eval.perplexity import evaluate_lms
 from qcal.llm import eval_tokens
 from qcal.quant.llm_schemes import ActQuant, QuantLinear
-from tests.llm_tiny import save_tiny, tiny_text
+from tests.llm_tiny import tiny_workspace
 
 pytest.importorskip("transformers")
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
-    d = tmp_path_factory.mktemp("llm_gptq")
-    calib, held = d / "calib.txt", d / "held.txt"
-    calib.write_text(tiny_text(600, seed=1))
-    held.write_text(tiny_text(400, seed=2))
-    return save_tiny(d / "model"), calib, held
+    return tiny_workspace(tmp_path_factory.mktemp("llm_gptq"))
 
 
 def _rtn_twin(model: torch.nn.Module, names: list[str], group: int) -> torch.nn.Module:

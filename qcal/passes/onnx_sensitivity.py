@@ -28,18 +28,29 @@ from qcal.placement import FloatDecision
 from qcal.quant.precision import Precision
 
 
-def output_error(fp32_path: Path, model_path: Path, feeds: Sequence[Mapping[str, np.ndarray]], threads: int = 1) -> float:
-    """Relative squared error of the model's first output vs FP32 per channel (axis 1), averaged over channels."""
-    fs, ms = make_session(Path(fp32_path).read_bytes(), threads), make_session(Path(model_path).read_bytes(), threads)
+def reference_outputs(fp32_path: Path, feeds: Sequence[Mapping[str, np.ndarray]], threads: int = 1) -> list[np.ndarray]:
+    """The FP32 model's first output per feed (float64): computed once, compared against every probe."""
+    fs = make_session(Path(fp32_path).read_bytes(), threads)
+    return [np.asarray(fs.run(None, dict(feed))[0], np.float64) for feed in feeds]
+
+
+def relative_error(refs: Sequence[np.ndarray], model_path: Path, feeds: Sequence[Mapping[str, np.ndarray]],
+                   threads: int = 1) -> float:
+    """Relative squared error of the model's first output vs `refs` per channel (axis 1), averaged over channels."""
+    ms = make_session(Path(model_path).read_bytes(), threads)
     noise: np.ndarray | float = 0.0
     signal: np.ndarray | float = 0.0
-    for feed in feeds:
-        ref = np.asarray(fs.run(None, dict(feed))[0], np.float64)
+    for ref, feed in zip(refs, feeds, strict=True):
         got = np.asarray(ms.run(None, dict(feed))[0], np.float64)
         dims = tuple(d for d in range(ref.ndim) if d != 1)
         noise = noise + ((got - ref) ** 2).sum(axis=dims)
         signal = signal + (ref**2).sum(axis=dims)
     return float(np.mean(np.asarray(noise) / np.maximum(np.asarray(signal), 1e-30)))
+
+
+def output_error(fp32_path: Path, model_path: Path, feeds: Sequence[Mapping[str, np.ndarray]], threads: int = 1) -> float:
+    """Relative squared error of the model's first output vs FP32 per channel (axis 1), averaged over channels."""
+    return relative_error(reference_outputs(fp32_path, feeds, threads), model_path, feeds, threads)
 
 
 def onnx_sensitivity(out: PipelineOutput, layer_nodes: Mapping[str, str], feeds: Sequence[Mapping[str, np.ndarray]],
@@ -55,7 +66,8 @@ def onnx_sensitivity(out: PipelineOutput, layer_nodes: Mapping[str, str], feeds:
                               f"{unsupported} only exist in torch simulation: measure them in torch.")
     ops = {n.name: n.op_type for n in onnx.load(str(out.fp32_path)).graph.node}
     meta = dict(out.table.meta)
-    base = output_error(out.fp32_path, out.int8_path, feeds, threads)
+    refs = reference_outputs(out.fp32_path, feeds, threads)   # FP32 runs once, not once per probe
+    base = relative_error(refs, out.int8_path, feeds, threads)
     probe = Path(workdir) / "sensitivity.probe.onnx"
     result: dict[str, dict[str, float]] = {}
     for layer, node in tqdm(layer_nodes.items(), desc="onnx sensitivity", disable=not progress, leave=False):
@@ -68,6 +80,6 @@ def onnx_sensitivity(out: PipelineOutput, layer_nodes: Mapping[str, str], feeds:
             export_qdq(out.fp32_path, build_table(out.calibration, out.profile, kept, meta), out.profile, probe)
             if p is Precision.FP16:
                 convert_nodes_fp16(probe, [node])
-            result[layer][p.value] = output_error(out.fp32_path, probe, feeds, threads) - base
+            result[layer][p.value] = relative_error(refs, probe, feeds, threads) - base
     probe.unlink(missing_ok=True)
     return result
