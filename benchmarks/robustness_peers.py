@@ -2,7 +2,7 @@
 
 Every tool quantizes from the same 22 calibration frames (`bundled:vtest[0:320:5]`: the bundled set keeps every 3rd
 frame, so frames 0, 15, ..., 315; letterboxed by the same preprocessing) in its own subprocess (quantize seconds and peak RSS from os.wait4). Evaluation: vtest.avi
-frames 480-799, every 8th (40 frames no tool calibrated on), under the QRID conditions, through `qcal.robustness`
+frames 480-799, every 8th by default (40 frames no tool calibrated on; `--eval-every 2`: 160 frames), under the QRID conditions, through `qcal.robustness`
 (the product's matrix), so every variant is scored by the same code. Fidelity per condition = mAP50-95 against
 FP32's own detections on the same degraded frame (`agreement_map50_95` in the report).
 
@@ -32,6 +32,14 @@ CALIB = "bundled:vtest[0:320:5]"
 MIXED = ROOT / "benchmarks" / "recipes" / "vtest64-qrid.toml"   # the same 22 frames, half QRID-degraded
 PEERS = ["ort_minmax", "ort_percentile", "ort_entropy", "ultralytics_int8", "nncf_int8"]
 RESULTS = ROOT / "benchmarks" / "results" / "robustness_peers"
+EVAL_START, EVAL_STOP = 480, 800
+
+
+def held_out(every: int) -> Any:
+    """The evaluation frames: vtest.avi 480-799 every `every`-th (no tool calibrated on frames after 319)."""
+    import calib_sets
+
+    return calib_sets.Source.video(vtest(), start=EVAL_START, stop=EVAL_STOP, every=every)
 
 
 def calib_images() -> list[Any]:
@@ -111,9 +119,11 @@ def tool_main(name: str, work: Path) -> None:
         quantize_nncf(fp32, out)
 
 
-def write_results(res: dict[str, Any]) -> None:
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.with_suffix(".json").write_text(json.dumps(res, indent=1) + "\n")
+def write_results(res: dict[str, Any], results: Path) -> None:
+    results.parent.mkdir(parents=True, exist_ok=True)
+    tmp = results.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(res, indent=1) + "\n")
+    tmp.replace(results.with_suffix(".json"))
     conds, variants = res["conditions"], list(res["fidelity_map50_95"])
     md = ["# Robustness: qcal INT8 vs peers (fall-detection YOLOv8s, 640 px)", "", f"Command: `{res['command']}`", "",
           res["setup"], "", "## Fidelity mAP50-95 vs FP32 on the same condition", "",
@@ -132,14 +142,14 @@ def write_results(res: dict[str, Any]) -> None:
         md.append(f"| {v} | {res['latency_ms'][v]:.1f} | {res['latency_ms'][v] / fp:.2f} | {res['size_mb'][v]:.1f} | "
                   f"{q.get('quantize_seconds', '')} | {q.get('peak_rss_gb', '')} |")
     if res.get("margin_ci"):
-        md += ["", "## Fidelity margin over the best peer, 95% bootstrap interval over the 40 frames", "",
+        md += ["", f"## Fidelity margin over the best peer, 95% bootstrap interval over the {res.get('eval_frames', 40)} frames", "",
                "| variant | " + " | ".join(conds) + " |", "|---|" + "---|" * len(conds)]
         for q, row in res["margin_ci"].items():
             md.append(f"| {q} | " + " | ".join(f"{row[c]['diff']:+.3f} [{row[c]['lo']:+.3f}, {row[c]['hi']:+.3f}] "
                                                f"({row[c]['best_peer']})" for c in conds) + " |")
     md += ["", "## Bars", ""] + [f"- {k}: {v}" for k, v in res["bars"].items()]
     md += ["", f"Machine: {res['machine']}", ""]
-    RESULTS.with_suffix(".md").write_text("\n".join(md))
+    results.with_suffix(".md").write_text("\n".join(md))
     print("\n".join(md))
 
 
@@ -158,10 +168,10 @@ def bars(res: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def margin_intervals(work: Path, data: dict[str, Any], res: dict[str, Any], resamples: int = 1000) -> dict[str, Any]:
+def margin_intervals(work: Path, data: dict[str, Any], res: dict[str, Any], every: int,
+                     resamples: int = 1000) -> dict[str, Any]:
     """Per qcal variant and condition: fidelity minus the best peer's, with a 95% bootstrap interval over the
     evaluation frames (the same resampled frames for both), from the cached cells. Tells a real gap from noise."""
-    import calib_sets
     from qcal.bench.cells import CellStore
     from qcal.bench.matrix import run_cells
     from qcal.bench.spec import parse_conditions
@@ -170,7 +180,7 @@ def margin_intervals(work: Path, data: dict[str, Any], res: dict[str, Any], resa
     from qcal.models import load_model
 
     adapter = load_model(checkpoint(), trust_checkpoint=True, imgsz=640)
-    es = calib_sets.Source.video(vtest(), start=480, stop=800, every=8).resized(640)
+    es = held_out(every).resized(640)
     images = [s.image for s in es]
     hw = [img.shape[:2] for img in images]
     models = {p["name"]: p for p in data["precisions"]}
@@ -196,7 +206,11 @@ def main() -> None:
     ap.add_argument("--work", default="/tmp/qcal-robustness-peers", help="models and cell cache (kept for resume)")
     ap.add_argument("--latency-only", action="store_true", help="re-time the saved models; keep the accuracy")
     ap.add_argument("--runs", type=int, default=40)
+    ap.add_argument("--eval-every", type=int, default=8, help="evaluate vtest frames 480-799 every N-th (8: 40 frames, "
+                    "2: 160 frames, about 4x the time)")
+    ap.add_argument("--results", default=str(RESULTS), help="results path without suffix (.json and .md are written)")
     args = ap.parse_args()
+    results = Path(args.results)
     work = Path(args.work)
     if args.tool:
         tool_main(args.tool, work)
@@ -210,7 +224,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     paths = model_paths(work)
     if args.latency_only:
-        res = json.loads(RESULTS.with_suffix(".json").read_text())
+        res = json.loads(results.with_suffix(".json").read_text())
     else:
         done = work / "quantize.json"   # resume: a tool whose model exists is not re-run
         quant: dict[str, Any] = json.loads(done.read_text()) if done.is_file() else {}
@@ -220,7 +234,7 @@ def main() -> None:
             print(f"quantizing: {name}", file=sys.stderr)
             quant[name] = run_tool(name, work)
             done.write_text(json.dumps(quant, indent=1))
-        held = calib_sets.Source.video(vtest(), start=480, stop=800, every=8)
+        held = held_out(args.eval_every)
         precs = ",".join(["fp32", *(f"onnx:{k}={v}" for k, v in paths.items())])
         rep = qcal.robustness(checkpoint(), eval=held, conditions="qrid", precisions=precs, out=work / "report",
                               trust_checkpoint=True, latency_runs=5, bootstrap=0, command="robustness_peers.py")
@@ -235,9 +249,10 @@ def main() -> None:
                "setup": ("Calibration: bundled vtest frames 0-319 every 5th (the bundled set keeps every 3rd frame, so 22 frames: "
                          "0, 15, ..., 315) for every tool; ORT and NNCF "
                          "exclude the same head-decode nodes (/model.22 except cv2/cv3); ORT: QDQ, u8 activations, "
-                         "s8 per-channel weights, reduce_range. Evaluation: vtest.avi frames 480-799 every 8th "
-                         "(40 frames), QRID conditions. Latency: ONNX Runtime CPU, 2 threads, interleaved runs.")}
-        res["margin_ci"] = margin_intervals(work, report_data, res)
+                         "s8 per-channel weights, reduce_range. Evaluation: vtest.avi frames 480-799 every "
+                         f"{args.eval_every}th ({len(held)} frames), QRID conditions. Latency: ONNX Runtime CPU, 2 threads, interleaved runs.")}
+        res["eval_frames"] = len(held)
+        res["margin_ci"] = margin_intervals(work, report_data, res, args.eval_every)
     models = {"fp32": work / "report" / "models" / "fp32.onnx", **paths}
     a = YoloAdapter(None, "peer")
     feeds = a.prepare(calib_sets.Source.video(vtest(), start=480, stop=481).resized(640)[0].image).feeds
@@ -245,9 +260,9 @@ def main() -> None:
     res["latency_ms"] = {k: round(v.median_ms, 2) for k, v in lat.items()}
     res["latency_p90_ms"] = {k: round(v.p90_ms, 2) for k, v in lat.items()}
     res["machine"] = {**machine_info().to_dict(), "threads": 2}
-    res["command"] = ".venv/bin/python benchmarks/robustness_peers.py" + (" --latency-only" if args.latency_only else "")
+    res["command"] = " ".join([".venv/bin/python benchmarks/robustness_peers.py", *sys.argv[1:]])
     res["bars"] = bars(res)
-    write_results(res)
+    write_results(res, results)
 
 
 if __name__ == "__main__":
