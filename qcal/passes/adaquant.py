@@ -84,10 +84,13 @@ def optimise_layer(q: QuantLayer, y_fp: ActivationCache, x_in: ActivationCache, 
 
 
 class AdaQuant:
+    """The one reconstruction pass; `name` ("adaquant" or its alias "reconstruct") is the name its report carries."""
+
     name = "adaquant"
 
-    def __init__(self, config: AdaQuantConfig | None = None) -> None:
+    def __init__(self, config: AdaQuantConfig | None = None, *, name: str = "adaquant") -> None:
         self.config = config or AdaQuantConfig()
+        self.name = name
 
     def layer_inputs(self, ctx: PassContext, name: str) -> tuple[ActivationCache, ActivationCache]:
         """(inputs the quantized layer is optimised on, FP32 inputs for the target), every calibration sample."""
