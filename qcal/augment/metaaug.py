@@ -106,15 +106,16 @@ def inner_step(module: nn.Module, params: dict[str, torch.Tensor], x_in: torch.T
     return {k: params[k] - lr * g[k] for k in params}
 
 
-def inner_params(qmodel: QuantModel, unit: Unit) -> dict[str, torch.Tensor]:
+def inner_params(qmodel: QuantModel, unit: Unit, frozen: frozenset[str] = frozenset()) -> dict[str, torch.Tensor]:
     """Detached copies of the unit's quantization parameters, keyed relative to the unit's module: AdaRound's V
-    (when attached) or the float weight and bias, plus the weight and input step sizes."""
+    (when attached) or the float weight and bias, plus the weight and input step sizes; names in `frozen`
+    (e.g. "w_scale", "a_scale": what the reconstruction itself does not optimise) are left out."""
     out: dict[str, torch.Tensor] = {}
     for n in unit.layers:
         lay = qmodel.layers[n]
         rel = n[len(unit.name) + 1:] + "." if n != unit.name else ""
         keep = ROUND_PARAMS if isinstance(getattr(lay, "round_v", None), torch.Tensor) else INNER_PARAMS
-        out.update({rel + k: v.detach() for k, v in lay.named_parameters() if k in keep})
+        out.update({rel + k: v.detach() for k, v in lay.named_parameters() if k in keep and k not in frozen})
     return out
 
 
@@ -213,8 +214,9 @@ class MetaAugTrainer:
         self.train_unit(qmodel, fp_model, Unit(name, (name,)), skip=skip)
 
     def train_unit(self, qmodel: QuantModel, fp_model: QuantModel, unit: Unit, *, skip: bool,
-                   rounding: Rounding = Rounding.FREE) -> None:
-        """Meta-train T for one unit (none if `skip` or the time budget is spent); log its outer losses."""
+                   rounding: Rounding = Rounding.FREE, frozen: frozenset[str] = frozenset()) -> None:
+        """Meta-train T for one unit (none if `skip` or the time budget is spent); log its outer losses. The inner
+        step moves what the reconstruction will move: parameters named in `frozen` stay (see inner_params)."""
         cfg = self.cfg
         self.active = not skip
         if skip or cfg.iters == 0:
@@ -235,7 +237,7 @@ class MetaAugTrainer:
                 x, x_val = self._batch(self.train_idx), self._batch(self.val_idx)
                 tx = self.net(x)
                 target = module_io(fp_model, fm, tx, "output")
-                stepped = inner_step(qm, inner_params(qmodel, unit), module_io(qmodel, qm, tx), target, cfg.inner_lr,
+                stepped = inner_step(qm, inner_params(qmodel, unit, frozen), module_io(qmodel, qm, tx), target, cfg.inner_lr,
                                      rounding, cfg.inner_clip)
                 loss, parts = meta_loss(qmodel, fp_model, unit.name, stepped, x_val, x, tx, cfg, self.var)
                 tparams = list(self.net.parameters())

@@ -106,6 +106,12 @@ class AdaQuant:
         c = self.config
         return c.granularity is Granularity.LAYER and c.rounding is Rounding.FREE and c.qdrop == 0
 
+    @property
+    def frozen(self) -> frozenset[str]:
+        """Step sizes the unit reconstruction does not learn (lr 0): MetaAug's inner step leaves them too."""
+        c = self.config
+        return frozenset(k for k, lr in (("w_scale", c.lr_weight_scale), ("a_scale", c.lr_act_scale)) if lr == 0)
+
     def unit_io(self, ctx: PassContext, unit: Unit) -> tuple[ActivationCache, ActivationCache]:
         """(the unit's inputs in the model being optimised, the FP32 unit's outputs on FP32 inputs)."""
         inputs = ctx.inputs
@@ -136,7 +142,8 @@ class AdaQuant:
                     attach_adaround(lay)
             if meta is not None:
                 edge = i in (0, len(plan) - 1) and cfg.augment is not None and cfg.augment.skip_first_last
-                meta.train_unit(ctx.qmodel, ctx.fp_model, unit, skip=edge, rounding=cfg.rounding)
+                meta.train_unit(ctx.qmodel, ctx.fp_model, unit, skip=edge, rounding=cfg.rounding,
+                                frozen=self.frozen)
             x_in, y_fp = self.unit_io(ctx, unit)
             fns = [lay.weight_fn for lay in qlayers]   # measure round-to-nearest, not AdaRound's soft start
             for lay in qlayers:
