@@ -71,3 +71,20 @@ def test_nothing_is_written_without_metaaug(tmp_path: Path) -> None:
     paths = r.export(tmp_path)
     assert "metaaug_samples" not in paths and not (tmp_path / "metaaug_samples.png").exists()
     assert "MetaAug" not in paths["report_md"].read_text()
+
+
+@pytest.mark.slow
+def test_yolov8n_block_adaround_metaaug_through_quantize(tmp_path: Path) -> None:
+    """The YOLO path end to end: block units around C2f, head convs alone, the detection outer loss, the PNG."""
+    from qcal.models.yolo import YoloAdapter
+
+    adapter = YoloAdapter.from_yaml("yolov8n.yaml", nc=3, imgsz=64)
+    rc = qcal.ReconstructConfig(iters=2, batch=2, granularity="block", rounding="adaround", qdrop=0.5,
+                                augment=qcal.MetaAugConfig(iters=1, batch=2, width=2))
+    cfg = qcal.QuantConfig(imgsz=64, calib_size=4, keep_float=qcal.KeepFloatConfig(sensitivity_samples=0),
+                           passes=("reconstruct",), reconstruct=rc)
+    r = qcal.quantize(adapter, calib="bundled:vtest[0:30]", config=cfg, progress=False)
+    meta = r.passes[0].changed["metaaug"]["per_unit"]
+    assert "model.2" in meta and {"box_last", "cls_last"} <= set(meta["model.2"])
+    paths = r.export(tmp_path)
+    assert Image.open(paths["metaaug_samples"]).size == (3 * 64 + 8, 4 * 64 + 12)
