@@ -156,7 +156,8 @@ def evaluate(args: argparse.Namespace, adapter: Any) -> None:
     if not found:
         raise SystemExit(f"no variant under {root}: run --variants first.")
     images = eval_images(args.imgsz, args.eval)
-    fp32 = root / next(iter(found)) / "model.fp32.onnx"   # every variant exports the same FP32 model
+    fp32 = root / "reference.fp32.onnx"   # the checkpoint itself (a variant's model.fp32.onnx holds its refined weights)
+    adapter.export_onnx(fp32, opset=17)
     models = {v: root / v / "model.int8.onnx" for v in found}
     ev = fidelity(adapter, models, fp32, images, args.threads, exact=True)
     fid = {c: {v: round(e.map()[0], 4) for v, e in r.items()} for c, r in ev.items()}
