@@ -142,7 +142,7 @@ def paired_ci(evals: list[tuple[Any, Any]], frames: int, resamples: int = 1000, 
     rng = np.random.default_rng(seed)
     d = np.array([diff(rng.integers(0, frames, frames)) for _ in range(resamples)])
     d = d[np.isfinite(d)]
-    lo, hi = np.quantile(d, [0.025, 0.975])
+    lo, hi = np.quantile(d, [0.025, 0.975]) if d.size else (float("nan"), float("nan"))
     return {"diff": round(diff(np.arange(frames)), 4), "lo": round(float(lo), 4), "hi": round(float(hi), 4),
             "resamples": int(d.size)}
 
