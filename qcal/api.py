@@ -101,7 +101,8 @@ class QuantResult:
 
     def export(self, directory: str | Path) -> dict[str, Path]:
         """Write model.fp32.onnx, model.int8.onnx, quant_table.json, report.json and report.md atomically; for
-        target tensorrt also calib.cache and ort_trt/calibration.flatbuffers (each with a .qcal.json stamp)."""
+        target tensorrt also calib.cache and ort_trt/calibration.flatbuffers (each with a .qcal.json stamp); when
+        MetaAug ran, metaaug_samples.png (x | T(x) | amplified |T(x) - x|, shown in report.md)."""
         from qcal.report import report_markdown
 
         d = Path(directory)
@@ -114,6 +115,9 @@ class QuantResult:
             tmp.replace(paths[key])
         self.out.table.save(paths["table"])
         data = self.to_dict()
+        if self.augmenter is not None:   # MetaAug ran: x | T(x) | |T(x) - x| of a few calibration images
+            paths["metaaug_samples"] = d / "metaaug_samples.png"
+            data["metaaug_samples"] = self._metaaug_samples(paths["metaaug_samples"])
         atomic_write_text(paths["report_json"], json.dumps(data, indent=1))
         atomic_write_text(paths["report_md"], report_markdown(data))
         if self.config.target is Target.TENSORRT:   # calib.cache + ort_trt/calibration.flatbuffers, stamped
@@ -123,6 +127,17 @@ class QuantResult:
                                       config_hash=self.config.hash(), model_sha256=self.adapter.model_hash(),
                                       calib_size=self.config.calib_size))
         return paths
+
+    def _metaaug_samples(self, path: Path, n: int = 4) -> dict[str, Any]:
+        """Write the first n calibration inputs as x | T(x) | amplified |T(x) - x| (qcal.augment.samples)."""
+        from itertools import islice
+
+        from qcal.augment.samples import write_samples_png
+        from qcal.passes.apply import calib_tensor
+
+        x = calib_tensor(self.adapter, (s.image for s in islice(self.calib, n)))
+        gain = write_samples_png(path, x, self.augmenter(x))
+        return {"file": path.name, "samples": len(x), "diff_gain": round(gain, 3), "t_hash": self.augmenter.hash}
 
     def evaluate(self, eval_set: Any, *, latency_runs: int = 30, threads: int = 2,
                  progress: bool = True) -> Evaluation:

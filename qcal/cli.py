@@ -68,7 +68,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    "to those qcal finds by measurement")
     p.add_argument("--config", help="a TOML config (see `qcal config`)")
     p.add_argument("--passes", nargs="+", metavar="PASS", help="torch passes on the float weights before export, "
-                   "in order: bn_reestimate, adaquant, bias_correction (AdaQuant options: [adaquant] in --config); "
+                   "in order: bn_reestimate, adaquant (or its other name reconstruct), bias_correction (options: "
+                   "[adaquant] or [reconstruct] in --config); "
                    "for --task llm: smoothquant, gptq (GPTQ options: [llm] gptq_* in --config)")
     p.add_argument("--augment", choices=["none", "metaaug"], help="learned augmentation of the calibration inputs "
                    "inside the adaquant pass (MetaAug; options: [adaquant.augment] in --config)")

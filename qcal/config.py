@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
-from dataclasses import dataclass, field, fields
+from dataclasses import InitVar, dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -255,13 +255,23 @@ class QuantConfig:
     reduce_range: bool | None = None      # None: decided from the CPU (no VNNI -> True) for ort-cpu
     opset: int = 17
     keep_float: KeepFloatConfig = field(default_factory=KeepFloatConfig)
-    passes: tuple[str, ...] = ()         # torch passes before export: bn_reestimate, adaquant, bias_correction
+    passes: tuple[str, ...] = ()   # torch passes before export: bn_reestimate, adaquant (= reconstruct), bias_correction
     adaquant: AdaQuantConfig = field(default_factory=AdaQuantConfig)
     seed: int = 0
     scheme: Scheme | None = None          # LLM path only; None: w8a8
     llm: LLMConfig | None = None          # LLM path only; None: LLMConfig()
+    # The spelling of the reconstruction pass's options: mapped onto `adaquant` (one pass, one field);
+    # not a field, so to_dict/TOML always write `adaquant` and the round trip is exact.
+    reconstruct: InitVar[AdaQuantConfig | None] = None
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, reconstruct: AdaQuantConfig | None) -> None:
+        if reconstruct is not None:
+            if self.adaquant != AdaQuantConfig():
+                raise ConfigError("both reconstruct= and adaquant= were given: they configure the same pass; give "
+                                  "one of them (reconstruct=qcal.ReconstructConfig(...)).")
+            if not isinstance(reconstruct, AdaQuantConfig):
+                raise ConfigError(f"reconstruct={reconstruct!r}: give a qcal.ReconstructConfig(...).")
+            object.__setattr__(self, "adaquant", reconstruct)
         # accept the spellings of the Python API (scheme="w8a8", passes=[...]) and keep the fields typed
         if isinstance(self.scheme, str) and not isinstance(self.scheme, Scheme):
             try:
@@ -288,10 +298,13 @@ class QuantConfig:
                               "output-channel axis (lint rule TRT006); drop per_channel.")
         if self.target is Target.TENSORRT and self.reduce_range:
             raise ConfigError("reduce_range=True with target=tensorrt: TensorRT uses full int8; drop reduce_range.")
-        allowed = ("bn_reestimate", "adaquant", "bias_correction", "smoothquant", "gptq")   # last two: LLM path only
-        bad = [p for p in self.passes if p not in allowed]
+        allowed = ("bn_reestimate", "adaquant", "reconstruct", "bias_correction", "smoothquant", "gptq")
+        bad = [p for p in self.passes if p not in allowed]   # smoothquant, gptq: LLM path only
         if bad:
             raise ConfigError(f"passes={list(self.passes)}: unknown pass(es) {bad}; choose from {list(allowed)}.")
+        if "adaquant" in self.passes and "reconstruct" in self.passes:
+            raise ConfigError(f"passes={list(self.passes)}: adaquant and reconstruct are two names of the same "
+                              "pass; list it once.")
 
     # --- serialisation ---------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -299,6 +312,11 @@ class QuantConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> QuantConfig:
+        if isinstance(data, dict) and "reconstruct" in data:   # [reconstruct] is the name of [adaquant]
+            if "adaquant" in data:
+                raise ConfigError("config: both [reconstruct] and [adaquant] tables were given: they configure the "
+                                  "same pass; keep one.")
+            data = {("adaquant" if k == "reconstruct" else k): v for k, v in data.items()}
         return _from_plain(cls, data, "config")
 
     def to_toml(self) -> str:

@@ -93,5 +93,29 @@ def report_markdown(r: dict[str, Any]) -> str:
     if top:
         lines += ["", "## Per-node sensitivity (SQNR lost by the node's quantized output against its inputs)", "",
                   "| node | SQNR drop dB |", "|---|---|", *[f"| `{t['node']}` | {t['sqnr_drop_db']} |" for t in top]]
+    lines += _metaaug_lines(r)
     lines += ["", "## Config", "", "```json", __import__("json").dumps(r["config"], indent=1), "```", ""]
     return "\n".join(lines)
+
+
+def _metaaug_lines(r: dict[str, Any]) -> list[str]:
+    """MetaAug's T: its hash, the outer (validation) loss per block, and the x | T(x) picture when written."""
+    meta = next((p["changed"]["metaaug"] for p in r.get("passes", []) if "metaaug" in p.get("changed", {})), None)
+    if meta is None:
+        return []
+    lines = ["", "## MetaAug (learned calibration augmentation)", "",
+             f"- T hash `{meta['hash']}`; {meta['spent_s']} s of meta-training"
+             f"{' (time budget spent: stopped early)' if meta.get('stopped_early') else ''}; training view "
+             f"{meta['train_n']}, validation view {meta['val_n']} calibration samples", "",
+             "| block | meta-iterations | outer loss (validation) first -> last | fit first -> last | "
+             "RMS of T(x) - x / input std |", "|---|---|---|---|---|"]
+    for unit, v in meta.get("per_unit", {}).items():
+        lines.append(f"| `{unit}` | {v['meta_iters']:g} | {_fmt(v.get('outer_first'), '.4g')} -> "
+                     f"{_fmt(v.get('outer_last'), '.4g')} | {_fmt(v.get('fit_first'), '.4g')} -> "
+                     f"{_fmt(v.get('fit_last'), '.4g')} | {_fmt(v.get('change_rms_over_std'), '.3g')} |")
+    img = r.get("metaaug_samples")
+    if img:
+        lines += ["", f"![x | T(x) | |T(x) - x| x {img['diff_gain']:g}]({img['file']})", "",
+                  f"{img['samples']} calibration inputs, one per row: x, T(x) (same brightness mapping as x), "
+                  f"|T(x) - x| amplified {img['diff_gain']:g}x."]
+    return lines

@@ -6,7 +6,8 @@ Per quantized layer, before the layer is reconstructed, T is trained for `iters`
   with the reconstruction loss on T(x) (the quantized layer on the quantized model's input vs the FP32 layer on
   the FP32 model's input, both computed from T(x));
 - outer step: update T with the loss of the quantized model, the layer holding the stepped parameters, on the
-  ORIGINAL x of the validation view: alpha * KL of softened logits vs FP32 + beta * hinge(margin - mean((T(x)-x)^2))
+  ORIGINAL x of the validation view: alpha * KL of softened logits vs FP32 (for a detector: the head's box
+  distributions and class scores vs FP32, qcal.augment.detect_loss) + beta * hinge(margin - mean((T(x)-x)^2))
   + gamma * PKT feature preservation (FP32 penultimate features of T(x) vs x).
 The bi-level step uses torch.func (functional_call, grad): the caller's parameters are never written.
 The layer is then reconstructed on the original inputs plus T(inputs) (the pass's augment hook).
@@ -27,6 +28,7 @@ from torch.func import functional_call, grad
 from torch.nn import functional as F
 from tqdm import tqdm
 
+from qcal.augment.detect_loss import detection_fit, find_detect_head, head_maps
 from qcal.augment.tnet import Augmenter, TNetSpec, TransformNet
 from qcal.config import MetaAugConfig, Rounding, _to_plain
 from qcal.passes.reconstruct import Unit, recon_loss
@@ -104,15 +106,16 @@ def inner_step(module: nn.Module, params: dict[str, torch.Tensor], x_in: torch.T
     return {k: params[k] - lr * g[k] for k in params}
 
 
-def inner_params(qmodel: QuantModel, unit: Unit) -> dict[str, torch.Tensor]:
+def inner_params(qmodel: QuantModel, unit: Unit, frozen: frozenset[str] = frozenset()) -> dict[str, torch.Tensor]:
     """Detached copies of the unit's quantization parameters, keyed relative to the unit's module: AdaRound's V
-    (when attached) or the float weight and bias, plus the weight and input step sizes."""
+    (when attached) or the float weight and bias, plus the weight and input step sizes; names in `frozen`
+    (e.g. "w_scale", "a_scale": what the reconstruction itself does not optimise) are left out."""
     out: dict[str, torch.Tensor] = {}
     for n in unit.layers:
         lay = qmodel.layers[n]
         rel = n[len(unit.name) + 1:] + "." if n != unit.name else ""
         keep = ROUND_PARAMS if isinstance(getattr(lay, "round_v", None), torch.Tensor) else INNER_PARAMS
-        out.update({rel + k: v.detach() for k, v in lay.named_parameters() if k in keep})
+        out.update({rel + k: v.detach() for k, v in lay.named_parameters() if k in keep and k not in frozen})
     return out
 
 
@@ -136,20 +139,30 @@ def meta_loss(qmodel: QuantModel, fp_model: QuantModel, name: str, stepped: dict
               x_val: torch.Tensor, x: torch.Tensor, tx: torch.Tensor, cfg: MetaAugConfig,
               var: float = 1.0) -> tuple[torch.Tensor, dict[str, float]]:
     """The outer loss: the quantized model with module `name` holding `stepped` (keys relative to it), on the
-    original validation inputs, vs FP32 (softened-logit KL for 2-D outputs, else MSE), plus the hinge (margin
-    cfg.margin * var, var: the calibration inputs' variance) and the feature term on T(x)."""
+    original validation inputs, vs FP32 (a detector: KL of the head's box distributions + binary KL of its class
+    scores, qcal.augment.detect_loss; else softened-logit KL for 2-D outputs, MSE otherwise), plus the hinge
+    (margin cfg.margin * var, var: the calibration inputs' variance) and the feature term on T(x)."""
     full = {f"model.{name}.{k}": v for k, v in stepped.items()}
-    out_q = _first(functional_call(qmodel, full, (x_val,)))
-    with torch.no_grad():
-        out_fp = _first(fp_model(x_val))
-    fit = softened_kl(out_q, out_fp, cfg.temperature) if out_q.dim() == 2 else F.mse_loss(out_q, out_fp)
+    head = find_detect_head(qmodel.model)
+    det: dict[str, float] = {}
+    if head is not None:   # a detector: box distributions + class scores of the raw head (qcal.augment.detect_loss)
+        box_q, cls_q = head_maps(qmodel.model, head, lambda: functional_call(qmodel, full, (x_val,)))
+        with torch.no_grad():
+            box_fp, cls_fp = head_maps(fp_model.model, head, lambda: fp_model(x_val))
+        fit, det = detection_fit(box_q, cls_q, box_fp, cls_fp, head.reg_max, cfg.temperature)
+    else:
+        out_q = _first(functional_call(qmodel, full, (x_val,)))
+        with torch.no_grad():
+            out_fp = _first(fp_model(x_val))
+        fit = softened_kl(out_q, out_fp, cfg.temperature) if out_q.dim() == 2 else F.mse_loss(out_q, out_fp)
     last = list(fp_model.layers.values())[-1]
     feat_t = layer_input(fp_model, last, tx)
     with torch.no_grad():
         feat_x = layer_input(fp_model, last, x)
     h, f = hinge(tx, x, cfg.margin * var), pkt_loss(feat_t, feat_x)
     total = cfg.alpha * fit + cfg.beta * h + cfg.gamma * f
-    return total, {k: float(v.detach()) for k, v in (("outer", total), ("fit", fit), ("hinge", h), ("feat", f))}
+    return total, {**{k: float(v.detach()) for k, v in (("outer", total), ("fit", fit), ("hinge", h), ("feat", f))},
+                   **det}
 
 
 def _first(out: Any) -> torch.Tensor:
@@ -201,8 +214,9 @@ class MetaAugTrainer:
         self.train_unit(qmodel, fp_model, Unit(name, (name,)), skip=skip)
 
     def train_unit(self, qmodel: QuantModel, fp_model: QuantModel, unit: Unit, *, skip: bool,
-                   rounding: Rounding = Rounding.FREE) -> None:
-        """Meta-train T for one unit (none if `skip` or the time budget is spent); log its outer losses."""
+                   rounding: Rounding = Rounding.FREE, frozen: frozenset[str] = frozenset()) -> None:
+        """Meta-train T for one unit (none if `skip` or the time budget is spent); log its outer losses. The inner
+        step moves what the reconstruction will move: parameters named in `frozen` stay (see inner_params)."""
         cfg = self.cfg
         self.active = not skip
         if skip or cfg.iters == 0:
@@ -223,7 +237,7 @@ class MetaAugTrainer:
                 x, x_val = self._batch(self.train_idx), self._batch(self.val_idx)
                 tx = self.net(x)
                 target = module_io(fp_model, fm, tx, "output")
-                stepped = inner_step(qm, inner_params(qmodel, unit), module_io(qmodel, qm, tx), target, cfg.inner_lr,
+                stepped = inner_step(qm, inner_params(qmodel, unit, frozen), module_io(qmodel, qm, tx), target, cfg.inner_lr,
                                      rounding, cfg.inner_clip)
                 loss, parts = meta_loss(qmodel, fp_model, unit.name, stepped, x_val, x, tx, cfg, self.var)
                 tparams = list(self.net.parameters())

@@ -84,10 +84,13 @@ def optimise_layer(q: QuantLayer, y_fp: ActivationCache, x_in: ActivationCache, 
 
 
 class AdaQuant:
+    """The one reconstruction pass; `name` ("adaquant" or its alias "reconstruct") is the name its report carries."""
+
     name = "adaquant"
 
-    def __init__(self, config: AdaQuantConfig | None = None) -> None:
+    def __init__(self, config: AdaQuantConfig | None = None, *, name: str = "adaquant") -> None:
         self.config = config or AdaQuantConfig()
+        self.name = name
 
     def layer_inputs(self, ctx: PassContext, name: str) -> tuple[ActivationCache, ActivationCache]:
         """(inputs the quantized layer is optimised on, FP32 inputs for the target), every calibration sample."""
@@ -102,6 +105,12 @@ class AdaQuant:
         """AdaQuant as published: layer-wise, free rounding, no QDrop (the original loop)."""
         c = self.config
         return c.granularity is Granularity.LAYER and c.rounding is Rounding.FREE and c.qdrop == 0
+
+    @property
+    def frozen(self) -> frozenset[str]:
+        """Step sizes the unit reconstruction does not learn (lr 0): MetaAug's inner step leaves them too."""
+        c = self.config
+        return frozenset(k for k, lr in (("w_scale", c.lr_weight_scale), ("a_scale", c.lr_act_scale)) if lr == 0)
 
     def unit_io(self, ctx: PassContext, unit: Unit) -> tuple[ActivationCache, ActivationCache]:
         """(the unit's inputs in the model being optimised, the FP32 unit's outputs on FP32 inputs)."""
@@ -133,7 +142,8 @@ class AdaQuant:
                     attach_adaround(lay)
             if meta is not None:
                 edge = i in (0, len(plan) - 1) and cfg.augment is not None and cfg.augment.skip_first_last
-                meta.train_unit(ctx.qmodel, ctx.fp_model, unit, skip=edge, rounding=cfg.rounding)
+                meta.train_unit(ctx.qmodel, ctx.fp_model, unit, skip=edge, rounding=cfg.rounding,
+                                frozen=self.frozen)
             x_in, y_fp = self.unit_io(ctx, unit)
             fns = [lay.weight_fn for lay in qlayers]   # measure round-to-nearest, not AdaRound's soft start
             for lay in qlayers:

@@ -49,6 +49,6 @@ def refine(adapter: Any, images: Iterable[np.ndarray], config: QuantConfig, *, p
     # Simulate the weights the exporter will write: 7-bit where the ort-cpu profile uses reduce_range.
     precision = Precision.W7A8 if resolve_profile(config).reduce_range else Precision.INT8
     ctx = PassContext.build(module, x, precision, batch=batch, progress=progress)
-    reports = run_passes(ctx, config.passes, {"adaquant": ada})
+    reports = run_passes(ctx, config.passes, {"adaquant": ada, "reconstruct": ada})
     tag = f"passes={','.join(config.passes)}:{config.hash()}"
     return adapter.with_module(ctx.qmodel.float_module(), tag), reports

@@ -123,14 +123,14 @@ def run_passes(ctx: PassContext, names: Sequence[str], configs: dict[str, Any] |
     return reports
 
 
-PASS_NAMES = ("bn_reestimate", "adaquant", "bias_correction")
+PASS_NAMES = ("bn_reestimate", "adaquant", "reconstruct", "bias_correction")
 
 
 def make_pass(name: str, config: Any = None) -> Pass:
-    if name == "adaquant":
+    if name in ("adaquant", "reconstruct"):   # one reconstruction pass, two names; its report keeps the name asked
         from qcal.passes.adaquant import AdaQuant, AdaQuantConfig
 
-        return AdaQuant(config or AdaQuantConfig())
+        return AdaQuant(config or AdaQuantConfig(), name=name)
     if name == "bn_reestimate":
         from qcal.passes.bn_reestimate import BnReestimate
 

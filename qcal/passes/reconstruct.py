@@ -49,7 +49,12 @@ class Unit:
 
 
 def units(qmodel: QuantModel, names: list[str], block: bool) -> list[Unit]:
-    """The reconstruction units over the quantized layers `names` (execution order)."""
+    """The reconstruction units over the quantized layers `names` (execution order).
+
+    Block mode: a layer's unit is its innermost ancestor owning >= 2 quantized layers that is not a bare
+    Sequential/ModuleList, not the model itself and not a detection head (Ultralytics Detect takes a list of
+    maps: each of its layers is its own unit). A module that owns layers directly around a nested block (YOLO's
+    C2f: cv1, the Bottlenecks, cv2) is one unit with all of them, not three units of the same name."""
     if not block:
         return [Unit(n, (n,)) for n in names]
     counts: dict[str, int] = {}
@@ -63,14 +68,23 @@ def units(qmodel: QuantModel, names: list[str], block: bool) -> list[Unit]:
         owner = n
         for i in range(len(parts) - 1, 0, -1):   # innermost ancestor first
             anc = ".".join(parts[:i])
-            if counts[anc] >= 2 and not isinstance(qmodel.model.get_submodule(anc), nn.Sequential | nn.ModuleList):
+            m = qmodel.model.get_submodule(anc)
+            if counts[anc] >= 2 and not isinstance(m, nn.Sequential | nn.ModuleList) and not _is_detect_head(m):
                 owner = anc
                 break
-        if out and out[-1].name == owner:
-            out[-1] = Unit(owner, (*out[-1].layers, n))
+        j = next((k for k in range(len(out) - 1, -1, -1) if out[k].name == owner), None)
+        if j is not None and all(u.name.startswith(owner + ".") for u in out[j + 1:]):
+            out[j:] = [Unit(owner, (*(lay for u in out[j:] for lay in u.layers), n))]
         else:
             out.append(Unit(owner, (n,)))
     return out
+
+
+def _is_detect_head(m: nn.Module) -> bool:
+    from qcal.augment.detect_loss import find_detect_head
+
+    head = find_detect_head(m)
+    return head is not None and head.box[0] == "cv2.0"   # m itself is the head, not a model containing it
 
 
 # --- AdaRound ---------------------------------------------------------------------------------------------

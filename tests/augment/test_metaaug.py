@@ -195,6 +195,9 @@ def test_block_inner_step_moves_adaround_v_and_leaves_the_caller_untouched() -> 
         attach_adaround(q.layers[n])
     params = inner_params(q, unit)
     assert set(params) == {f"conv{i}.{k}" for i in (1, 2) for k in ("round_v", "w_scale", "a_scale")}
+    assert set(inner_params(q, unit, frozenset({"w_scale", "a_scale"}))) == {"conv1.round_v", "conv2.round_v"}
+    assert AdaQuant(AdaQuantConfig(lr_weight_scale=0.0)).frozen == {"w_scale"}   # the step moves what recon moves
+    assert AdaQuant(AdaQuantConfig(lr_weight_scale=0.0, lr_act_scale=0.0)).frozen == {"w_scale", "a_scale"}
     before = copy.deepcopy(q.model.block.state_dict())
     net = TransformNet(TNetSpec(channels=1, width=4, init_scale=0.1))
     tx = net(x[:16])

@@ -204,3 +204,18 @@ def test_cli_sets_block_adaround_qdrop() -> None:
     assert (a.granularity, a.rounding, a.qdrop) == (Granularity.BLOCK, Rounding.ADAROUND, 0.5)
     assert a.augment is not None
     assert _config(p.parse_args(["--passes", "adaquant"])).adaquant == AdaQuantConfig()
+
+
+def test_yolo_blocks_are_whole_c2f_modules_and_head_layers_alone() -> None:
+    from qcal.models.yolo import YoloAdapter
+
+    m = YoloAdapter.from_yaml("yolov8n.yaml", nc=3, imgsz=64).float_module()
+    q = QuantModel(m, Precision.INT8, torch.zeros(1, 3, 64, 64))
+    plan = units(q, list(q.layers), block=True)
+    by = {u.name: u.layers for u in plan}
+    assert len(by) == len(plan)                                  # no unit name twice
+    assert by["model.2"] == ("model.2.cv1.conv", "model.2.m.0.cv1.conv", "model.2.m.0.cv2.conv", "model.2.cv2.conv")
+    assert len(by["model.4"]) == 6 and by["model.9"] == ("model.9.cv1.conv", "model.9.cv2.conv")
+    head = [u for u in plan if u.name.startswith("model.22")]
+    assert len(head) == 18 and all(len(u.layers) == 1 for u in head)   # Detect takes a list: never one unit
+    assert [n for u in plan for n in u.layers] == list(q.layers)       # every layer once, in execution order
