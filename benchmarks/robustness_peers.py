@@ -32,6 +32,7 @@ from benchmarks.spine import checkpoint, head_decode_nodes, ort_peer, vtest  # n
 
 CALIB = "bundled:vtest[0:320:5]"
 MIXED = ROOT / "benchmarks" / "recipes" / "vtest64-qrid.toml"   # the same 22 frames, half QRID-degraded
+ROBUST = ROOT / "benchmarks" / "recipes" / "qcal-robust.toml"   # blend mix chosen on the (degraded) calibration probes
 PEERS = ["ort_minmax", "ort_percentile", "ort_entropy", "ultralytics_int8", "nncf_int8"]
 RESULTS = ROOT / "benchmarks" / "results" / "robustness_peers"
 EVAL_START, EVAL_STOP = 480, 800
@@ -90,9 +91,12 @@ def run_tool(name: str, work: Path) -> dict[str, Any]:
     """Quantize with one tool in a fresh subprocess; seconds and peak RSS (GB) of that process."""
     t = time.perf_counter()
     if name.startswith("qcal_"):
-        calib, out = (CALIB, "qcal") if name == "qcal_int8" else (str(MIXED), "qcal_mixed")
+        calib, out = {"qcal_int8": (CALIB, "qcal"), "qcal_int8_mixed": (str(MIXED), "qcal_mixed"),
+                      "qcal_int8_robust": (str(MIXED), "qcal_robust")}[name]
         cmd = [str(Path(sys.executable).with_name("qcal")), "quantize", str(checkpoint()), "--calib", calib,
                "--calib-size", "64", "--trust-checkpoint", "--no-progress", "-o", str(work / out)]
+        if name == "qcal_int8_robust":
+            cmd += ["--config", str(ROBUST)]
     else:
         cmd = [sys.executable, __file__, "--tool", name, "--work", str(work)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ,
@@ -107,7 +111,8 @@ def run_tool(name: str, work: Path) -> dict[str, Any]:
 
 def model_paths(work: Path) -> dict[str, Path]:
     return {"qcal_int8": work / "qcal" / "model.int8.onnx", **{p: work / f"{p}.onnx" for p in PEERS},
-            "qcal_int8_mixed": work / "qcal_mixed" / "model.int8.onnx"}
+            "qcal_int8_mixed": work / "qcal_mixed" / "model.int8.onnx",
+            "qcal_int8_robust": work / "qcal_robust" / "model.int8.onnx"}
 
 
 def tool_main(name: str, work: Path) -> None:
@@ -234,7 +239,7 @@ def main() -> None:
     else:
         done = work / "quantize.json"   # resume: a tool whose model exists is not re-run
         quant: dict[str, Any] = json.loads(done.read_text()) if done.is_file() else {}
-        for name in ["qcal_int8", *PEERS, "qcal_int8_mixed"]:
+        for name in ["qcal_int8", *PEERS, "qcal_int8_mixed", "qcal_int8_robust"]:
             if name in quant and paths[name].is_file():
                 continue
             print(f"quantizing: {name}", file=sys.stderr)
