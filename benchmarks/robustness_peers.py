@@ -91,12 +91,10 @@ def run_tool(name: str, work: Path) -> dict[str, Any]:
     """Quantize with one tool in a fresh subprocess; seconds and peak RSS (GB) of that process."""
     t = time.perf_counter()
     if name.startswith("qcal_"):
-        calib, out = {"qcal_int8": (CALIB, "qcal"), "qcal_int8_mixed": (str(MIXED), "qcal_mixed"),
-                      "qcal_int8_robust": (str(MIXED), "qcal_robust")}[name]
+        calib, out, extra = {"qcal_int8": (CALIB, "qcal", []), "qcal_int8_mixed": (str(MIXED), "qcal_mixed", []),
+                             "qcal_int8_robust": (str(MIXED), "qcal_robust", ["--config", str(ROBUST)])}[name]
         cmd = [str(Path(sys.executable).with_name("qcal")), "quantize", str(checkpoint()), "--calib", calib,
-               "--calib-size", "64", "--trust-checkpoint", "--no-progress", "-o", str(work / out)]
-        if name == "qcal_int8_robust":
-            cmd += ["--config", str(ROBUST)]
+               "--calib-size", "64", "--trust-checkpoint", "--no-progress", "-o", str(work / out), *extra]
     else:
         cmd = [sys.executable, __file__, "--tool", name, "--work", str(work)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ,

@@ -183,13 +183,9 @@ def test_block_inner_step_moves_adaround_v_and_leaves_the_caller_untouched() -> 
     from qcal.augment.metaaug import inner_params, module_io
     from qcal.config import Rounding
     from qcal.passes.reconstruct import attach_adaround
-    from tests.passes.test_reconstruct import toy
+    from tests.passes.test_reconstruct import toy_pair
 
-    m, x = toy()
-    q = QuantModel(m, Precision.W4A4, x[:1])
-    q.calibrate(x)
-    fp = QuantModel(m, Precision.FP32, x[:1])
-    fp.calibrate(x[:1])
+    x, q, fp = toy_pair()
     unit = Unit("block", ("block.conv1", "block.conv2"))
     for n in unit.layers:
         attach_adaround(q.layers[n])

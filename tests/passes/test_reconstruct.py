@@ -52,6 +52,16 @@ def toy() -> tuple[nn.Module, torch.Tensor]:
     return Toy().eval(), torch.randn(64, 1, 8, 8)
 
 
+def toy_pair() -> tuple[torch.Tensor, QuantModel, QuantModel]:
+    """The toy's inputs, its W4A4 model calibrated on them, and its FP32 reference."""
+    m, x = toy()
+    q = QuantModel(m, Precision.W4A4, x[:1])
+    q.calibrate(x)
+    fp = QuantModel(m, Precision.FP32, x[:1])
+    fp.calibrate(x[:1])
+    return x, q, fp
+
+
 def test_units_group_a_residual_blocks_layers_and_leave_the_rest_alone() -> None:
     m, x = toy()
     q = QuantModel(m, Precision.W4A4, x[:1])
@@ -91,11 +101,7 @@ def test_beta_is_annealed_after_the_warm_up() -> None:
 
 
 def test_adaround_hardens_the_weights_on_the_grid_and_lowers_the_layer_error() -> None:
-    m, x = toy()
-    q = QuantModel(m, Precision.W4A4, x[:1])
-    q.calibrate(x)
-    fp = QuantModel(m, Precision.FP32, x[:1])
-    fp.calibrate(x[:1])
+    x, q, fp = toy_pair()
     lay, fl = q.layers["block.conv1"], fp.layers["block.conv1"]
     x_in = capture(q, lay, x, what="input", batch=32, max_memory_mb=64)
     y_fp = capture(fp, fl, x, what="output", batch=32, max_memory_mb=64)
