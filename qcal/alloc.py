@@ -9,7 +9,7 @@ are given as a fraction of the all-FP32 cost. An infeasible budget is an error n
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -103,9 +103,12 @@ class Allocation:
                 "measured": self.measured}
 
 
-def solve(sensitivity: np.ndarray, cost: np.ndarray, budget: float) -> np.ndarray:
+def solve(sensitivity: np.ndarray, cost: np.ndarray, budget: float,
+          exclude: Sequence[np.ndarray] = ()) -> np.ndarray:
     """The integer program on arrays: sensitivity, cost (L, C); returns the chosen column per layer (L,).
 
+    `exclude`: picks (each (L,)) the solution must differ from in at least one layer (a "no-good" cut per pick:
+    sum_l x[l, pick_l] <= L - 1), which is how solve_k finds the next-best plans.
     Raises AllocationError when even the cheapest choice per layer exceeds `budget`, naming that minimum."""
     from scipy.optimize import Bounds, LinearConstraint, milp
 
@@ -121,6 +124,10 @@ def solve(sensitivity: np.ndarray, cost: np.ndarray, budget: float) -> np.ndarra
                               f"costs {smallest:.6g}; the smallest feasible budget is {smallest:.6g}.")
     one_each = np.kron(np.eye(n_layers), np.ones((1, n_choices)))
     constraints = [LinearConstraint(one_each, 1, 1), LinearConstraint(c.reshape(1, -1), -np.inf, budget)]
+    for pick in exclude:
+        row = np.zeros(s.size)
+        row[np.arange(n_layers) * n_choices + np.asarray(pick)] = 1.0
+        constraints.append(LinearConstraint(row.reshape(1, -1), -np.inf, n_layers - 1))
     res = milp(s.reshape(-1), constraints=constraints, integrality=np.ones(s.size), bounds=Bounds(0, 1))
     if res.x is None:
         raise AllocationError(f"the integer program found no solution ({res.message}); the smallest feasible "
@@ -129,23 +136,82 @@ def solve(sensitivity: np.ndarray, cost: np.ndarray, budget: float) -> np.ndarra
     return np.asarray(x.argmax(axis=1))
 
 
-def allocate(sensitivity: Mapping[str, Mapping[str, float]], costs: Mapping[str, LayerCost],
-             choices: Sequence[Precision], budget: Budget) -> Allocation:
-    """Per-layer choices minimising summed sensitivity under `budget` (a fraction of the all-FP32 cost)."""
+def solve_k(sensitivity: np.ndarray, cost: np.ndarray, budget: float, k: int) -> list[np.ndarray]:
+    """The k best distinct plans within `budget`, best (lowest summed sensitivity) first; fewer when fewer exist."""
+    picks = [solve(sensitivity, cost, budget)]
+    while len(picks) < k:
+        try:
+            picks.append(solve(sensitivity, cost, budget, exclude=picks))
+        except AllocationError:     # every feasible plan is already listed
+            break
+    return picks
+
+
+def _problem(sensitivity: Mapping[str, Mapping[str, float]], costs: Mapping[str, LayerCost],
+             choices: Sequence[Precision], kind: str) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Layer names, the sensitivity matrix and the cost matrix as fractions of the all-FP32 cost."""
     layers = list(costs)
     missing = [n for n in layers if any(p.value not in sensitivity.get(n, {}) for p in choices)]
     if missing:
         raise AllocationError(f"no sensitivity measured for layer(s) {missing[:3]} at every choice "
                               f"{[p.value for p in choices]}: measure them first (qcal.passes.sensitivity).")
     s = np.array([[sensitivity[n][p.value] for p in choices] for n in layers])
-    kind = budget.kind
     fp32_cost = sum(costs[n].cost(kind, Precision.FP32) for n in layers)
     c = np.array([[costs[n].cost(kind, p) / fp32_cost for p in choices] for n in layers])
-    try:
-        pick = solve(s, c, budget.ratio)
-    except AllocationError as e:
-        raise AllocationError(f"{kind} budget {budget.ratio:g} of FP32: {e}") from None
+    return layers, s, c
+
+
+def _plan(layers: list[str], s: np.ndarray, c: np.ndarray, pick: np.ndarray, choices: Sequence[Precision],
+          budget: Budget, sensitivity: Mapping[str, Mapping[str, float]]) -> Allocation:
     plan = {n: choices[int(j)] for n, j in zip(layers, pick, strict=True)}
     return Allocation(plan, budget, float(sum(c[i, j] for i, j in enumerate(pick))),
                       float(sum(s[i, j] for i, j in enumerate(pick))),
                       {n: dict(sensitivity[n]) for n in layers})
+
+
+def allocate(sensitivity: Mapping[str, Mapping[str, float]], costs: Mapping[str, LayerCost],
+             choices: Sequence[Precision], budget: Budget) -> Allocation:
+    """Per-layer choices minimising summed sensitivity under `budget` (a fraction of the all-FP32 cost)."""
+    return candidates(sensitivity, costs, choices, budget, k=1, uniform=False)[0]
+
+
+def candidates(sensitivity: Mapping[str, Mapping[str, float]], costs: Mapping[str, LayerCost],
+               choices: Sequence[Precision], budget: Budget, *, k: int, uniform: bool = True) -> list[Allocation]:
+    """The k best plans of the integer program (by summed sensitivity), then, with `uniform`, each all-one-choice
+    plan that fits the budget and is not already listed. Each plan's measured["candidate"] says which it is."""
+    layers, s, c = _problem(sensitivity, costs, choices, budget.kind)
+    try:
+        picks = solve_k(s, c, budget.ratio, k)
+    except AllocationError as e:
+        raise AllocationError(f"{budget.kind} budget {budget.ratio:g} of FP32: {e}") from None
+    out = []
+    for rank, pick in enumerate(picks, 1):
+        out.append(_plan(layers, s, c, pick, choices, budget, sensitivity))
+        out[-1].measured["candidate"] = f"ip#{rank}"
+    seen = {tuple(int(j) for j in pick) for pick in picks}
+    for j, p in enumerate(choices if uniform else ()):
+        pick = np.full(len(layers), j)
+        if tuple(pick.tolist()) not in seen and c[:, j].sum() <= budget.ratio * (1 + 1e-12):
+            out.append(_plan(layers, s, c, pick, choices, budget, sensitivity))
+            out[-1].measured["candidate"] = f"uniform {p.value}"
+    return out
+
+
+def refine(plans: Sequence[Allocation], measure: Callable[[Mapping[str, Precision]], float]) -> Allocation:
+    """The plan with the lowest measured loss increase (measure: plan -> loss increase over the base model,
+    every layer at its choice at once). The integer program adds per-layer sensitivities as if they were
+    independent; measuring its best few plans (and the uniform ones) jointly catches where they are not.
+    The chosen plan's measured["refinement"] lists every candidate, predicted vs measured."""
+    if not plans:
+        raise AllocationError("refine: no candidate plans to measure.")
+    rows = []
+    for plan in plans:
+        rows.append({"candidate": plan.measured.get("candidate", "?"), "cost_ratio": plan.cost_ratio,
+                     "predicted_loss_increase": plan.predicted_loss_increase,
+                     "measured_loss_increase": float(measure(plan.choices)),
+                     "choices": {n: p.value for n, p in plan.choices.items()}})
+    best = min(range(len(plans)), key=lambda i: (rows[i]["measured_loss_increase"], i))
+    chosen = plans[best]
+    chosen.measured["measured_loss_increase"] = rows[best]["measured_loss_increase"]
+    chosen.measured["refinement"] = rows
+    return chosen

@@ -83,6 +83,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    "programming under a budget relative to FP32: latency=0.7, size=0.5 or bops=0.3; the float "
                    "layers stay float in the QDQ model (allocation.json lists them)")
     p.add_argument("--choices", default="int8,fp16", help="precision choices for --allocate (default int8,fp16)")
+    p.add_argument("--refine", type=int, default=4, metavar="K", help="--allocate: measure the integer program's K "
+                   "best plans and the uniform ones jointly on the calibration set and keep the best measured "
+                   "(default 4; 0: the integer program's optimum as is)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -172,7 +175,7 @@ def _allocate(args: argparse.Namespace, cfg: QuantConfig) -> tuple[QuantConfig, 
 
     plan = allocate_bits(args.checkpoint, args.calib, budget=Budget.parse(args.allocate),
                          choices=[c.strip() for c in args.choices.split(",")], config=cfg,
-                         trust_checkpoint=args.trust_checkpoint, progress=not args.no_progress)
+                         trust_checkpoint=args.trust_checkpoint, refine=args.refine, progress=not args.no_progress)
     assert isinstance(plan.export_config, QuantConfig)
     return plan.export_config, plan
 

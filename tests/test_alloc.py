@@ -5,7 +5,7 @@ import itertools
 import numpy as np
 import pytest
 
-from qcal.alloc import AllocationError, Budget, LayerCost, allocate, solve
+from qcal.alloc import AllocationError, Budget, LayerCost, allocate, candidates, refine, solve, solve_k
 from qcal.quant.fakequant import Precision
 
 
@@ -77,3 +77,40 @@ def test_budget_validation() -> None:
         Budget(size=0.2, bops=0.1)
     with pytest.raises(AllocationError, match="KIND=RATIO"):
         Budget.parse("speed=2")
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_solve_k_lists_the_k_best_distinct_plans_in_order(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    s, c = rng.random((4, 3)), rng.integers(1, 10, (4, 3)).astype(float)
+    budget = float(c.min(1).sum() + 0.6 * (c.max(1).sum() - c.min(1).sum()))
+    feasible = sorted(sum(s[i, j] for i, j in enumerate(p)) for p in itertools.product(range(3), repeat=4)
+                      if sum(c[i, j] for i, j in enumerate(p)) <= budget + 1e-9)
+    picks = solve_k(s, c, budget, 5)
+    assert len({tuple(p.tolist()) for p in picks}) == 5
+    got = [sum(s[i, j] for i, j in enumerate(p)) for p in picks]
+    assert got == pytest.approx(feasible[:5])
+    # asking for more plans than exist returns every feasible plan once
+    assert len(solve_k(s, c, float(c.max(1).sum()), 200)) == 3 ** 4
+
+
+def test_refine_keeps_the_best_measured_candidate_and_lists_all() -> None:
+    # The per-layer sensitivities say "a at 4 bits" is cheapest; measured jointly it is not (interaction).
+    costs = {"a": LayerCost(params=100, macs=1), "b": LayerCost(params=100, macs=1)}
+    sens = {"a": {"w4a4": 0.1, "w6a6": 0.3, "int8": 0.0}, "b": {"w4a4": 0.2, "w6a6": 0.3, "int8": 0.0}}
+    choices = [Precision.W4A4, Precision.W6A6, Precision.INT8]
+    plans = candidates(sens, costs, choices, Budget(size=0.1875), k=2)
+    names = [p.measured["candidate"] for p in plans]
+    assert names == ["ip#1", "ip#2", "uniform w4a4", "uniform w6a6"]       # int8 (0.25) does not fit
+    assert plans[0].choices == {"a": Precision.W4A4, "b": Precision.INT8}
+    assert plans[1].choices == {"a": Precision.INT8, "b": Precision.W4A4}
+    measured = {("w4a4", "int8"): 0.9, ("int8", "w4a4"): 0.5, ("w4a4", "w4a4"): 2.0, ("w6a6", "w6a6"): 0.4}
+    best = refine(plans, lambda plan: measured[(plan["a"].value, plan["b"].value)])
+    assert best.measured["candidate"] == "uniform w6a6"
+    assert best.measured["measured_loss_increase"] == pytest.approx(0.4)
+    rows = best.measured["refinement"]
+    assert [r["measured_loss_increase"] for r in rows] == [0.9, 0.5, 2.0, 0.4]
+    assert rows[0]["predicted_loss_increase"] == pytest.approx(0.1)
+    assert best.cost_ratio == pytest.approx(0.1875)
+    with pytest.raises(AllocationError, match="no candidate plans"):
+        refine([], lambda plan: 0.0)

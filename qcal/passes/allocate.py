@@ -20,7 +20,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from qcal.alloc import Allocation, AllocationError, Budget, LayerCost, allocate
+from qcal.alloc import Allocation, AllocationError, Budget, LayerCost, allocate, candidates
+from qcal.alloc import refine as refine_plans
 from qcal.config import KeepFloatConfig, QuantConfig
 from qcal.quant.fakequant import Precision
 from qcal.quant.qmodules import QuantModel, torch_layer_costs
@@ -63,13 +64,18 @@ def float_nodes_config(cfg: QuantConfig, choices: dict[str, Precision],
 def allocate_bits(model: Any, calib: Any = None, *, budget: Budget, choices: Sequence[str | Precision] = ("int8", "fp16"),
                   base: str | Precision | None = None, labels: Any = None, config: QuantConfig | None = None,
                   example_input: Any = None, trust_checkpoint: bool = False, latency_runs: int = 20,
-                  threads: int = 1, measure_on: str = "torch", onnx_samples: int = 4,
+                  threads: int = 1, measure_on: str = "torch", onnx_samples: int = 4, refine: int = 4,
                   progress: bool = True) -> Allocation:
     """Choose a precision per layer (Conv/Linear) minimising the summed measured sensitivity under `budget`.
 
     measure_on: "torch" (simulation on the whole calibration set; any choice, labels allowed) or "onnx" (the
     deployed QDQ model in ONNX Runtime, one layer kept float at a time, on the first `onnx_samples` calibration
     samples; int8/fp16/fp32 choices, output error vs FP32: qcal.passes.onnx_sensitivity).
+
+    refine: when > 0, the `refine` best plans of the integer program and every uniform plan within the budget
+    are each measured jointly (all layers at their choices at once, same loss as the sensitivities) and the one
+    with the lowest measured loss is returned; measured["refinement"] lists them. Only with measure_on="torch"
+    (the ONNX measurement keeps the integer program's optimum); 0: the optimum, unmeasured.
 
     The returned Allocation's `measured["float_nodes"]` are the ONNX nodes its float layers become, and
     `export_config` a QuantConfig keeping them float: `qcal.quantize(model, calib, config=plan.export_config)`.
@@ -80,11 +86,14 @@ def allocate_bits(model: Any, calib: Any = None, *, budget: Budget, choices: Seq
     from qcal.errors import CalibrationError
     from qcal.models import load_model
     from qcal.passes.apply import calib_tensor
-    from qcal.passes.sensitivity import measure
+    from qcal.passes.sensitivity import joint_loss, measure
 
     cfg = config or QuantConfig()
     if measure_on not in ("torch", "onnx"):
         raise AllocationError(f"measure_on={measure_on!r}: choose 'torch' or 'onnx'.")
+    if refine < 0:
+        raise AllocationError(f"refine={refine}: give a number of candidate plans >= 0 (0: no refinement).")
+    refine = refine if measure_on == "torch" else 0
     opts = [Precision(c) for c in choices]
     base_p = Precision(base) if base is not None else next((p for p in opts if not p.is_float), opts[0])
     if base_p not in opts:
@@ -130,7 +139,11 @@ def allocate_bits(model: Any, calib: Any = None, *, budget: Budget, choices: Seq
             lat = layer_latencies(refined, cs, cfg, nodes, opts, runs=latency_runs, threads=threads,
                                   workdir=Path(tmp), progress=progress)
             costs = {n: LayerCost(c.params, c.macs, lat.get(n, {})) for n, c in costs.items()}
-    plan = allocate(sens, costs, opts, budget)
+    if refine:
+        plan = refine_plans(candidates(sens, costs, opts, budget, k=refine),
+                            joint_loss(bank, x, base_p, labels=y, fp_model=None if y is not None else fp))
+    else:
+        plan = allocate(sens, costs, opts, budget)
     plan.export_config, float_nodes = float_nodes_config(cfg, plan.choices, nodes)
     plan.measured["float_nodes"] = float_nodes
     plan.measured["fp16_nodes"] = list(plan.export_config.keep_float.fp16_nodes)

@@ -10,7 +10,7 @@ over channels, so outputs of different scales count alike (YOLO's box pixels and
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from tqdm import tqdm
@@ -59,16 +59,34 @@ def evaluate_loss(model: torch.nn.Module, calib: torch.Tensor, *, labels: torch.
     return float((noise / signal.clamp_min(1e-30)).mean())
 
 
+def _reference(calib: torch.Tensor, labels: torch.Tensor | None,
+               fp_model: torch.nn.Module | None) -> torch.Tensor | None:
+    if labels is not None:
+        return None
+    if fp_model is None:
+        raise ConfigError("sensitivity without labels needs the FP32 model for reference outputs.")
+    with torch.no_grad():
+        return torch.cat([fp_model(calib[i:i + 250]) for i in range(0, len(calib), 250)])
+
+
+def joint_loss(bank: Mapping[Precision, QuantModel], calib: torch.Tensor, base: Precision, *,
+               labels: torch.Tensor | None = None,
+               fp_model: torch.nn.Module | None = None) -> Callable[[Mapping[str, Precision]], float]:
+    """plan -> loss(every layer at its choice at once) - loss(all at base): what the integer program predicts
+    as a sum of per-layer sensitivities, measured (qcal.alloc.refine)."""
+    reference = _reference(calib, labels, fp_model)
+    base_loss = evaluate_loss(compose(bank, {}, base), calib, labels=labels, reference=reference)
+
+    def loss(plan: Mapping[str, Precision]) -> float:
+        return evaluate_loss(compose(bank, plan, base), calib, labels=labels, reference=reference) - base_loss
+    return loss
+
+
 def measure(bank: Mapping[Precision, QuantModel], calib: torch.Tensor, choices: Sequence[Precision], base: Precision,
             *, labels: torch.Tensor | None = None, fp_model: torch.nn.Module | None = None,
             progress: bool = True) -> dict[str, dict[str, float]]:
     """layer -> choice -> loss(layer at choice, others at base) - loss(all at base)."""
-    reference = None
-    if labels is None:
-        if fp_model is None:
-            raise ConfigError("sensitivity without labels needs the FP32 model for reference outputs.")
-        with torch.no_grad():
-            reference = torch.cat([fp_model(calib[i:i + 250]) for i in range(0, len(calib), 250)])
+    reference = _reference(calib, labels, fp_model)
     base_model = compose(bank, {}, base)
     base_loss = evaluate_loss(base_model, calib, labels=labels, reference=reference)
     out: dict[str, dict[str, float]] = {}

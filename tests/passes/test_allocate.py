@@ -24,6 +24,10 @@ def test_size_budget_keeps_float_layers_float_in_the_qdq_model() -> None:
     assert all(set(row["sensitivity"]) == {"int8", "fp16"} for row in d["layers"])
     assert all(row["sensitivity"]["int8"] == 0.0 for row in d["layers"])     # int8 is the base
     assert plan.cost_ratio <= 0.4
+    rows = plan.measured["refinement"]     # the IP's best plans (and uniform int8) measured jointly; best kept
+    assert rows[0]["candidate"] == "ip#1" and {"c1": "int8", "c2": "int8", "fc": "int8"} in [r["choices"] for r in rows]
+    assert plan.measured["measured_loss_increase"] == min(r["measured_loss_increase"] for r in rows)
+    assert all(r["cost_ratio"] <= 0.4 for r in rows)
     # all-int8 is 0.25 and all-fp16 0.5 of FP32 bits: 0.4 leaves room for the largest layers in float
     assert 1 <= len(d["float_layers"]) < 3
     assert plan.measured["unmatched_layers"] == []
