@@ -80,7 +80,8 @@ class QuantResult:
                             "blend_alpha": o.blend_alpha,
                             "blend_search": None if o.blend_search is None else
                             {"chosen_alpha": o.blend_alpha,
-                             "output_sqnr_db": {str(a): round(v, 3) for a, v in o.blend_search.items()}}},
+                             "output_sqnr_db": {str(a): round(v, 3) for a, v in o.blend_search.items()},
+                             "groups": o.blend_groups}},
             "range_stability": range_stability(o.calibration),
             "coverage": coverage(self.calib),
             "kept_in_float": [{"node": d.node, "op": d.op_type, "rule": d.rule, "reason": d.reason}

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,11 +33,13 @@ class CalibrationStats:
     # blend observer only: per tensor (MSE range, percentile range); `ranges` then holds one mix of the two
     endpoints: dict[str, tuple[tuple[float, float], tuple[float, float]]] | None = None
 
-    def blended(self, alpha: float) -> CalibrationStats:
-        """The same statistics with ranges mixed at `alpha` (0: MSE, 1: percentile)."""
+    def blended(self, alpha: float | Mapping[str, float]) -> CalibrationStats:
+        """The same statistics with ranges mixed at `alpha` (0: MSE, 1: percentile), one for every tensor or
+        one per tensor (a mapping naming every tensor)."""
         if self.endpoints is None:
             raise ValueError("blended() needs statistics from the blend observer")
-        return dataclasses.replace(self, ranges={t: blend_range(m, p, alpha) for t, (m, p) in self.endpoints.items()})
+        a = alpha if isinstance(alpha, Mapping) else dict.fromkeys(self.endpoints, alpha)
+        return dataclasses.replace(self, ranges={t: blend_range(m, p, a[t]) for t, (m, p) in self.endpoints.items()})
 
 
 def make_session(model_bytes: bytes, threads: int = 2, *, arena: bool = True) -> ort.InferenceSession:

@@ -249,6 +249,9 @@ class QuantConfig:
     # observer "blend": range = (1-alpha) MSE + alpha percentile. One value: used as is (0.5 was best on held-out
     # frames, benchmarks/results/observer_blend.md); several: the one with the best model-output SQNR is kept
     blend_alphas: tuple[float, ...] = (0.5,)
+    # with several blend_alphas: > 1 splits the quantized activations (graph order) into this many contiguous
+    # groups and, from the best single alpha, chooses each group's alpha in turn by the same probe SQNR
+    blend_groups: int = 1
     calib_size: int = 64                  # calibration samples used (the first N of the set)
     imgsz: int = 640
     per_channel: bool = True
@@ -285,6 +288,8 @@ class QuantConfig:
         if not self.blend_alphas or any(not 0.0 <= a <= 1.0 for a in self.blend_alphas):
             raise ConfigError(f"blend_alphas={list(self.blend_alphas)}: give one or more mixes in [0, 1] "
                               "(0: MSE ranges, 1: percentile ranges), e.g. [0, 0.25, 0.5, 0.75, 1].")
+        if self.blend_groups < 1:
+            raise ConfigError(f"blend_groups={self.blend_groups}: must be >= 1 (1: one alpha for the whole model).")
         if not 50.0 < self.percentile <= 100.0:
             raise ConfigError(f"percentile={self.percentile}: must be in (50, 100], e.g. 99.999.")
         if self.calib_size < 1:

@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -34,7 +35,8 @@ class PipelineOutput:
     calibration: CalibrationStats
     seconds: dict[str, float]
     blend_search: dict[float, float] | None = None   # blend observer: alpha -> model-output SQNR (dB)
-    blend_alpha: float | None = None                 # blend observer: the alpha used
+    blend_alpha: float | None = None                 # blend observer: the alpha used (the best single one)
+    blend_groups: list[dict[str, Any]] | None = None  # blend_groups > 1: each group's tensors and chosen alpha
 
 
 def resolve_profile(config: QuantConfig) -> QdqProfile:
@@ -120,15 +122,37 @@ def verified(info: GraphInfo, stats: CalibrationStats, profile: QdqProfile, deci
 
 def choose_blend(info: GraphInfo, stats: CalibrationStats, profile: QdqProfile, decisions: list[FloatDecision],
                  alphas: tuple[float, ...], feeds: list[dict[str, np.ndarray]], fp32_path: Path, probe: Path,
-                 meta: Mapping[str, object], threads: int) -> tuple[CalibrationStats, float, dict[float, float]]:
+                 meta: Mapping[str, object], threads: int,
+                 groups: int = 1) -> tuple[CalibrationStats, float, dict[float, float], list[dict[str, Any]] | None]:
     """The blend observer's alpha (0: MSE ranges, 1: percentile ranges) with the best model-output SQNR on the
-    probe samples; ties go to the first alpha listed."""
-    scores: dict[float, float] = {}
-    for a in alphas:
-        export_qdq(fp32_path, build_table(stats.blended(a), profile, decisions, meta), profile, probe)
-        scores[a] = output_sqnr(fp32_path, probe, feeds, threads)
+    probe samples; ties go to the first alpha listed. With groups > 1, then one alpha per contiguous group of
+    tensors (graph order), each group in turn, a change kept only when it raises the SQNR (coordinate search);
+    the last value lists the groups: first/last tensor, size, alpha and the SQNR after choosing it."""
+    def score(alpha: float | Mapping[str, float]) -> float:
+        export_qdq(fp32_path, build_table(stats.blended(alpha), profile, decisions, meta), profile, probe)
+        return output_sqnr(fp32_path, probe, feeds, threads)
+
+    scores = {a: score(a) for a in alphas}
     best = max(scores, key=lambda a: scores[a])
-    return stats.blended(best), best, scores
+    if groups <= 1:
+        return stats.blended(best), best, scores, None
+    assert stats.endpoints is not None
+    names = list(stats.endpoints)
+    per_tensor = dict.fromkeys(names, best)
+    current, rows = scores[best], []
+    for idx in np.array_split(np.arange(len(names)), min(groups, len(names))):
+        members = [names[i] for i in idx]
+        keep = per_tensor[members[0]]
+        for a in alphas:
+            if a == per_tensor[members[0]]:
+                continue
+            trial = score({**per_tensor, **dict.fromkeys(members, a)})
+            if trial > current:
+                current, keep = trial, a
+        per_tensor.update(dict.fromkeys(members, keep))
+        rows.append({"first": members[0], "last": members[-1], "tensors": len(members), "alpha": keep,
+                     "output_sqnr_db": round(current, 3)})
+    return stats.blended(per_tensor), best, scores, rows
 
 
 def run(adapter: ModelAdapter, images: Iterable[np.ndarray], n_images: int, config: QuantConfig, workdir: Path,
@@ -181,17 +205,20 @@ def run(adapter: ModelAdapter, images: Iterable[np.ndarray], n_images: int, conf
     drops: dict[str, float] = {}
     search: dict[float, float] | None = None
     alpha: float | None = None
+    group_alphas: list[dict[str, Any]] | None = None
     probe = workdir / "probe.int8.onnx"
     if stats.endpoints is not None:
         t1 = time.perf_counter()
         alpha = config.blend_alphas[0]
         if len(config.blend_alphas) > 1 and n_probe > 0 and first:
-            stats, alpha, search = choose_blend(info, stats, profile, decisions, config.blend_alphas, first,
-                                                fp32_path, probe, meta, threads)
+            stats, alpha, search, group_alphas = choose_blend(info, stats, profile, decisions, config.blend_alphas,
+                                                              first, fp32_path, probe, meta, threads,
+                                                              config.blend_groups)
             probe.unlink(missing_ok=True)
         else:
             stats = stats.blended(alpha)
-        meta["observer"] = f"blend(alpha={alpha:g})"
+        per_group = None if group_alphas is None else ",".join(f"{g['alpha']:g}" for g in group_alphas)
+        meta["observer"] = f"blend(alpha={alpha:g})" if per_group is None else f"blend(alpha per group={per_group})"
         metadata = {**metadata, "qcal.observer": meta["observer"]}
         seconds["blend_search"] = time.perf_counter() - t1
     if n_probe > 0 and first:
@@ -221,7 +248,8 @@ def run(adapter: ModelAdapter, images: Iterable[np.ndarray], n_images: int, conf
         except ExporterError as e:
             raise ExportError(f"FP16 conversion of keep_float.fp16_nodes failed: {e}") from e
     seconds["export_int8"] = time.perf_counter() - t0
-    return PipelineOutput(fp32_path, int8_path, table, profile, decisions, drops, stats, seconds, search, alpha)
+    return PipelineOutput(fp32_path, int8_path, table, profile, decisions, drops, stats, seconds, search, alpha,
+                          group_alphas)
 
 
 __all__ = ["PipelineOutput", "run", "resolve_profile", "build_table", "sqnr_db"]

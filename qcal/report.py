@@ -58,8 +58,12 @@ def _blend_lines(b: dict[str, Any] | None) -> list[str]:
     if not b:
         return []
     tried = ", ".join(f"{a}: {v} dB" for a, v in b["output_sqnr_db"].items())
-    return [f"- blend observer: alpha {b['chosen_alpha']} chosen (0 = MSE ranges, 1 = percentile ranges); "
-            f"model-output SQNR on the probe samples per alpha: {tried}"]
+    lines = [f"- blend observer: alpha {b['chosen_alpha']} chosen (0 = MSE ranges, 1 = percentile ranges); "
+             f"model-output SQNR on the probe samples per alpha: {tried}"]
+    for i, g in enumerate(b.get("groups") or []):
+        lines.append(f"  - group {i + 1} ({g['tensors']} tensors, {g['first']} .. {g['last']}): alpha {g['alpha']:g}, "
+                     f"output SQNR {g['output_sqnr_db']} dB after choosing it")
+    return lines
 
 
 def report_markdown(r: dict[str, Any]) -> str:

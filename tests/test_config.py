@@ -38,6 +38,10 @@ def test_blend_alphas_round_trip_and_validation() -> None:
         QuantConfig(blend_alphas=(1.5,))
     with pytest.raises(ConfigError, match="blend_alphas"):
         QuantConfig(blend_alphas=())
+    grouped = QuantConfig(blend_alphas=(0.0, 1.0), blend_groups=3)
+    assert QuantConfig.from_toml(grouped.to_toml()) == grouped
+    with pytest.raises(ConfigError, match=r"blend_groups=0: must be >= 1"):
+        QuantConfig(blend_groups=0)
 
 
 def test_fp16_nodes_round_trip() -> None:

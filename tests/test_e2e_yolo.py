@@ -14,6 +14,7 @@ import pytest
 import qcal
 from exporters import read_metadata
 from qcal.models.yolo import YoloAdapter
+from qcal.quant.observers import blend_range
 
 
 def _fall_checkpoint() -> Path:
@@ -130,3 +131,28 @@ def test_blend_observer_picks_the_alpha_with_the_best_output_sqnr(tmp_path: Path
     paths = r.export(tmp_path)
     assert read_metadata(paths["int8"])["qcal.observer"] == f"blend(alpha={best:g})"
     assert "blend observer: alpha" in paths["report_md"].read_text()
+
+
+def test_blend_groups_choose_one_alpha_per_contiguous_group_by_output_sqnr(tmp_path: Path) -> None:
+    adapter = YoloAdapter.from_yaml("yolov8n.yaml", nc=3, imgsz=320)
+    cfg = qcal.QuantConfig(imgsz=320, calib_size=4, blend_alphas=(0.0, 0.5, 1.0), blend_groups=3,
+                           keep_float=qcal.KeepFloatConfig(sensitivity_samples=2))
+    r = qcal.quantize(adapter, calib="bundled:vtest[0:30]", config=cfg, progress=False)
+    search, groups, ends = r.out.blend_search, r.out.blend_groups, r.out.calibration.endpoints
+    assert search is not None and groups is not None and ends is not None
+    assert len(groups) == 3 and sum(g["tensors"] for g in groups) == len(ends)
+    names = list(ends)
+    assert [g["first"] for g in groups] == [names[0], names[groups[0]["tensors"]],
+                                            names[groups[0]["tensors"] + groups[1]["tensors"]]]
+    # coordinate search from the best single alpha: the SQNR never falls below it, and never falls group to group
+    sqnr = [g["output_sqnr_db"] for g in groups]
+    assert sqnr[0] >= round(max(search.values()), 3) - 1e-9 and sqnr == sorted(sqnr)
+    start = 0
+    for g in groups:   # every tensor of a group carries its group's alpha
+        for t in names[start:start + g["tensors"]]:
+            assert r.out.calibration.ranges[t] == blend_range(*ends[t], g["alpha"])
+        start += g["tensors"]
+    paths = r.export(tmp_path)
+    assert read_metadata(paths["int8"])["qcal.observer"] == \
+        "blend(alpha per group=" + ",".join(f"{g['alpha']:g}" for g in groups) + ")"
+    assert "group 3 (" in paths["report_md"].read_text()
