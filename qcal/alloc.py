@@ -188,7 +188,7 @@ def candidates(sensitivity: Mapping[str, Mapping[str, float]], costs: Mapping[st
     for rank, pick in enumerate(picks, 1):
         out.append(_plan(layers, s, c, pick, choices, budget, sensitivity))
         out[-1].measured["candidate"] = f"ip#{rank}"
-    seen = {tuple(int(j) for j in pick) for pick in picks}
+    seen = {tuple(pick.tolist()) for pick in picks}
     for j, p in enumerate(choices if uniform else ()):
         pick = np.full(len(layers), j)
         if tuple(pick.tolist()) not in seen and c[:, j].sum() <= budget.ratio * (1 + 1e-12):

@@ -142,9 +142,9 @@ def choose_blend(info: GraphInfo, stats: CalibrationStats, profile: QdqProfile, 
     current, rows = scores[best], []
     for idx in np.array_split(np.arange(len(names)), min(groups, len(names))):
         members = [names[i] for i in idx]
-        keep = per_tensor[members[0]]
+        keep = best   # each group is visited once, so it still holds the best single alpha
         for a in alphas:
-            if a == per_tensor[members[0]]:
+            if a == best:
                 continue
             trial = score({**per_tensor, **dict.fromkeys(members, a)})
             if trial > current:

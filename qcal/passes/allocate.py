@@ -93,7 +93,6 @@ def allocate_bits(model: Any, calib: Any = None, *, budget: Budget, choices: Seq
         raise AllocationError(f"measure_on={measure_on!r}: choose 'torch' or 'onnx'.")
     if refine < 0:
         raise AllocationError(f"refine={refine}: give a number of candidate plans >= 0 (0: no refinement).")
-    refine = refine if measure_on == "torch" else 0
     opts = [Precision(c) for c in choices]
     base_p = Precision(base) if base is not None else next((p for p in opts if not p.is_float), opts[0])
     if base_p not in opts:
@@ -114,8 +113,9 @@ def allocate_bits(model: Any, calib: Any = None, *, budget: Budget, choices: Seq
     y = torch.as_tensor(labels) if labels is not None else None
     fp = QuantModel(module, Precision.FP32, x[:1])
     fp.calibrate(x[:1])
-    sens = measure(bank, x, opts, base_p, labels=y, fp_model=None if y is not None else fp,
-                   progress=progress) if measure_on == "torch" else {}
+    joint = joint_loss(bank, x, base_p, labels=y, fp_model=None if y is not None else fp) \
+        if measure_on == "torch" else None
+    sens = measure(bank, x, opts, base_p, loss=joint, progress=progress) if joint is not None else {}
     costs = torch_layer_costs(bank[base_p], x[:1])
     with tempfile.TemporaryDirectory(prefix="qcal-alloc-") as tmp:
         fp32_path = Path(tmp) / "model.fp32.onnx"
@@ -139,9 +139,8 @@ def allocate_bits(model: Any, calib: Any = None, *, budget: Budget, choices: Seq
             lat = layer_latencies(refined, cs, cfg, nodes, opts, runs=latency_runs, threads=threads,
                                   workdir=Path(tmp), progress=progress)
             costs = {n: LayerCost(c.params, c.macs, lat.get(n, {})) for n, c in costs.items()}
-    if refine:
-        plan = refine_plans(candidates(sens, costs, opts, budget, k=refine),
-                            joint_loss(bank, x, base_p, labels=y, fp_model=None if y is not None else fp))
+    if refine and joint is not None:
+        plan = refine_plans(candidates(sens, costs, opts, budget, k=refine), joint)
     else:
         plan = allocate(sens, costs, opts, budget)
     plan.export_config, float_nodes = float_nodes_config(cfg, plan.choices, nodes)

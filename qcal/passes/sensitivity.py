@@ -59,22 +59,17 @@ def evaluate_loss(model: torch.nn.Module, calib: torch.Tensor, *, labels: torch.
     return float((noise / signal.clamp_min(1e-30)).mean())
 
 
-def _reference(calib: torch.Tensor, labels: torch.Tensor | None,
-               fp_model: torch.nn.Module | None) -> torch.Tensor | None:
-    if labels is not None:
-        return None
-    if fp_model is None:
-        raise ConfigError("sensitivity without labels needs the FP32 model for reference outputs.")
-    with torch.no_grad():
-        return torch.cat([fp_model(calib[i:i + 250]) for i in range(0, len(calib), 250)])
-
-
 def joint_loss(bank: Mapping[Precision, QuantModel], calib: torch.Tensor, base: Precision, *,
                labels: torch.Tensor | None = None,
                fp_model: torch.nn.Module | None = None) -> Callable[[Mapping[str, Precision]], float]:
-    """plan -> loss(every layer at its choice at once) - loss(all at base): what the integer program predicts
-    as a sum of per-layer sensitivities, measured (qcal.alloc.refine)."""
-    reference = _reference(calib, labels, fp_model)
+    """plan -> loss(every layer at its choice at once) - loss(all at base): one layer's sensitivity for a
+    one-layer plan (measure), what the integer program predicts as a sum of them for a whole plan (qcal.alloc.refine)."""
+    reference = None
+    if labels is None:
+        if fp_model is None:
+            raise ConfigError("sensitivity without labels needs the FP32 model for reference outputs.")
+        with torch.no_grad():
+            reference = torch.cat([fp_model(calib[i:i + 250]) for i in range(0, len(calib), 250)])
     base_loss = evaluate_loss(compose(bank, {}, base), calib, labels=labels, reference=reference)
 
     def loss(plan: Mapping[str, Precision]) -> float:
@@ -84,19 +79,11 @@ def joint_loss(bank: Mapping[Precision, QuantModel], calib: torch.Tensor, base: 
 
 def measure(bank: Mapping[Precision, QuantModel], calib: torch.Tensor, choices: Sequence[Precision], base: Precision,
             *, labels: torch.Tensor | None = None, fp_model: torch.nn.Module | None = None,
+            loss: Callable[[Mapping[str, Precision]], float] | None = None,
             progress: bool = True) -> dict[str, dict[str, float]]:
-    """layer -> choice -> loss(layer at choice, others at base) - loss(all at base)."""
-    reference = _reference(calib, labels, fp_model)
-    base_model = compose(bank, {}, base)
-    base_loss = evaluate_loss(base_model, calib, labels=labels, reference=reference)
-    out: dict[str, dict[str, float]] = {}
-    layers = list(base_model.layers)
-    for n in tqdm(layers, desc="sensitivity", disable=not progress, leave=False):
-        out[n] = {}
-        for p in choices:
-            if p is base:
-                out[n][p.value] = 0.0
-                continue
-            loss = evaluate_loss(compose(bank, {n: p}, base), calib, labels=labels, reference=reference)
-            out[n][p.value] = loss - base_loss
-    return out
+    """layer -> choice -> loss(layer at choice, others at base) - loss(all at base). `loss`: a joint_loss of the
+    same bank and calibration set, when the caller has one already (its reference and base loss are reused)."""
+    loss = loss or joint_loss(bank, calib, base, labels=labels, fp_model=fp_model)
+    layers = list(bank[base].layers)
+    return {n: {p.value: 0.0 if p is base else loss({n: p}) for p in choices}
+            for n in tqdm(layers, desc="sensitivity", disable=not progress, leave=False)}
