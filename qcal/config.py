@@ -290,6 +290,10 @@ class QuantConfig:
                               "(0: MSE ranges, 1: percentile ranges), e.g. [0, 0.25, 0.5, 0.75, 1].")
         if self.blend_groups < 1:
             raise ConfigError(f"blend_groups={self.blend_groups}: must be >= 1 (1: one alpha for the whole model).")
+        if self.blend_groups > 1 and len(self.blend_alphas) < 2:
+            raise ConfigError(f"blend_groups={self.blend_groups} needs two or more blend_alphas to choose from per "
+                              f"group (got {list(self.blend_alphas)}); list them, e.g. blend_alphas = [0, 0.5, 1], "
+                              "or set blend_groups = 1.")
         if not 50.0 < self.percentile <= 100.0:
             raise ConfigError(f"percentile={self.percentile}: must be in (50, 100], e.g. 99.999.")
         if self.calib_size < 1:

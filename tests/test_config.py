@@ -42,6 +42,8 @@ def test_blend_alphas_round_trip_and_validation() -> None:
     assert QuantConfig.from_toml(grouped.to_toml()) == grouped
     with pytest.raises(ConfigError, match=r"blend_groups=0: must be >= 1"):
         QuantConfig(blend_groups=0)
+    with pytest.raises(ConfigError, match=r"blend_groups=4 needs two or more blend_alphas .*got \[0.5\]"):
+        QuantConfig(blend_groups=4)
 
 
 def test_fp16_nodes_round_trip() -> None:

@@ -28,7 +28,7 @@ from torch.func import functional_call, grad
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from qcal.augment.detect_loss import detection_fit, find_detect_head, head_maps
+from qcal.augment.detect_loss import DetectHead, detection_fit, find_detect_head, head_maps
 from qcal.augment.tnet import Augmenter, TNetSpec, TransformNet
 from qcal.config import MetaAugConfig, Rounding, _to_plain
 from qcal.passes.reconstruct import Unit, recon_loss
@@ -137,13 +137,15 @@ def later_layers_float(qmodel: QuantModel, unit: Unit) -> Iterator[None]:
 
 def meta_loss(qmodel: QuantModel, fp_model: QuantModel, name: str, stepped: dict[str, torch.Tensor],
               x_val: torch.Tensor, x: torch.Tensor, tx: torch.Tensor, cfg: MetaAugConfig,
-              var: float = 1.0) -> tuple[torch.Tensor, dict[str, float]]:
+              var: float = 1.0, head: DetectHead | None | str = "find") -> tuple[torch.Tensor, dict[str, float]]:
     """The outer loss: the quantized model with module `name` holding `stepped` (keys relative to it), on the
     original validation inputs, vs FP32 (a detector: KL of the head's box distributions + binary KL of its class
     scores, qcal.augment.detect_loss; else softened-logit KL for 2-D outputs, MSE otherwise), plus the hinge
-    (margin cfg.margin * var, var: the calibration inputs' variance) and the feature term on T(x)."""
+    (margin cfg.margin * var, var: the calibration inputs' variance) and the feature term on T(x). `head`: the
+    detector head if the caller has already looked it up (None: not a detector), else "find" looks it up."""
     full = {f"model.{name}.{k}": v for k, v in stepped.items()}
-    head = find_detect_head(qmodel.model)
+    if isinstance(head, str):
+        head = find_detect_head(qmodel.model)
     det: dict[str, float] = {}
     if head is not None:   # a detector: box distributions + class scores of the raw head (qcal.augment.detect_loss)
         box_q, cls_q = head_maps(qmodel.model, head, lambda: functional_call(qmodel, full, (x_val,)))
@@ -226,6 +228,7 @@ class MetaAugTrainer:
         first: dict[str, float] | None = None
         parts: dict[str, float] = {}
         done = 0
+        head = find_detect_head(qmodel.model)   # looked up once per unit, not on every outer step
         bar = tqdm(range(cfg.iters), desc=f"metaaug {unit.name}", disable=not self.progress, leave=False)
         with later_layers_float(qmodel, unit):
             for _ in bar:
@@ -239,7 +242,7 @@ class MetaAugTrainer:
                 target = module_io(fp_model, fm, tx, "output")
                 stepped = inner_step(qm, inner_params(qmodel, unit, frozen), module_io(qmodel, qm, tx), target, cfg.inner_lr,
                                      rounding, cfg.inner_clip)
-                loss, parts = meta_loss(qmodel, fp_model, unit.name, stepped, x_val, x, tx, cfg, self.var)
+                loss, parts = meta_loss(qmodel, fp_model, unit.name, stepped, x_val, x, tx, cfg, self.var, head)
                 tparams = list(self.net.parameters())
                 grads = torch.autograd.grad(loss, tparams, allow_unused=True)
                 for p, g in zip(tparams, grads, strict=True):
