@@ -1,0 +1,143 @@
+"""Validation frames for choosing a robust recipe without touching the evaluation frames of robustness_peers.py.
+
+The peers benchmark calibrates on vtest.avi frames 0-319 and evaluates on frames 480-799. The frames between are
+used by neither, so a recipe setting (here: the blend group count of `benchmarks/recipes/qcal-robust.toml`) can be
+chosen on them without tuning on the evaluation frames. Two measurements, both against the FP32 model:
+
+- output SQNR (mean over output channels, as the product's blend search scores it; plus each channel and the mean
+  absolute class-score error on anchors where either model scores > 0.1) on 17 bundled frames (vtest 324-468, every
+  9th) through the QRID degradation-aware mix (half clean, seed 1): `VALIDATION_MIX` below;
+- fidelity mAP50-95 (against FP32's detections on the same degraded frame, `qcal.robustness`) on vtest.avi frames
+  321-479, every 3rd (53 frames), under the QRID conditions.
+
+Run robustness_peers.py first (its work folder holds the peers' models):
+
+    .venv/bin/python benchmarks/robustness_validation.py qcal_int8=qcal robust_g8=qcal_robust_g8 robust_g16=qcal_robust
+    # NAME=DIR (DIR/model.int8.onnx in the work folder) or NAME=path.onnx; peers are always included
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from benchmarks.spine import checkpoint, vtest  # noqa: E402
+
+PEERS = ["ort_minmax", "ort_percentile", "ort_entropy", "ultralytics_int8", "nncf_int8"]
+VALIDATION_MIX = 'name = "validation-qrid"\nsource = "bundled:vtest[324:477:9]"\nimgsz = 640\n\n' \
+                 '[mix]\npreset = "qrid"\nclean = 0.5\nseed = 1\n'
+FRAMES = (321, 480, 3)   # vtest.avi start, stop, every
+
+
+def model_path(work: Path, spec: str) -> Path:
+    p = Path(spec)
+    if p.suffix == ".onnx":
+        return p
+    if (work / spec).is_dir():
+        return work / spec / "model.int8.onnx"
+    return work / f"{spec}.onnx"
+
+
+def sqnr(a: np.ndarray, b: np.ndarray) -> float:
+    noise = float(np.sum((a.astype(np.float64) - b) ** 2))
+    return 10.0 * float(np.log10(float(np.sum(b.astype(np.float64) ** 2)) / max(noise, 1e-30)))
+
+
+def output_errors(fp32: Path, models: dict[str, Path], feeds: list[dict[str, np.ndarray]]) -> dict[str, Any]:
+    """Per model: SQNR per output channel (YOLO: x, y, w, h, class scores), their mean, and the class-score MAE on
+    anchors where FP32 or the model scores above 0.1 (the anchors detections are made from)."""
+    from qcal.calibrate import make_session
+
+    ref = [make_session(fp32.read_bytes(), 2).run(None, f)[0] for f in feeds]
+    out: dict[str, Any] = {}
+    for name, path in models.items():
+        s = make_session(path.read_bytes(), 2)
+        got = [s.run(None, f)[0] for f in feeds]
+        per = [float(np.mean([sqnr(g[:, c], r[:, c]) for g, r in zip(got, ref, strict=True)]))
+               for c in range(ref[0].shape[1])]
+        mae = []
+        for g, r in zip(got, ref, strict=True):
+            m = (r[0, 4:] > 0.1) | (g[0, 4:] > 0.1)
+            mae.append(float(np.abs(g[0, 4:][m] - r[0, 4:][m]).mean()) if m.any() else 0.0)
+        out[name] = {"output_sqnr_db": round(float(np.mean(per)), 3), "channel_sqnr_db": [round(x, 2) for x in per],
+                     "class_mae_above_0.1": round(float(np.mean(mae)), 4)}
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("variants", nargs="+", help="NAME=DIR or NAME=path.onnx (qcal models to compare)")
+    ap.add_argument("--work", default="/tmp/qcal-robustness-peers", help="robustness_peers.py's work folder")
+    ap.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "robustness_validation"))
+    args = ap.parse_args()
+    import calib_sets
+    import qcal
+    from calib_sets.recipes import Recipe
+    from qcal.machine import machine_info
+    from qcal.models import load_model
+
+    work = Path(args.work)
+    extra = {k: model_path(work, v) for k, v in (a.split("=", 1) for a in args.variants)}
+    models = {**{p: model_path(work, p) for p in PEERS}, **extra}
+    missing = [str(p) for p in models.values() if not p.is_file()]
+    if missing:
+        raise SystemExit(f"missing models {missing}: run benchmarks/robustness_peers.py first (or fix the paths)")
+    fp32 = work / "qcal" / "model.fp32.onnx"
+    adapter = load_model(checkpoint(), trust_checkpoint=True, imgsz=640)
+    mix = Recipe.from_toml(VALIDATION_MIX).build()
+    errors = output_errors(fp32, models, [adapter.prepare(s.image).feeds for s in mix])
+
+    start, stop, every = FRAMES
+    held = calib_sets.Source.video(vtest(), start=start, stop=stop, every=every)
+    precs = ",".join(["fp32", *(f"onnx:{k}={v}" for k, v in models.items())])
+    rep = qcal.robustness(checkpoint(), eval=held, conditions="qrid", precisions=precs, out=work / "validation",
+                          trust_checkpoint=True, latency_runs=1, bootstrap=0, command="robustness_validation.py")
+    cells, conds = rep.data["cells"], [c["name"] for c in rep.data["conditions"]]
+    fid = {v: {c: round(float(cells[v][c]["agreement_map50_95"]), 4) for c in conds} for v in models}
+    best = {c: max(fid[p][c] for p in PEERS) for c in conds}
+    margin = {v: {c: round(fid[v][c] - best[c], 4) for c in conds} for v in extra}
+    res = {"command": " ".join([".venv/bin/python benchmarks/robustness_validation.py", *sys.argv[1:]]),
+           "sqnr_frames": {"recipe": VALIDATION_MIX, "conditions": mix.conditions()},
+           "fidelity_frames": {"video": "vtest.avi", "start": start, "stop": stop, "every": every, "n": len(held)},
+           "conditions": conds, "output_errors": errors, "fidelity_map50_95": fid, "margin_vs_best_peer": margin,
+           "machine": machine_info().to_dict()}
+    write(res, Path(args.results))
+
+
+def write(res: dict[str, Any], results: Path) -> None:
+    conds = res["conditions"]
+    md = ["# Validation frames (neither calibration nor evaluation of robustness_peers.py)", "",
+          f"Command: `{res['command']}`", "",
+          f"## Output error on {len(res['sqnr_frames']['conditions'])} QRID-mixed frames (vtest 324-468 every 9th)", "",
+          "| variant | output SQNR dB (mean of channels) | x | y | w | h | class scores | class MAE (> 0.1) |",
+          "|---|---|---|---|---|---|---|---|"]
+    for v, e in res["output_errors"].items():
+        ch = e["channel_sqnr_db"]
+        md.append(f"| {v} | {e['output_sqnr_db']:.2f} | " + " | ".join(f"{x:.2f}" for x in ch[:4])
+                  + f" | {' / '.join(f'{x:.2f}' for x in ch[4:])} | {e['class_mae_above_0.1']:.4f} |")
+    md += ["", f"## Fidelity mAP50-95 vs FP32, vtest.avi frames 321-479 every 3rd ({res['fidelity_frames']['n']} "
+           "frames), QRID conditions", "", "| variant | " + " | ".join(conds) + " | min margin vs best peer |",
+           "|---|" + "---|" * (len(conds) + 1)]
+    for v, row in res["fidelity_map50_95"].items():
+        m = res["margin_vs_best_peer"].get(v)
+        md.append(f"| {v} | " + " | ".join(f"{row[c]:.4f}" for c in conds)
+                  + f" | {'' if m is None else format(min(m.values()), '+.4f')} |")
+    md += ["", f"Machine: {res['machine']}", ""]
+    for suffix, text in ((".json", json.dumps(res, indent=1) + "\n"), (".md", "\n".join(md))):
+        fd, tmp = tempfile.mkstemp(dir=results.parent, suffix=suffix)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, results.with_suffix(suffix))
+
+
+if __name__ == "__main__":
+    main()
