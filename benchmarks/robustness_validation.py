@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +28,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from benchmarks.robustness_peers import PEERS  # noqa: E402
 from benchmarks.spine import checkpoint, vtest  # noqa: E402
 
-PEERS = ["ort_minmax", "ort_percentile", "ort_entropy", "ultralytics_int8", "nncf_int8"]
 VALIDATION_MIX = 'name = "validation-qrid"\nsource = "bundled:vtest[324:477:9]"\nimgsz = 640\n\n' \
                  '[mix]\npreset = "qrid"\nclean = 0.5\nseed = 1\n'
 FRAMES = (321, 480, 3)   # vtest.avi start, stop, every
@@ -47,22 +45,18 @@ def model_path(work: Path, spec: str) -> Path:
     return work / f"{spec}.onnx"
 
 
-def sqnr(a: np.ndarray, b: np.ndarray) -> float:
-    noise = float(np.sum((a.astype(np.float64) - b) ** 2))
-    return 10.0 * float(np.log10(float(np.sum(b.astype(np.float64) ** 2)) / max(noise, 1e-30)))
-
-
 def output_errors(fp32: Path, models: dict[str, Path], feeds: list[dict[str, np.ndarray]]) -> dict[str, Any]:
     """Per model: SQNR per output channel (YOLO: x, y, w, h, class scores), their mean, and the class-score MAE on
     anchors where FP32 or the model scores above 0.1 (the anchors detections are made from)."""
     from qcal.calibrate import make_session
+    from qcal.quant.qparams import sqnr_db
 
     ref = [make_session(fp32.read_bytes(), 2).run(None, f)[0] for f in feeds]
     out: dict[str, Any] = {}
     for name, path in models.items():
         s = make_session(path.read_bytes(), 2)
         got = [s.run(None, f)[0] for f in feeds]
-        per = [float(np.mean([sqnr(g[:, c], r[:, c]) for g, r in zip(got, ref, strict=True)]))
+        per = [float(np.mean([sqnr_db(r[:, c], g[:, c]) for g, r in zip(got, ref, strict=True)]))
                for c in range(ref[0].shape[1])]
         mae = []
         for g, r in zip(got, ref, strict=True):
@@ -114,6 +108,8 @@ def main() -> None:
 
 
 def write(res: dict[str, Any], results: Path) -> None:
+    from exporters.quant_table import atomic_write_text
+
     conds = res["conditions"]
     md = ["# Validation frames (neither calibration nor evaluation of robustness_peers.py)", "",
           f"Command: `{res['command']}`", "",
@@ -132,11 +128,8 @@ def write(res: dict[str, Any], results: Path) -> None:
         md.append(f"| {v} | " + " | ".join(f"{row[c]:.4f}" for c in conds)
                   + f" | {'' if m is None else format(min(m.values()), '+.4f')} |")
     md += ["", f"Machine: {res['machine']}", ""]
-    for suffix, text in ((".json", json.dumps(res, indent=1) + "\n"), (".md", "\n".join(md))):
-        fd, tmp = tempfile.mkstemp(dir=results.parent, suffix=suffix)
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, results.with_suffix(suffix))
+    atomic_write_text(results.with_suffix(".json"), json.dumps(res, indent=1) + "\n")
+    atomic_write_text(results.with_suffix(".md"), "\n".join(md))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import contextlib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -137,14 +137,14 @@ def later_layers_float(qmodel: QuantModel, unit: Unit) -> Iterator[None]:
 
 def meta_loss(qmodel: QuantModel, fp_model: QuantModel, name: str, stepped: dict[str, torch.Tensor],
               x_val: torch.Tensor, x: torch.Tensor, tx: torch.Tensor, cfg: MetaAugConfig,
-              var: float = 1.0, head: DetectHead | None | str = "find") -> tuple[torch.Tensor, dict[str, float]]:
+              var: float = 1.0, head: DetectHead | Literal["find"] | None = "find") -> tuple[torch.Tensor, dict[str, float]]:
     """The outer loss: the quantized model with module `name` holding `stepped` (keys relative to it), on the
     original validation inputs, vs FP32 (a detector: KL of the head's box distributions + binary KL of its class
     scores, qcal.augment.detect_loss; else softened-logit KL for 2-D outputs, MSE otherwise), plus the hinge
     (margin cfg.margin * var, var: the calibration inputs' variance) and the feature term on T(x). `head`: the
     detector head if the caller has already looked it up (None: not a detector), else "find" looks it up."""
     full = {f"model.{name}.{k}": v for k, v in stepped.items()}
-    if isinstance(head, str):
+    if isinstance(head, str):   # "find"
         head = find_detect_head(qmodel.model)
     det: dict[str, float] = {}
     if head is not None:   # a detector: box distributions + class scores of the raw head (qcal.augment.detect_loss)
