@@ -22,6 +22,7 @@ from exporters.errors import ExporterError
 from exporters.onnx_io import atomic_save, stamp_metadata
 from exporters.profiles import QdqProfile
 from exporters.quant_table import QuantTable, TensorQuant
+from exporters.share import share_concat_ranges
 
 _QTYPE = {"uint8": "QUInt8", "int8": "QInt8"}
 _ONNX_DTYPE = {onnx.TensorProto.UINT8: "uint8", onnx.TensorProto.INT8: "int8", onnx.TensorProto.INT4: "int4",
@@ -62,11 +63,12 @@ def export_qdq(fp32_model: str | Path, table: QuantTable, profile: QdqProfile, o
     if opset is not None or src.opset_import[0].version < profile.min_opset:
         target = max(opset or 0, profile.min_opset)
         src = onnx.version_converter.convert_version(src, target)
-    ranges = {name: TensorData(lowest=np.float32(lo), highest=np.float32(hi))
-              for name, tq in table.activations().items()
-              for lo, hi in [_range_of(tq, profile.activation_symmetric)]}
-    if not ranges:
+    spans = {name: _range_of(tq, profile.activation_symmetric) for name, tq in table.activations().items()}
+    if not spans:
         raise ExporterError("the quant table has no activation ranges: calibrate first.")
+    if profile.share_concat_ranges:
+        spans, _ = share_concat_ranges(src, spans, table.float_nodes)
+    ranges = {name: TensorData(lowest=np.float32(lo), highest=np.float32(hi)) for name, (lo, hi) in spans.items()}
     with tempfile.TemporaryDirectory(prefix="qcal-qdq-") as tmp:
         src_path, cache, out_tmp = Path(tmp) / "fp32.onnx", Path(tmp) / "ranges.json", Path(tmp) / "qdq.onnx"
         onnx.save(src, str(src_path))

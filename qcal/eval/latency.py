@@ -21,8 +21,15 @@ class Latency:
 
 
 def measure_latencies(models: dict[str, str | Path], feeds: dict[str, np.ndarray], *, threads: int = 2,
-                      warmup: int = 5, runs: int = 30) -> dict[str, Latency]:
-    """Time several models in the same run, interleaving rounds so machine noise hits all of them alike."""
+                      warmup: int = 5, runs: int = 30, block: int = 10) -> dict[str, Latency]:
+    """Time several models in the same run: they take turns in blocks of `block` consecutive runs, so machine
+    drift hits all of them alike, and each block starts after two untimed runs.
+
+    Not run by run: after each run ONNX Runtime's worker threads keep spinning for a while. With as many cores
+    as threads, the previous model's spinning pool then takes the cores of the model being timed (YOLOv8s INT8,
+    2 threads on 2 cores: 67 ms a run when three models alternate run by run, 39 ms in blocks), and the
+    penalty depends on which model ran before. A deployed model runs alone, so blocks time what a user gets.
+    """
     import onnxruntime as ort
 
     sessions = {}
@@ -36,9 +43,13 @@ def measure_latencies(models: dict[str, str | Path], feeds: dict[str, np.ndarray
         for _ in range(warmup):
             s.run(None, feeds)
     times: dict[str, list[float]] = {k: [] for k in sessions}
-    for _ in range(runs):
+    while any(len(v) < runs for v in times.values()):
         for name, s in sessions.items():
-            t = time.perf_counter()
-            s.run(None, feeds)
-            times[name].append((time.perf_counter() - t) * 1e3)
+            n = min(block, runs - len(times[name]))
+            for _ in range(2 if n else 0):   # the previous model's threads stop spinning; caches refill
+                s.run(None, feeds)
+            for _ in range(n):
+                t = time.perf_counter()
+                s.run(None, feeds)
+                times[name].append((time.perf_counter() - t) * 1e3)
     return {k: Latency(float(np.median(v)), float(np.percentile(v, 90)), runs, threads) for k, v in times.items()}

@@ -1,0 +1,87 @@
+"""One shared activation range for the tensors a quantized Concat joins, so ONNX Runtime CPU copies them.
+
+ONNX Runtime fuses DQ -> Concat -> Q into QLinearConcat. Its CPU kernel copies an input with memcpy when that
+input's scale and zero point equal the output's, and otherwise requantizes it element by element through a
+lookup table (onnxruntime/contrib_ops/cpu/quantization/qlinear_concat.cc). In a YOLOv8 the C2f blocks and the
+neck concatenate about a third of all activations, so the lookups cost several percent of the INT8 latency.
+
+Sharing is exact for the Concat itself: its output range already covers every input, and an input quantized
+at the output's scale is what the Concat would have produced by requantizing. The price is resolution for the
+input's other readers (a C2f's split half also feeds the next bottleneck), which now see the wider range.
+
+Tensors are grouped with a union-find: a Concat joins its inputs and its output; an op that ONNX Runtime's QDQ
+quantizer quantizes "same as input" (Split, MaxPool, Resize, Reshape, ...) joins its output to its input, since
+the quantizer ignores any range given for that output. Every tensor of a group gets the group's union range.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import onnx
+
+# ops whose outputs onnxruntime.quantization gives the input's scale and zero point (QDQDirect8BitOp, QDQSplit,
+# QDQMaxPool, QDQResize, QDQGather): a range given for their outputs is not used
+SAME_AS_INPUT = ("Split", "MaxPool", "Resize", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten",
+                 "AveragePool", "Slice", "Gather", "TopK")
+
+
+class _UnionFind:
+    def __init__(self) -> None:
+        self.parent: dict[str, str] = {}
+
+    def find(self, x: str) -> str:
+        self.parent.setdefault(x, x)
+        while self.parent[x] != x:
+            self.parent[x] = self.parent[self.parent[x]]
+            x = self.parent[x]
+        return x
+
+    def union(self, a: str, b: str) -> None:
+        self.parent[self.find(a)] = self.find(b)
+
+
+def concat_groups(model: onnx.ModelProto, quantized: Iterable[str], float_nodes: Iterable[str] = ()) -> list[list[str]]:
+    """Groups of quantized tensors that must share one range for every quantized Concat to run as a copy.
+
+    `quantized`: the tensors that carry Q/DQ (the activation ranges); Concats in `float_nodes` are skipped.
+    Only groups with a Concat in them are returned, each sorted, largest first."""
+    q, skip = set(quantized), set(float_nodes)
+    uf = _UnionFind()
+    joined: set[str] = set()
+    for n in model.graph.node:
+        if n.name in skip:
+            continue
+        if n.op_type in SAME_AS_INPUT and n.input and n.input[0] in q:
+            for o in n.output:
+                if o in q:
+                    uf.union(o, n.input[0])
+        elif n.op_type == "Concat" and n.output[0] in q:
+            ins = [t for t in n.input if t in q]
+            if len(ins) != len(n.input):
+                continue   # an input stays float (or is a constant): ORT will not fuse a QLinearConcat here
+            for t in ins:
+                uf.union(t, n.output[0])
+            joined.add(n.output[0])
+    roots = {uf.find(t) for t in joined}
+    groups: dict[str, list[str]] = {r: [] for r in roots}
+    for t in sorted(q):
+        r = uf.find(t)
+        if r in groups:
+            groups[r].append(t)
+    return sorted(groups.values(), key=lambda g: (-len(g), g[0]))
+
+
+def share_concat_ranges(model: onnx.ModelProto, ranges: Mapping[str, tuple[float, float]],
+                        float_nodes: Iterable[str] = ()) -> tuple[dict[str, tuple[float, float]], list[list[str]]]:
+    """`ranges` with every tensor of a Concat group set to the group's union range, and the groups."""
+    groups = concat_groups(model, ranges, float_nodes)
+    out = dict(ranges)
+    for g in groups:
+        lo, hi = min(ranges[t][0] for t in g), max(ranges[t][1] for t in g)
+        for t in g:
+            out[t] = (lo, hi)
+    return out, groups
+
+
+__all__ = ["SAME_AS_INPUT", "concat_groups", "share_concat_ranges"]

@@ -1,0 +1,122 @@
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import numpy_helper
+
+from exporters import PROFILES, QuantTable, TensorQuant, export_qdq
+from exporters.qdq import quantizable_op_types
+from exporters.share import concat_groups, share_concat_ranges
+from qcal.graph import analyse, tensors_to_calibrate
+
+
+@pytest.fixture(scope="module")
+def c2f_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A YOLOv8-like C2f block and neck: Conv-SiLU -> Split -> bottleneck -> Concat(halves, bottleneck) -> Conv,
+    then nearest Resize x2 of a strided branch -> Concat with the block's output -> Conv."""
+    import torch
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.cv1 = torch.nn.Conv2d(3, 8, 3, padding=1)
+            self.m = torch.nn.Conv2d(4, 4, 3, padding=1)
+            self.cv2 = torch.nn.Conv2d(12, 8, 1)
+            self.down = torch.nn.Conv2d(8, 8, 3, stride=2, padding=1)
+            self.out = torch.nn.Conv2d(16, 4, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            a, b = torch.nn.functional.silu(self.cv1(x)).split((4, 4), 1)
+            y = torch.nn.functional.silu(self.cv2(torch.cat([a, b, 3.0 * torch.nn.functional.silu(self.m(b))], 1)))
+            up = torch.nn.functional.interpolate(torch.nn.functional.silu(self.down(y)), scale_factor=2.0)
+            return self.out(torch.cat([up, y], 1))
+
+    p = tmp_path_factory.mktemp("c2f") / "c2f.onnx"
+    torch.onnx.export(Net().eval(), (torch.zeros(1, 3, 32, 32),), str(p), opset_version=17, input_names=["input"],
+                      output_names=["out"], dynamo=False)
+    info = analyse(onnx.load(str(p)))
+    onnx.save(info.model, str(p))
+    return p
+
+
+def _feeds(n: int, seed: int) -> list[dict[str, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    return [{"input": rng.uniform(0, 1, (1, 3, 32, 32)).astype(np.float32)} for _ in range(n)]
+
+
+def _table(model_path: Path, float_nodes: tuple[str, ...] = ()) -> QuantTable:
+    from qcal.calibrate import calibrate
+
+    info = analyse(onnx.load(str(model_path)))
+    tensors = tensors_to_calibrate(info, quantizable_op_types(PROFILES["ort-cpu"]))
+    st = calibrate(info, tensors, _feeds(4, 0), observer="minmax", symmetric=False, qmin=0, qmax=255,
+                   percentile=99.99, progress=False)
+    return QuantTable({t: TensorQuant("uint8", (1.0,), (0,), rmin=lo, rmax=hi) for t, (lo, hi) in st.ranges.items()},
+                      float_nodes)
+
+
+def _concat_io_params(path: Path) -> list[tuple[bool, ...]]:
+    """Per Concat of a QDQ model: does each input's DQ scale and zero point equal the output Q's?"""
+    m = onnx.load(str(path))
+    init = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
+    producer = {o: n for n in m.graph.node for o in n.output}
+    q_of = {n.input[0]: n for n in m.graph.node if n.op_type == "QuantizeLinear"}
+    out = []
+    for n in m.graph.node:
+        if n.op_type != "Concat" or n.output[0] not in q_of:
+            continue
+        q = q_of[n.output[0]]
+        out.append(tuple(producer[t].op_type == "DequantizeLinear"
+                         and init[producer[t].input[1]].item() == init[q.input[1]].item()
+                         and init[producer[t].input[2]].item() == init[q.input[2]].item() for t in n.input))
+    return out
+
+
+def test_groups_join_concat_inputs_and_same_as_input_ops(c2f_onnx: Path) -> None:
+    table = _table(c2f_onnx)
+    m = onnx.load(str(c2f_onnx))
+    groups = concat_groups(m, table.activations())
+    by_op = {n.name: n for n in m.graph.node}
+    split = next(n for n in by_op.values() if n.op_type == "Split")
+    resize = next(n for n in by_op.values() if n.op_type == "Resize")
+    c1, c2 = (n for n in m.graph.node if n.op_type == "Concat")
+    # the Split's input and outputs, the bottleneck and the first Concat's output are one group ...
+    g1 = next(g for g in groups if c1.output[0] in g)
+    assert {split.input[0], *split.output, *c1.input, c1.output[0]} <= set(g1)
+    # ... the Resize joins its input to the second Concat, whose other input (the C2f's output) is in it too
+    g2 = next(g for g in groups if c2.output[0] in g)
+    assert {resize.input[0], resize.output[0], *c2.input} <= set(g2)
+    assert not set(g1) & set(g2)
+    # a Concat kept in float joins nothing
+    assert all(c2.output[0] not in g for g in concat_groups(m, table.activations(), [c2.name]))
+
+
+def test_shared_range_is_the_union_of_the_group(c2f_onnx: Path) -> None:
+    table = _table(c2f_onnx)
+    ranges = {t: (float(q.rmin), float(q.rmax)) for t, q in table.activations().items()}  # type: ignore[arg-type]
+    shared, groups = share_concat_ranges(onnx.load(str(c2f_onnx)), ranges)
+    for g in groups:
+        lo, hi = min(ranges[t][0] for t in g), max(ranges[t][1] for t in g)
+        assert all(shared[t] == (lo, hi) for t in g)
+        assert len({ranges[t] for t in g}) > 1   # the calibrated ranges did differ
+    grouped = {t for g in groups for t in g}
+    assert all(shared[t] == ranges[t] for t in ranges if t not in grouped)
+
+
+def test_ort_cpu_export_lets_every_concat_copy(c2f_onnx: Path, tmp_path: Path) -> None:
+    table = _table(c2f_onnx)
+    shared, plain = tmp_path / "shared.onnx", tmp_path / "plain.onnx"
+    export_qdq(c2f_onnx, table, PROFILES["ort-cpu"], shared)
+    export_qdq(c2f_onnx, table, PROFILES["ort-cpu"].replace(share_concat_ranges=False), plain)
+    assert _concat_io_params(shared) == [(True, True, True), (True, True)]
+    assert not all(all(c) for c in _concat_io_params(plain))
+    sess = {k: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])
+            for k, p in (("fp32", c2f_onnx), ("shared", shared), ("plain", plain))}
+    for feed in _feeds(3, 1):
+        ref = sess["fp32"].run(None, feed)[0]
+        for k in ("shared", "plain"):
+            err = np.abs(sess[k].run(None, feed)[0] - ref).mean() / np.abs(ref).mean()
+            assert err < 0.05, (k, err)
