@@ -52,7 +52,8 @@ def calib_images() -> list[Any]:
 
 
 def quantize_ort(method: str, fp32: Path, out: Path) -> None:
-    """The spine benchmark's ORT peer (head decode excluded, u8/s8, reduce_range) with another calibrator.
+    """The spine benchmark's ORT peer (head decode excluded, u8/s8, reduce_range only without VNNI) with another
+    calibrator.
     CalibMaxIntermediateOutputs bounds ORT's memory (it otherwise keeps every activation of every frame)."""
     ort_peer(fp32, out, calib_images(), method, {"CalibMaxIntermediateOutputs": 16})
 
@@ -258,8 +259,9 @@ def main() -> None:
                "setup": ("Calibration: bundled vtest frames 0-319 every 5th (the bundled set keeps every 3rd frame, so 22 frames: "
                          "0, 15, ..., 315) for every tool; ORT and NNCF "
                          "exclude the same head-decode nodes (/model.22 except cv2/cv3); ORT: QDQ, u8 activations, "
-                         "s8 per-channel weights, reduce_range. Evaluation: vtest.avi frames 480-799 every "
-                         f"{args.eval_every}th ({len(held)} frames), QRID conditions. Latency: ONNX Runtime CPU, 2 threads, interleaved runs.")}
+                         "s8 per-channel weights, reduce_range only on CPUs without VNNI. Evaluation: vtest.avi "
+                         f"frames 480-799 every {args.eval_every}th ({len(held)} frames), QRID conditions. Latency: "
+                         "ONNX Runtime CPU, 2 threads, models taking turns in blocks of 10 runs.")}
         res["eval_frames"] = len(held)
         res["margin_ci"] = margin_intervals(work, report_data, res, args.eval_every)
     models = {"fp32": work / "report" / "models" / "fp32.onnx", **paths}

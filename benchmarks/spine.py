@@ -92,8 +92,9 @@ def head_decode_nodes(model: Any) -> list[str]:
 
 def ort_peer(fp32: Path, out: Path, images: list, method: str = "MinMax",
              extra_options: dict | None = None) -> float:
-    """ONNX Runtime quantize_static, MinMax, QDQ, u8 activations / s8 per-channel weights, reduce_range, the
-    head's decode (DFL, box decode, final Concat) excluded: the best ORT config in shared/ASSETS.md."""
+    """ONNX Runtime quantize_static, MinMax, QDQ, u8 activations / s8 per-channel weights, the head's decode (DFL,
+    box decode, final Concat) excluded: the best ORT config in shared/ASSETS.md. reduce_range (7-bit weights)
+    only on CPUs without VNNI, as ONNX Runtime advises and qcal's own ort-cpu profile does."""
     import onnx
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -103,6 +104,7 @@ def ort_peer(fp32: Path, out: Path, images: list, method: str = "MinMax",
         quantize_static,
     )
 
+    from qcal.machine import machine_info
     from qcal.models.yolo import YoloAdapter
 
     a = YoloAdapter(None, "peer")
@@ -118,7 +120,8 @@ def ort_peer(fp32: Path, out: Path, images: list, method: str = "MinMax",
             return None if img is None else a.prepare(img).feeds
 
     t = time.perf_counter()
-    quantize_static(str(fp32), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=True,
+    quantize_static(str(fp32), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    reduce_range=not machine_info().has_vnni,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
                     calibrate_method=getattr(CalibrationMethod, method), extra_options=extra_options or {})
     return time.perf_counter() - t

@@ -21,7 +21,7 @@ class QdqProfile:
     quantize_outputs: bool = True  # Q/DQ on op outputs too (ORT CPU fuses DQ->op->Q); TensorRT wants inputs only
     float_nodes_read_float: bool = False  # nodes kept in float read the float tensor, not a shared DQ output
     rewrites: tuple[str, ...] = ()        # exact graph rewrites for this runtime (exporters.rewrite), in order
-    share_concat_ranges: bool = False     # one range per Concat's inputs and output (exporters.share): a copy
+    share_concat_ranges: str = ""         # "union" | "concat_output": one range per Concat group (exporters.share)
 
     def replace(self, **kw: object) -> QdqProfile:
         import dataclasses
@@ -33,7 +33,7 @@ class QdqProfile:
 # The DFL softmax rewrite is exact and saves ONNX Runtime CPU a transposing Softmax (see exporters.rewrite);
 # shared Concat ranges let its QLinearConcat copy instead of requantizing through a lookup table (exporters.share).
 ORT_CPU = QdqProfile("ort-cpu", "uint8", "int8", False, True, True, False, 13, None, False,
-                     rewrites=("softmax_weighted_sum",), share_concat_ranges=True)
+                     rewrites=("softmax_weighted_sum",), share_concat_ranges="concat_output")
 # TensorRT explicit quantization: s8 symmetric, zero point 0, per-channel weights on the output-channel axis,
 # Q/DQ on the inputs TensorRT fuses (conv/gemm, residual add, pooling, resize, concat).
 TENSORRT = QdqProfile("tensorrt", "int8", "int8", True, True, True, False, 13,

@@ -67,7 +67,7 @@ def export_qdq(fp32_model: str | Path, table: QuantTable, profile: QdqProfile, o
     if not spans:
         raise ExporterError("the quant table has no activation ranges: calibrate first.")
     if profile.share_concat_ranges:
-        spans, _ = share_concat_ranges(src, spans, table.float_nodes)
+        spans, _ = share_concat_ranges(src, spans, table.float_nodes, profile.share_concat_ranges)
     ranges = {name: TensorData(lowest=np.float32(lo), highest=np.float32(hi)) for name, (lo, hi) in spans.items()}
     with tempfile.TemporaryDirectory(prefix="qcal-qdq-") as tmp:
         src_path, cache, out_tmp = Path(tmp) / "fp32.onnx", Path(tmp) / "ranges.json", Path(tmp) / "qdq.onnx"

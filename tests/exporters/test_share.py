@@ -7,6 +7,7 @@ import pytest
 from onnx import numpy_helper
 
 from exporters import PROFILES, QuantTable, TensorQuant, export_qdq
+from exporters.errors import ExporterError
 from exporters.qdq import quantizable_op_types
 from exporters.share import concat_groups, share_concat_ranges
 from qcal.graph import analyse, tensors_to_calibrate
@@ -94,23 +95,30 @@ def test_groups_join_concat_inputs_and_same_as_input_ops(c2f_onnx: Path) -> None
     assert all(c2.output[0] not in g for g in concat_groups(m, table.activations(), [c2.name]))
 
 
-def test_shared_range_is_the_union_of_the_group(c2f_onnx: Path) -> None:
+@pytest.mark.parametrize("rule", ["union", "concat_output"])
+def test_shared_range_per_rule(c2f_onnx: Path, rule: str) -> None:
     table = _table(c2f_onnx)
+    m = onnx.load(str(c2f_onnx))
     ranges = {t: (float(q.rmin), float(q.rmax)) for t, q in table.activations().items()}  # type: ignore[arg-type]
-    shared, groups = share_concat_ranges(onnx.load(str(c2f_onnx)), ranges)
+    shared, groups = share_concat_ranges(m, ranges, rule=rule)
+    concat_outs = {n.output[0] for n in m.graph.node if n.op_type == "Concat"}
     for g in groups:
-        lo, hi = min(ranges[t][0] for t in g), max(ranges[t][1] for t in g)
+        src = g if rule == "union" else [t for t in g if t in concat_outs]
+        assert src and len(src) <= len(g)
+        lo, hi = min(ranges[t][0] for t in src), max(ranges[t][1] for t in src)
         assert all(shared[t] == (lo, hi) for t in g)
         assert len({ranges[t] for t in g}) > 1   # the calibrated ranges did differ
     grouped = {t for g in groups for t in g}
     assert all(shared[t] == ranges[t] for t in ranges if t not in grouped)
+    with pytest.raises(ExporterError, match="choose 'union' or 'concat_output'"):
+        share_concat_ranges(m, ranges, rule="mean")
 
 
 def test_ort_cpu_export_lets_every_concat_copy(c2f_onnx: Path, tmp_path: Path) -> None:
     table = _table(c2f_onnx)
     shared, plain = tmp_path / "shared.onnx", tmp_path / "plain.onnx"
     export_qdq(c2f_onnx, table, PROFILES["ort-cpu"], shared)
-    export_qdq(c2f_onnx, table, PROFILES["ort-cpu"].replace(share_concat_ranges=False), plain)
+    export_qdq(c2f_onnx, table, PROFILES["ort-cpu"].replace(share_concat_ranges=""), plain)
     assert _concat_io_params(shared) == [(True, True, True), (True, True)]
     assert not all(all(c) for c in _concat_io_params(plain))
     sess = {k: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])
