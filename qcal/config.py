@@ -256,6 +256,9 @@ class QuantConfig:
     imgsz: int = 640
     per_channel: bool = True
     reduce_range: bool | None = None      # None: decided from the CPU (no VNNI -> True) for ort-cpu
+    # ort-cpu: one range for the tensors each quantized Concat joins, so ONNX Runtime copies them instead of
+    # requantizing (exporters.share): "concat_output" (the Concat's own range), "union" (every member's), "off"
+    share_concat_ranges: str = "concat_output"
     opset: int = 17
     keep_float: KeepFloatConfig = field(default_factory=KeepFloatConfig)
     passes: tuple[str, ...] = ()   # torch passes before export: bn_reestimate, adaquant (= reconstruct), bias_correction
@@ -305,6 +308,9 @@ class QuantConfig:
         if self.target is Target.TENSORRT and not self.per_channel:
             raise ConfigError("per_channel=False with target=tensorrt: TensorRT wants per-channel weights on the "
                               "output-channel axis (lint rule TRT006); drop per_channel.")
+        if self.share_concat_ranges not in ("concat_output", "union", "off"):
+            raise ConfigError(f"share_concat_ranges={self.share_concat_ranges!r}: choose 'concat_output' (default), "
+                              "'union' or 'off'.")
         if self.target is Target.TENSORRT and self.reduce_range:
             raise ConfigError("reduce_range=True with target=tensorrt: TensorRT uses full int8; drop reduce_range.")
         allowed = ("bn_reestimate", "adaquant", "reconstruct", "bias_correction", "smoothquant", "gptq")

@@ -43,7 +43,8 @@ def resolve_profile(config: QuantConfig) -> QdqProfile:
     profile = PROFILES[config.target.value]
     if config.target is Target.ORT_CPU:
         reduce = (not machine_info().has_vnni) if config.reduce_range is None else config.reduce_range
-        profile = profile.replace(reduce_range=reduce)
+        share = "" if config.share_concat_ranges == "off" else config.share_concat_ranges
+        profile = profile.replace(reduce_range=reduce, share_concat_ranges=share)
     return profile.replace(per_channel=config.per_channel)
 
 

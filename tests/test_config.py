@@ -52,3 +52,16 @@ def test_fp16_nodes_round_trip() -> None:
     cfg = QuantConfig(keep_float=KeepFloatConfig(nodes=("/a/Conv",), fp16_nodes=("/a/Conv", "/b/Gemm")))
     again = QuantConfig.from_toml(cfg.to_toml())
     assert again == cfg and again.keep_float.fp16_nodes == ("/a/Conv", "/b/Gemm")
+
+
+def test_share_concat_ranges_round_trip_validation_and_profile() -> None:
+    from qcal.pipeline import resolve_profile
+
+    off = QuantConfig(share_concat_ranges="off")
+    assert QuantConfig.from_toml(off.to_toml()) == off and off.hash() != QuantConfig().hash()
+    assert resolve_profile(off).share_concat_ranges == ""
+    assert resolve_profile(QuantConfig()).share_concat_ranges == "concat_output"
+    assert resolve_profile(QuantConfig(share_concat_ranges="union")).share_concat_ranges == "union"
+    assert resolve_profile(QuantConfig(target=Target.TENSORRT)).share_concat_ranges == ""
+    with pytest.raises(ConfigError, match=r"share_concat_ranges='max': choose 'concat_output' \(default\)"):
+        QuantConfig.from_toml('share_concat_ranges = "max"\n')
