@@ -1,8 +1,9 @@
 """Validation frames for choosing a robust recipe without touching the evaluation frames of robustness_peers.py.
 
 The peers benchmark calibrates on vtest.avi frames 0-319 and evaluates on frames 480-799. The frames between are
-used by neither, so a recipe setting (here: the blend group count of `benchmarks/recipes/qcal-robust.toml`) can be
-chosen on them without tuning on the evaluation frames. Two measurements, both against the FP32 model:
+used by neither, so a recipe setting can be chosen on them without tuning on the evaluation frames: the blend
+group count of `benchmarks/recipes/qcal-robust.toml` (stop 18), the rule of `share_concat_ranges` (stop 19; the
+committed results). Two measurements, both against the FP32 model:
 
 - output SQNR (mean over output channels, as the product's blend search scores it; plus each channel and the mean
   absolute class-score error on anchors where either model scores > 0.1) on 17 bundled frames (vtest 324-468, every
@@ -10,7 +11,10 @@ chosen on them without tuning on the evaluation frames. Two measurements, both a
 - fidelity mAP50-95 (against FP32's detections on the same degraded frame, `qcal.robustness`) on vtest.avi frames
   321-479, every 3rd (53 frames), under the QRID conditions.
 
-Run robustness_peers.py first (its work folder holds the peers' models):
+Run robustness_peers.py first (its work folder holds the peers' models). The stop-19 variants are `qcal quantize`
+runs into that folder, the plain recipe (`--calib "bundled:vtest[0:320:5]" --calib-size 64`) or the robust one
+(`--calib benchmarks/recipes/vtest64-qrid.toml --config benchmarks/recipes/qcal-robust.toml`), each with
+`share_concat_ranges` set to "off", "union" or "concat_output" in its config.
 
     .venv/bin/python benchmarks/robustness_validation.py qcal_int8=qcal robust_g8=qcal_robust_g8 robust_g16=qcal_robust
     # NAME=DIR (DIR/model.int8.onnx in the work folder) or NAME=path.onnx; peers are always included
