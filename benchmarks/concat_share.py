@@ -23,34 +23,16 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks.robustness_peers import CALIB  # noqa: E402
 from benchmarks.spine import checkpoint, vtest  # noqa: E402
 from exporters.quant_table import atomic_write_text  # noqa: E402
+from exporters.share import copyable_concat_inputs  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "concat_share"
 RULES = ("off", "union", "concat_output")
-
-
-def copyable_inputs(path: Path) -> tuple[int, int]:
-    """(Concat inputs whose DQ scale and zero point equal the Concat's output Q's, all Concat inputs)."""
-    m = onnx.load(str(path))
-    init = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
-    producer = {o: n for n in m.graph.node for o in n.output}
-    q_of = {n.input[0]: n for n in m.graph.node if n.op_type == "QuantizeLinear"}
-    same = total = 0
-    for n in m.graph.node:
-        if n.op_type == "Concat" and n.output[0] in q_of:
-            q = q_of[n.output[0]]
-            for t in n.input:
-                dq = producer.get(t)
-                total += 1
-                same += int(dq is not None and dq.op_type == "DequantizeLinear"
-                            and all(init[dq.input[i]].item() == init[q.input[i]].item() for i in (1, 2)))
-    return same, total
 
 
 def concat_kernel_ms(path: Path, feeds: dict[str, np.ndarray], runs: int, threads: int, tmp: Path) -> float:
@@ -99,7 +81,8 @@ def main() -> None:
             paths = qcal.quantize(checkpoint(), CALIB, config=cfg, trust_checkpoint=True,
                                   progress=False).export(tmp / rule)
             fp32, models[rule] = paths["fp32"], paths["int8"]
-            same, total = copyable_inputs(models[rule])
+            flags = [f for c in copyable_concat_inputs(onnx.load(str(models[rule]))) for f in c]
+            same, total = sum(flags), len(flags)
             res["per_rule"][rule] = {"copyable_concat_inputs": f"{same}/{total}",
                                      "output_sqnr_db": round(output_sqnr(fp32, models[rule], feeds, args.threads), 2),
                                      "qlinearconcat_kernel_ms": round(concat_kernel_ms(

@@ -101,4 +101,23 @@ def share_concat_ranges(model: onnx.ModelProto, ranges: Mapping[str, tuple[float
     return out, groups
 
 
-__all__ = ["SAME_AS_INPUT", "concat_groups", "share_concat_ranges"]
+def copyable_concat_inputs(model: onnx.ModelProto) -> list[tuple[bool, ...]]:
+    """Per quantized Concat of a QDQ model (graph order): for each input, whether its DequantizeLinear has the
+    scale and zero point of the Concat's output QuantizeLinear, i.e. whether QLinearConcat copies it."""
+    from onnx import numpy_helper
+
+    init = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    q_of = {n.input[0]: n for n in model.graph.node if n.op_type == "QuantizeLinear"}
+    out = []
+    for n in model.graph.node:
+        if n.op_type != "Concat" or n.output[0] not in q_of:
+            continue
+        q = q_of[n.output[0]]
+        dqs = [producer.get(t) for t in n.input]
+        out.append(tuple(dq is not None and dq.op_type == "DequantizeLinear"
+                         and all(init[dq.input[i]].item() == init[q.input[i]].item() for i in (1, 2)) for dq in dqs))
+    return out
+
+
+__all__ = ["SAME_AS_INPUT", "concat_groups", "copyable_concat_inputs", "share_concat_ranges"]

@@ -4,12 +4,11 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from onnx import numpy_helper
 
 from exporters import PROFILES, QuantTable, TensorQuant, export_qdq
 from exporters.errors import ExporterError
 from exporters.qdq import quantizable_op_types
-from exporters.share import concat_groups, share_concat_ranges
+from exporters.share import concat_groups, copyable_concat_inputs, share_concat_ranges
 from qcal.graph import analyse, tensors_to_calibrate
 
 
@@ -59,23 +58,6 @@ def _table(model_path: Path, float_nodes: tuple[str, ...] = ()) -> QuantTable:
                       float_nodes)
 
 
-def _concat_io_params(path: Path) -> list[tuple[bool, ...]]:
-    """Per Concat of a QDQ model: does each input's DQ scale and zero point equal the output Q's?"""
-    m = onnx.load(str(path))
-    init = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
-    producer = {o: n for n in m.graph.node for o in n.output}
-    q_of = {n.input[0]: n for n in m.graph.node if n.op_type == "QuantizeLinear"}
-    out = []
-    for n in m.graph.node:
-        if n.op_type != "Concat" or n.output[0] not in q_of:
-            continue
-        q = q_of[n.output[0]]
-        out.append(tuple(producer[t].op_type == "DequantizeLinear"
-                         and init[producer[t].input[1]].item() == init[q.input[1]].item()
-                         and init[producer[t].input[2]].item() == init[q.input[2]].item() for t in n.input))
-    return out
-
-
 def test_groups_join_concat_inputs_and_same_as_input_ops(c2f_onnx: Path) -> None:
     table = _table(c2f_onnx)
     m = onnx.load(str(c2f_onnx))
@@ -119,8 +101,8 @@ def test_ort_cpu_export_lets_every_concat_copy(c2f_onnx: Path, tmp_path: Path) -
     shared, plain = tmp_path / "shared.onnx", tmp_path / "plain.onnx"
     export_qdq(c2f_onnx, table, PROFILES["ort-cpu"], shared)
     export_qdq(c2f_onnx, table, PROFILES["ort-cpu"].replace(share_concat_ranges=""), plain)
-    assert _concat_io_params(shared) == [(True, True, True), (True, True)]
-    assert not all(all(c) for c in _concat_io_params(plain))
+    assert copyable_concat_inputs(onnx.load(str(shared))) == [(True, True, True), (True, True)]
+    assert not all(all(c) for c in copyable_concat_inputs(onnx.load(str(plain))))
     sess = {k: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])
             for k, p in (("fp32", c2f_onnx), ("shared", shared), ("plain", plain))}
     for feed in _feeds(3, 1):
