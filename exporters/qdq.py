@@ -47,7 +47,7 @@ def _range_of(tq: TensorQuant, symmetric: bool) -> tuple[float, float]:
     # A table from elsewhere (e.g. a TensorRT cache) carries only scale/zero point: recover the range
     # that maps back to exactly these parameters.
     qmin, qmax = _QRANGE[(tq.dtype, symmetric)]
-    s, z = tq.scale[0], tq.zero_point[0]
+    s, z = float(tq.scale[0]), int(tq.zero_point[0])
     return (qmin - z) * s, (qmax - z) * s
 
 

@@ -44,12 +44,12 @@ def amax_scales(table: QuantTable) -> dict[str, float]:
     """
     out: dict[str, float] = {}
     for name, tq in sorted(table.activations().items()):
-        if tq.dtype == "int8" and tq.zero_point == (0,) and len(tq.scale) == 1:
-            out[name] = _f32(tq.scale[0])
+        if tq.dtype == "int8" and tq.zero_point.tolist() == [0] and tq.scale.size == 1:
+            out[name] = _f32(float(tq.scale[0]))
         elif tq.rmin is not None and tq.rmax is not None:
             out[name] = _f32(max(abs(tq.rmin), abs(tq.rmax), 1e-12) / 127.0)
         else:
-            raise ExporterError(f"tensor {name!r}: {tq.dtype} zero point {tq.zero_point[:1]} without a range "
+            raise ExporterError(f"tensor {name!r}: {tq.dtype} zero point {tq.zero_point.tolist()[:1]} without a range "
                                 "cannot become a symmetric TensorRT scale; calibrate with target=tensorrt.")
     if not out:
         raise ExporterError("the quant table has no activations: nothing to write to a calibration cache.")
