@@ -74,8 +74,8 @@ class TensorQuant:
             raise ExporterError(f"TensorQuant scales must be finite and > 0, got {s.reshape(-1)[:4]}...")
         object.__setattr__(self, "scale", s)
         object.__setattr__(self, "zero_point", z)
-        object.__setattr__(self, "bits", int(self.bits) or int(np.iinfo(_NP[self.dtype]).bits
-                                                                 if self.dtype in _NP else 16))
+        width = {"int8": 8, "uint8": 8, "int4": 4, "uint4": 4, "int16": 16, "uint16": 16, "int32": 32}
+        object.__setattr__(self, "bits", int(self.bits) or width.get(self.dtype, 16))
         if self.dtype in ("int4", "uint4"):
             object.__setattr__(self, "bits", 4)
         if self.codes is not None:
@@ -215,7 +215,7 @@ class QuantTable:
         npz = arrays_path(p)
         if arrays:
             buf = io.BytesIO()
-            np.savez(buf, **arrays)
+            np.savez(buf, **arrays)  # type: ignore[arg-type]
             atomic_write_bytes(npz, buf.getvalue())
         else:
             npz.unlink(missing_ok=True)

@@ -101,6 +101,20 @@ def share_concat_ranges(model: onnx.ModelProto, ranges: Mapping[str, tuple[float
     return out, groups
 
 
+def tie_same_as_input(model: onnx.ModelProto, ranges: Mapping[str, tuple[float, float]],
+                      float_nodes: Iterable[str] = ()) -> dict[str, tuple[float, float]]:
+    """`ranges` with the output of every quantized data-movement op (SAME_AS_INPUT) given its input's range, in
+    graph order: ONNX Runtime drops the DQ -> MaxPool/Reshape/... -> Q pair only when both sides share one scale
+    and zero point, and these ops produce no value outside their input's range."""
+    skip, out = set(float_nodes), dict(ranges)
+    for n in model.graph.node:
+        if n.op_type in SAME_AS_INPUT and n.name not in skip and n.input and n.input[0] in out:
+            for o in n.output:
+                if o in out:
+                    out[o] = out[n.input[0]]
+    return out
+
+
 def copyable_concat_inputs(model: onnx.ModelProto) -> list[tuple[bool, ...]]:
     """Per quantized Concat of a QDQ model (graph order): for each input, whether its DequantizeLinear has the
     scale and zero point of the Concat's output QuantizeLinear, i.e. whether QLinearConcat copies it."""
@@ -120,4 +134,4 @@ def copyable_concat_inputs(model: onnx.ModelProto) -> list[tuple[bool, ...]]:
     return out
 
 
-__all__ = ["SAME_AS_INPUT", "concat_groups", "copyable_concat_inputs", "share_concat_ranges"]
+__all__ = ["SAME_AS_INPUT", "concat_groups", "copyable_concat_inputs", "share_concat_ranges", "tie_same_as_input"]

@@ -6,7 +6,7 @@
     print(result.summary())
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 from qcal.alloc import Budget  # noqa: E402
 from qcal.config import (  # noqa: E402

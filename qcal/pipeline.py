@@ -13,15 +13,19 @@ import numpy as np
 import onnx
 
 from exporters import PROFILES, QdqProfile, QuantTable, TensorQuant, export_qdq
-from exporters.qdq import quantizable_op_types
-from qcal.calibrate import CalibrationStats, calibrate, make_session
+from exporters.errors import ExporterError
+from exporters.qdq import float_readers, quantizable_op_types, reads_quantized
+from exporters.share import share_concat_ranges, tie_same_as_input
+from qcal.calibrate import CalibrationStats, calibrate
 from qcal.config import QuantConfig, Target
 from qcal.errors import ExportError
-from qcal.graph import GraphInfo, analyse, tensors_to_calibrate, with_outputs
+from qcal.graph import GraphInfo, analyse, tensors_to_calibrate
 from qcal.machine import machine_info
 from qcal.models.base import ModelAdapter
 from qcal.placement import FloatDecision, no_compute_downstream, range_mismatch, sensitivity_decisions
+from qcal.probe import Probe
 from qcal.quant.qparams import compute_qparams, qrange, sqnr_db
+from qcal.quant.weights import initializer, quantize_bias, quantize_weight, weight_sites
 
 
 @dataclass
@@ -53,85 +57,82 @@ def _feeds(adapter: ModelAdapter, images: Iterable[np.ndarray]) -> Iterator[dict
         yield adapter.prepare(img).feeds
 
 
-def build_table(stats: CalibrationStats, profile: QdqProfile, decisions: list[FloatDecision],
-                meta: Mapping[str, object]) -> QuantTable:
+def build_table(info: GraphInfo, stats: CalibrationStats, profile: QdqProfile, decisions: list[FloatDecision],
+                meta: Mapping[str, object], weights: Mapping[str, TensorQuant] | None = None) -> QuantTable:
+    """The whole table: activations adjacent to a quantized node (inputs only where the profile quantizes no
+    outputs), their ranges shared per Concat group and tied through data-movement ops as the profile needs;
+    then every quantized weighted node's weight (round to nearest, or the entry a pass gave in `weights`) and, for
+    profiles with integer biases, its bias at scale s_x * s_w."""
+    floats = {d.node for d in decisions}
+    ops = set(quantizable_op_types(profile))
+    graph = info.model.graph
+    wanted: set[str] = set()
+    keep = float_readers(info.model, tuple(floats)) if profile.float_nodes_read_float else floats
+    made_by = {o: n.op_type for n in graph.node for o in n.output}
+    for n in graph.node:
+        if n.op_type not in ops or n.name in floats:
+            continue
+        if profile.quantize_outputs:
+            wanted.update(info.activation_inputs(n))
+            wanted.update(t for t in n.output if t in info.float_tensors)
+        else:   # TensorRT: Q/DQ on the inputs it fuses (exporters.qdq.reads_quantized)
+            wanted.update(t for t in info.activation_inputs(n)
+                          if reads_quantized(info.model, n, t, keep, made_by.get(t)))
+    constants = {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    ranges = {t: r for t, r in stats.ranges.items() if t in wanted and t not in constants}
+    if profile.share_concat_ranges:
+        ranges, _ = share_concat_ranges(info.model, ranges, floats, profile.share_concat_ranges)
+    if profile.quantize_outputs:
+        ranges = tie_same_as_input(info.model, ranges, floats)
     signed = profile.activation_dtype == "int8"
     qmin, qmax = qrange(8, signed=signed, symmetric=profile.activation_symmetric)
-    tensors = {}
-    for name, (lo, hi) in stats.ranges.items():
+    tensors: dict[str, TensorQuant] = {}
+    for name, (lo, hi) in ranges.items():
         scale, zp = compute_qparams(lo, hi, qmin, qmax, symmetric=profile.activation_symmetric)
         tensors[name] = TensorQuant(profile.activation_dtype, (float(scale),), (int(zp),),
                                     rmin=float(min(lo, 0.0)), rmax=float(max(hi, 0.0)))
+    readers = {t: info.consumers.get(t, []) for t in info.initializers}
+    for site in weight_sites(info.model):
+        if site.node in floats or site.op_type not in ops or site.activation not in tensors:
+            continue
+        if any(r != site.node for r in readers.get(site.weight, [])):
+            continue   # a weight shared with another node stays float
+        w = (weights or {}).get(site.weight) or quantize_weight(
+            initializer(info.model, site.weight), site.axis if profile.per_channel else None,
+            bits=7 if profile.reduce_range else 8)
+        tensors[site.weight] = w
+        if site.bias and profile.quantize_bias and readers.get(site.bias) == [site.node]:
+            tensors[site.bias] = quantize_bias(initializer(info.model, site.bias),
+                                               float(tensors[site.activation].scale[0]), w)
     return QuantTable(tensors, tuple(d.node for d in decisions), {d.node: f"{d.rule}: {d.reason}" for d in decisions},
                       profile.name, dict(meta))
 
 
-def tensor_sqnr(info: GraphInfo, qdq_path: Path, feeds: list[dict[str, np.ndarray]], threads: int) -> dict[str, float]:
-    """SQNR of every quantized activation of the QDQ model against the same tensor in FP32."""
-    qdq = onnx.load(str(qdq_path))
-    suffix = "_DequantizeLinear_Output"  # ORT's name for the dequantized copy of tensor t
-    pairs = [(n.output[0], n.output[0][: -len(suffix)]) for n in qdq.graph.node
-             if n.op_type == "DequantizeLinear" and n.output[0].endswith(suffix)]
-    pairs = [(q, t) for q, t in pairs if t in info.float_tensors]
-    qs = make_session(with_outputs(qdq, [q for q, _ in pairs]).SerializeToString(), threads, arena=False)
-    fs = make_session(with_outputs(info.model, [t for _, t in pairs]).SerializeToString(), threads, arena=False)
-    noise = np.zeros(len(pairs))
-    signal = np.zeros(len(pairs))
-    for feed in feeds:
-        qo = qs.run([q for q, _ in pairs], feed)
-        fo = fs.run([t for _, t in pairs], feed)
-        for i, (a, b) in enumerate(zip(qo, fo, strict=True)):
-            noise[i] += float(np.sum((a.astype(np.float64) - b) ** 2))
-            signal[i] += float(np.sum(b.astype(np.float64) ** 2))
-    return {t: 10.0 * float(np.log10(max(s, 1e-30) / max(n, 1e-30))) for (_, t), n, s in zip(pairs, noise, signal,
-                                                                                              strict=True)}
-
-
-def output_sqnr(fp32_path: Path, qdq_path: Path, feeds: list[dict[str, np.ndarray]], threads: int) -> float:
-    """Mean SQNR over the model outputs' channels (axis 1): YOLO's box coordinates and class scores count
-    alike, whatever their scale."""
-    fs, qs = make_session(fp32_path.read_bytes(), threads), make_session(qdq_path.read_bytes(), threads)
-    per: list[float] = []
-    for feed in feeds:
-        for f, q in zip(fs.run(None, feed), qs.run(None, feed), strict=True):
-            if f.ndim >= 2 and f.shape[1] <= 1024:
-                per += [sqnr_db(f[:, c], q[:, c]) for c in range(f.shape[1])]
-            else:
-                per.append(sqnr_db(f, q))
-    return float(np.mean(per))
-
-
-def verified(info: GraphInfo, stats: CalibrationStats, profile: QdqProfile, decisions: list[FloatDecision],
-             candidates: list[FloatDecision], feeds: list[dict[str, np.ndarray]], fp32_path: Path, probe: Path,
-             meta: Mapping[str, object], min_gain_db: float, threads: int) -> list[FloatDecision]:
-    """Greedy: keep a candidate in float only if the whole model's output SQNR rises by min_gain_db."""
+def verified(info: GraphInfo, stats: CalibrationStats, probe: Probe, decisions: list[FloatDecision],
+             candidates: list[FloatDecision], meta: Mapping[str, object], min_gain_db: float) -> list[FloatDecision]:
+    """Greedy: keep a candidate in float only if the whole model's simulated output SQNR rises by min_gain_db."""
     if not candidates:
         return []
     kept: list[FloatDecision] = []
-    best = output_sqnr(fp32_path, probe, feeds, threads)
-    trial = probe.with_name("trial.int8.onnx")
+    best = probe.output_sqnr(build_table(info, stats, probe.profile, decisions, meta))
     for c in candidates:
-        export_qdq(fp32_path, build_table(stats, profile, decisions + kept + [c], meta), profile, trial)
-        score = output_sqnr(fp32_path, trial, feeds, threads)
+        score = probe.output_sqnr(build_table(info, stats, probe.profile, decisions + kept + [c], meta))
         if score >= best + min_gain_db:
             kept.append(FloatDecision(c.node, c.op_type, c.rule, f"{c.reason}; keeping it in float raised the "
                                       f"output SQNR {best:.2f} -> {score:.2f} dB"))
             best = score
-    trial.unlink(missing_ok=True)
     return kept
 
 
-def choose_blend(info: GraphInfo, stats: CalibrationStats, profile: QdqProfile, decisions: list[FloatDecision],
-                 alphas: tuple[float, ...], feeds: list[dict[str, np.ndarray]], fp32_path: Path, probe: Path,
-                 meta: Mapping[str, object], threads: int,
+def choose_blend(info: GraphInfo, stats: CalibrationStats, probe: Probe, decisions: list[FloatDecision],
+                 alphas: tuple[float, ...], meta: Mapping[str, object],
                  groups: int = 1) -> tuple[CalibrationStats, float, dict[float, float], list[dict[str, Any]] | None]:
-    """The blend observer's alpha (0: MSE ranges, 1: percentile ranges) with the best model-output SQNR on the
-    probe samples; ties go to the first alpha listed. With groups > 1, then one alpha per contiguous group of
-    tensors (graph order), each group in turn, a change kept only when it raises the SQNR (coordinate search);
+    """The blend observer's alpha (0: MSE ranges, 1: percentile ranges) with the best simulated model-output SQNR
+    on the probe samples; ties go to the first alpha listed. With groups > 1, then one alpha per contiguous group
+    of tensors (graph order), each group in turn, a change kept only when it raises the SQNR (coordinate search);
     the last value lists the groups: first/last tensor, size, alpha and the SQNR after choosing it."""
     def score(alpha: float | Mapping[str, float]) -> float:
-        export_qdq(fp32_path, build_table(stats.blended(alpha), profile, decisions, meta), profile, probe)
-        return output_sqnr(fp32_path, probe, feeds, threads)
+        return probe.output_sqnr(build_table(info, stats.blended(alpha), probe.profile, decisions, meta))
 
     scores = {a: score(a) for a in alphas}
     best = max(scores, key=lambda a: scores[a])
@@ -207,40 +208,34 @@ def run(adapter: ModelAdapter, images: Iterable[np.ndarray], n_images: int, conf
     search: dict[float, float] | None = None
     alpha: float | None = None
     group_alphas: list[dict[str, Any]] | None = None
-    probe = workdir / "probe.int8.onnx"
+    probe = Probe(info.model, profile, first, threads) if n_probe > 0 and first else None
     if stats.endpoints is not None:
         t1 = time.perf_counter()
         alpha = config.blend_alphas[0]
-        if len(config.blend_alphas) > 1 and n_probe > 0 and first:
-            stats, alpha, search, group_alphas = choose_blend(info, stats, profile, decisions, config.blend_alphas,
-                                                              first, fp32_path, probe, meta, threads,
-                                                              config.blend_groups)
-            probe.unlink(missing_ok=True)
+        if len(config.blend_alphas) > 1 and probe is not None:
+            stats, alpha, search, group_alphas = choose_blend(info, stats, probe, decisions, config.blend_alphas,
+                                                              meta, config.blend_groups)
         else:
             stats = stats.blended(alpha)
         per_group = None if group_alphas is None else ",".join(f"{g['alpha']:g}" for g in group_alphas)
         meta["observer"] = f"blend(alpha={alpha:g})" if per_group is None else f"blend(alpha per group={per_group})"
         metadata = {**metadata, "qcal.observer": meta["observer"]}
         seconds["blend_search"] = time.perf_counter() - t1
-    if n_probe > 0 and first:
-        export_qdq(fp32_path, build_table(stats, profile, decisions, meta), profile, probe)
-        sq = tensor_sqnr(info, probe, first, threads)
+    if probe is not None:
+        sq = probe.tensor_sqnr(build_table(info, stats, profile, decisions, meta))
         candidates, drops = sensitivity_decisions(info, sq, config.keep_float.max_nodes,
                                                   config.keep_float.min_drop_db, decided)
-        decisions += verified(info, stats, profile, decisions, candidates, first, fp32_path, probe, meta,
-                              config.keep_float.min_gain_db, threads)
-        probe.unlink(missing_ok=True)
+        decisions += verified(info, stats, probe, decisions, candidates, meta, config.keep_float.min_gain_db)
     seconds["placement"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     int8_path = workdir / "model.int8.onnx"
+    table = build_table(info, stats, profile, decisions, meta)
     try:
-        table = export_qdq(fp32_path, build_table(stats, profile, decisions, meta), profile, int8_path,
-                           metadata=metadata)
-    except Exception as e:
+        export_qdq(info.model, table, profile, int8_path, metadata=metadata)
+    except ExporterError as e:
         raise ExportError(f"QDQ export failed: {e}") from e
     if config.keep_float.fp16_nodes:   # the allocation's "fp16" layers: float16 inside the QDQ graph
-        from exporters.errors import ExporterError
         from exporters.float16 import convert_nodes_fp16
 
         try:

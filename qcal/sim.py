@@ -1,16 +1,16 @@
-"""INT8 simulation in PyTorch: run an ONNX graph with torch ops on CPU or CUDA, Q/DQ as fake quantization.
+"""The one INT8 simulator: an ONNX graph run with torch ops on CPU or CUDA, Q/DQ as ONNX defines them.
 
-Two ways to get the simulation of a QuantTable:
-  * `TorchRunner(qdq_onnx)`: the QDQ model qcal wrote (the table as written: same tensors, same scales, same
-    per-edge placement); QuantizeLinear/DequantizeLinear run as round-half-to-even + saturate + rescale. On CPU
-    it agrees with ONNX Runtime up to float rounding (tests/test_sim.py, benchmarks/tensorrt_profile.py).
-  * `TorchRunner(fp32_onnx, table=QuantTable)`: the FP32 graph with the table's fake-quant applied at tensor
-    level: weights per channel once, every activation in the table where it is produced; nodes in
-    table.float_nodes read the float tensor. This is the table alone, without the exporter's per-edge choices.
+What it runs is exactly what qcal ships: `TorchRunner(fp32, table=QuantTable, profile=...)` lowers the table with
+`exporters.qdq.lower_qdq`, the function `export_qdq` saves, so every pass and search that scores a table here
+scores the model that is exported. QuantizeLinear/DequantizeLinear run as qcal.quant.fakequant's quantize_linear /
+dequantize_linear (round half to even, saturate, rescale). Against ONNX Runtime running the exported model with
+graph optimizations off it agrees up to float rounding (tests/test_sim.py; benchmarks/one_engine.py measures the
+integer-code agreement on the real detector).
 
 `run(None, feeds) -> [np.ndarray]` is ONNX Runtime's InferenceSession interface, so the robustness harness uses
-either runtime unchanged (`qcal bench --device cuda`). Only the ops of YOLO-style detectors (and small CNNs) are
-implemented; another op is an error naming it.
+either runtime unchanged (`qcal bench --device cuda`); `run_capture` returns named intermediate tensors too (a
+QuantizeLinear output holds integer codes). Only the ops of YOLO-style detectors (and small CNNs) are implemented;
+another op is an error naming it.
 """
 
 from __future__ import annotations
@@ -23,11 +23,13 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from exporters.quant_table import QuantTable, TensorQuant
+from exporters.profiles import PROFILES, QdqProfile
+from exporters.qdq import lower_qdq
+from exporters.quant_table import QuantTable
 from qcal.errors import QcalError
+from qcal.quant.fakequant import dequantize_linear, quantize_linear
 
 _QRANGE = {"int8": (-128, 127), "uint8": (0, 255), "int32": (-(2**31), 2**31 - 1)}
-_ZP_DTYPE = {onnx.TensorProto.INT8: "int8", onnx.TensorProto.UINT8: "uint8", onnx.TensorProto.INT32: "int32"}
 
 
 class SimulationError(QcalError):
@@ -38,22 +40,11 @@ def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
     return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
 
 
-def fake_quant(torch: Any, x: Any, scale: Any, zp: Any, qmin: int, qmax: int, axis: int | None) -> Any:
-    """(clamp(round(x / s) + z, qmin, qmax) - z) * s, per tensor or per channel on `axis` (round half to even,
-    as ONNX QuantizeLinear)."""
-    if axis is not None and scale.numel() > 1:
-        shape = [1] * x.dim()
-        shape[axis] = -1
-        scale, zp = scale.reshape(shape), zp.reshape(shape)
-    q = torch.clamp(torch.round(x / scale) + zp, qmin, qmax)
-    return (q - zp) * scale
-
-
 class TorchRunner:
-    """An ONNX graph executed with torch ops; see the module docstring."""
+    """An ONNX graph executed with torch ops; with `table`, the QDQ graph qcal exports for it (module docstring)."""
 
     def __init__(self, model: str | Path | onnx.ModelProto, *, table: QuantTable | None = None,
-                 device: str = "cpu") -> None:
+                 profile: QdqProfile | None = None, device: str = "cpu") -> None:
         import torch
 
         self.torch = torch
@@ -61,6 +52,10 @@ class TorchRunner:
             raise SimulationError("device 'cuda' was asked for but torch sees no CUDA GPU; use --device cpu.")
         self.device = torch.device(device)
         self.model = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model))
+        if table is not None:
+            if profile is None and table.target not in PROFILES:
+                raise SimulationError(f"the table's target {table.target!r} is not a profile; pass profile=.")
+            self.model = lower_qdq(self.model, table, profile or PROFILES[table.target])
         g = self.model.graph
         unknown = sorted({n.op_type for n in g.node} - set(_OPS))
         if unknown:
@@ -73,44 +68,60 @@ class TorchRunner:
         self.inputs = [i.name for i in g.input if i.name not in self.values]
         self.nodes = _topological(list(g.node), set(self.values) | set(self.inputs))
         self.outputs = [o.name for o in g.output]
-        self.table = table
-        self._act: dict[str, TensorQuant] = {}
-        self._float_readers = set(table.float_nodes) if table is not None else set()
-        if table is not None:
-            for name, tq in table.tensors.items():
-                if name in self.values and tq.kind == "weight":
-                    self.values[name] = self._fq(self.values[name], tq)
-                elif tq.kind == "activation":
-                    self._act[name] = tq
 
-    def _fq(self, x: Any, tq: TensorQuant) -> Any:
+    def set_params(self, table: QuantTable) -> None:
+        """New parameters for the same placement: every entry's scale and zero point (and a weight's or bias's
+        codes) replace the tensors `lower_qdq` named after it. The table must have the same entries as the one
+        this runner was built from."""
         t = self.torch
-        qmin, qmax = _QRANGE.get(tq.dtype, (-128, 127))
-        s = t.tensor(tq.scale, dtype=t.float32, device=self.device)
-        z = t.tensor(tq.zero_point, dtype=t.float32, device=self.device)
-        return fake_quant(t, x.float(), s, z, qmin, qmax, tq.axis).to(x.dtype)
+        for name, tq in table.tensors.items():
+            per_tensor = tq.axis is None and tq.scale.size == 1
+            for key, arr in ((f"{name}_scale", tq.scale.reshape(()) if per_tensor else tq.scale),
+                             (f"{name}_zero_point", tq.zero_point.reshape(()) if per_tensor else tq.zero_point),
+                             (f"{name}_quantized", tq.codes)):
+                if arr is None:
+                    continue
+                if key not in self.values:
+                    raise SimulationError(f"set_params: {key!r} is not a parameter of this graph; build a new "
+                                          "TorchRunner for a table with other entries.")
+                old = self.values[key]
+                self.values[key] = t.from_numpy(np.ascontiguousarray(arr)).to(device=self.device, dtype=old.dtype)
 
     def run(self, output_names: list[str] | None, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        env = self._forward(feeds)
+        return [_numpy(env[o]) for o in (output_names or self.outputs)]
+
+    def run_capture(self, feeds: dict[str, np.ndarray], names: list[str]) -> dict[str, Any]:
+        """The named tensors (graph outputs or intermediates) of one run, as torch tensors on the device."""
+        env = self._forward(feeds)
+        return {n: env[n] for n in names}
+
+    def run_forced(self, feeds: dict[str, np.ndarray], forced: dict[str, np.ndarray],
+                   names: list[str]) -> dict[str, Any]:
+        """Each node computed from `forced` values of its inputs where given (another runtime's tensors of the same
+        graph): one op's arithmetic at a time, without the drift a free-running comparison accumulates."""
+        t = self.torch
+        pinned = {k: t.from_numpy(np.ascontiguousarray(v)).to(self.device) for k, v in forced.items()}
+        env = self._forward(feeds, pinned)
+        return {n: env[n] for n in names}
+
+    def _forward(self, feeds: dict[str, np.ndarray], pinned: dict[str, Any] | None = None) -> dict[str, Any]:
         t = self.torch
         env = dict(self.values)
-        quantized: dict[str, Any] = {}
         for name in self.inputs:
             env[name] = t.from_numpy(np.ascontiguousarray(feeds[name])).to(self.device)
+        pin = pinned or {}
         with t.no_grad():
-            for name in self.inputs:
-                if name in self._act:
-                    quantized[name] = self._fq(env[name], self._act[name])
             for node in self.nodes:
-                float_reader = node.name in self._float_readers
-                args = [None if not i else (env[i] if float_reader or i not in quantized else quantized[i])
-                        for i in node.input]
+                args = [(pin[i] if i in pin else env[i]) if i else None for i in node.input]
                 outs = _OPS[node.op_type](t, args, _attrs(node), node)
                 for o, v in zip(node.output, outs if isinstance(outs, list | tuple) else [outs], strict=False):
                     env[o] = v
-                    if o in self._act:
-                        quantized[o] = self._fq(v, self._act[o])
-        return [env[o].float().cpu().numpy() if env[o].is_floating_point() else env[o].cpu().numpy()
-                for o in (output_names or self.outputs)]
+        return env
+
+
+def _numpy(v: Any) -> np.ndarray:
+    return v.float().cpu().numpy() if v.is_floating_point() else v.cpu().numpy()
 
 
 def _topological(nodes: list[onnx.NodeProto], available: set[str]) -> list[onnx.NodeProto]:
@@ -195,22 +206,28 @@ def _reshape(t: Any, a: list[Any], at: dict[str, Any], n: onnx.NodeProto) -> Any
 def _q(t: Any, a: list[Any], at: dict[str, Any], n: onnx.NodeProto) -> Any:
     zp = a[2] if len(a) > 2 and a[2] is not None else t.zeros((), dtype=t.uint8, device=a[0].device)
     qmin, qmax = _QRANGE[_torch_qtype(t, zp, n)]
-    x, s, z = a[0].float(), a[1].float(), zp.float()
-    if s.numel() > 1:
-        shape = [1] * x.dim()
-        shape[at.get("axis", 1)] = -1
-        s, z = s.reshape(shape), z.reshape(shape)
-    return t.clamp(t.round(x / s) + z, qmin, qmax)    # integer values, kept as float32 for DQ
+    s, z = _bcast(a[1].float(), zp.float(), a[0].dim(), at)
+    return quantize_linear(a[0].float(), s, z, qmin, qmax)    # integer values, kept as float32 for DQ
 
 
 def _dq(t: Any, a: list[Any], at: dict[str, Any], n: onnx.NodeProto) -> Any:
-    x, s = a[0].float(), a[1].float()
+    x = a[0]
     z = a[2].float() if len(a) > 2 and a[2] is not None else t.zeros((), device=x.device)
-    if s.numel() > 1:
-        shape = [1] * x.dim()
-        shape[at.get("axis", 1)] = -1
-        s, z = s.reshape(shape), z.reshape(shape)
-    return (x - z) * s
+    s, z = _bcast(a[1].float(), z, x.dim(), at)
+    return dequantize_linear(x.float(), s, z)
+
+
+def _bcast(s: Any, z: Any, ndim: int, at: dict[str, Any]) -> tuple[Any, Any]:
+    """Scale and zero point shaped against the data: per tensor, per axis, or blocked (block_size on axis)."""
+    if s.numel() == 1 and "block_size" not in at:
+        return s.reshape(()), z.reshape(())
+    axis = at.get("axis", 1) % ndim
+    if "block_size" in at:
+        bs = int(at["block_size"])
+        return s.repeat_interleave(bs, dim=axis), z.repeat_interleave(bs, dim=axis)
+    shape = [1] * ndim
+    shape[axis] = -1
+    return s.reshape(shape), z.reshape(shape)
 
 
 def _torch_qtype(t: Any, zp: Any, n: onnx.NodeProto) -> str:

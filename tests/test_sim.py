@@ -107,3 +107,48 @@ def test_bench_cells_through_the_torch_runtime(tmp_path: Path) -> None:
     assert abs(t["cells"]["fp16"]["clean"]["map50_95"] - o["cells"]["fp16"]["clean"]["map50_95"]) < 0.05
     cells = json.loads((tmp_path / "report.json").read_text())["cells"]
     assert set(cells) == {"fp32", "fp16"}
+
+
+@pytest.mark.parametrize("profile", ["ort-cpu", "tensorrt"])
+def test_table_onnx_table_is_exact_and_simulator_codes_match_ort(tiny_conv_onnx: Path, tmp_path: Path,
+                                                                  profile: str) -> None:
+    """The one rule: the exported graph holds the table's codes and parameters bit for bit; the saved table loads
+    back equal; the simulator of the table gives ONNX Runtime's own integer codes on every QuantizeLinear."""
+    import onnx
+
+    from exporters import QuantTable, read_quant_table
+    from exporters.qdq import same_params
+    from qcal.graph import with_outputs
+
+    table = _table(tiny_conv_onnx, profile, ("/Concat",))
+    assert any(t.kind == "weight" and t.codes is not None for t in table.tensors.values())
+    qdq = tmp_path / "m.onnx"
+    export_qdq(tiny_conv_onnx, table, PROFILES[profile], qdq)
+    back = read_quant_table(qdq)
+    assert same_params(table, back, ("weight", "bias")) and same_params(table, back, ("activation",))
+    table.save(tmp_path / "quant_table.json")
+    assert QuantTable.load(tmp_path / "quant_table.json") == table
+    # a changed code is seen
+    name, w = next((k, v) for k, v in table.tensors.items() if v.kind == "weight")
+    bumped = w.codes.copy()
+    bumped.reshape(-1)[0] = 0 if bumped.reshape(-1)[0] else 1
+    assert not same_params(table.replace(tensors={**table.tensors, name: w.replace(codes=bumped)}), back,
+                           ("weight", "bias"))
+    sim = TorchRunner(tiny_conv_onnx, table=table)
+    m = onnx.load(str(qdq))
+    qnames = [n.output[0] for n in m.graph.node if n.op_type == "QuantizeLinear"]
+    m = with_outputs(m, [])
+    for q in qnames:
+        dtype = table.tensors[q.removesuffix("_QuantizeLinear_Output")].dtype
+        m.graph.output.append(onnx.helper.make_tensor_value_info(q, 2 if dtype == "uint8" else 3, None))
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    same = total = 0
+    for seed in range(3):
+        feed = {"input": _x(seed)}
+        got = sim.run_capture(feed, qnames)
+        for q, r in zip(qnames, sess.run(qnames, feed), strict=True):
+            same += int(np.sum(got[q].numpy() == r.astype(np.float32)))
+            total += r.size
+    assert total > 0 and same / total >= 0.999

@@ -23,6 +23,7 @@ from exporters import export_qdq
 from exporters.float16 import convert_nodes_fp16
 from qcal.alloc import AllocationError
 from qcal.calibrate import make_session
+from qcal.graph import analyse
 from qcal.pipeline import PipelineOutput, build_table
 from qcal.placement import FloatDecision
 from qcal.quant.precision import Precision
@@ -64,7 +65,8 @@ def onnx_sensitivity(out: PipelineOutput, layer_nodes: Mapping[str, str], feeds:
     if unsupported:
         raise AllocationError(f"ONNX sensitivity measures what ONNX Runtime deploys (int8, fp16, fp32); "
                               f"{unsupported} only exist in torch simulation: measure them in torch.")
-    ops = {n.name: n.op_type for n in onnx.load(str(out.fp32_path)).graph.node}
+    info = analyse(onnx.load(str(out.fp32_path)))
+    ops = {n.name: n.op_type for n in info.model.graph.node}
     meta = dict(out.table.meta)
     refs = reference_outputs(out.fp32_path, feeds, threads)   # FP32 runs once, not once per probe
     base = relative_error(refs, out.int8_path, feeds, threads)
@@ -77,7 +79,7 @@ def onnx_sensitivity(out: PipelineOutput, layer_nodes: Mapping[str, str], feeds:
                 result[layer][p.value] = 0.0
                 continue
             kept = [*out.decisions, FloatDecision(node, ops.get(node, "?"), "user", "sensitivity probe")]
-            export_qdq(out.fp32_path, build_table(out.calibration, out.profile, kept, meta), out.profile, probe)
+            export_qdq(out.fp32_path, build_table(info, out.calibration, out.profile, kept, meta), out.profile, probe)
             if p is Precision.FP16:
                 convert_nodes_fp16(probe, [node])
             result[layer][p.value] = relative_error(refs, probe, feeds, threads) - base

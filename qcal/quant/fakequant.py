@@ -38,12 +38,25 @@ def round_ste(x: torch.Tensor) -> torch.Tensor:
     return (torch.round(x) - x).detach() + x
 
 
+def quantize_linear(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | float, qmin: int, qmax: int,
+                    *, ste: bool = False) -> torch.Tensor:
+    """ONNX QuantizeLinear: clamp(round(x / scale) + zero_point, qmin, qmax), round half to even; the integer
+    codes are returned as floats. ste=True: the straight-through rounding the passes differentiate through.
+    The one quantization primitive: the simulator's Q nodes and every pass's fake quantization call it."""
+    r = round_ste(x / scale) if ste else torch.round(x / scale)
+    return torch.clamp(r + zero_point, qmin, qmax)
+
+
+def dequantize_linear(q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | float) -> torch.Tensor:
+    """ONNX DequantizeLinear: (q - zero_point) * scale."""
+    return (q - zero_point) * scale
+
+
 def fake_quant(x: torch.Tensor, scale: torch.Tensor, grid: IntGrid) -> torch.Tensor:
     """Symmetric / unsigned (zero point 0) fake quantization. `scale` broadcasts against x (per channel: shape
     (C, 1, 1, 1) for a conv weight). Gradients flow to x inside the range and to scale everywhere."""
     s = scale.abs().clamp_min(1e-12)
-    q = torch.clamp(round_ste(x / s), grid.qmin, grid.qmax)
-    return q * s
+    return dequantize_linear(quantize_linear(x, s, 0.0, grid.qmin, grid.qmax, ste=True), s, 0.0)
 
 
 def to_fp16(x: torch.Tensor) -> torch.Tensor:
@@ -80,4 +93,4 @@ def mse_scale(x: torch.Tensor, grid: IntGrid, *, steps: int = 100, lo: float = 0
     return torch.tensor(best)
 
 
-__all__ = ["IntGrid", "Precision", "fake_quant", "mse_scale", "round_ste", "to_fp16", "weight_scale_minmax"]
+__all__ = ["IntGrid", "Precision", "dequantize_linear", "fake_quant", "quantize_linear", "mse_scale", "round_ste", "to_fp16", "weight_scale_minmax"]

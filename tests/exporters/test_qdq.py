@@ -13,8 +13,11 @@ from qcal.graph import analyse, tensors_to_calibrate
 
 
 def _table(model_path: Path, profile_name: str, float_nodes: tuple[str, ...] = ()) -> QuantTable:
-    """Min-max ranges from a few random inputs, through the real FP32 model."""
+    """The engine's whole table (activations from min-max ranges of a few random inputs through the real FP32
+    model, round-to-nearest weights, int32 biases where the profile has them)."""
     from qcal.calibrate import calibrate
+    from qcal.pipeline import build_table
+    from qcal.placement import FloatDecision
 
     info = analyse(onnx.load(str(model_path)))
     onnx.save(info.model, str(model_path))
@@ -24,8 +27,8 @@ def _table(model_path: Path, profile_name: str, float_nodes: tuple[str, ...] = (
     feeds = [{"input": rng.uniform(0, 1, (1, 3, 32, 32)).astype(np.float32)} for _ in range(4)]
     st = calibrate(info, tensors, feeds, observer="minmax", symmetric=prof.activation_symmetric, qmin=0, qmax=255,
                    percentile=99.99, progress=False)
-    return QuantTable({t: TensorQuant(prof.activation_dtype, (1.0,), (0,), rmin=lo, rmax=hi)
-                       for t, (lo, hi) in st.ranges.items()}, float_nodes)
+    decisions = [FloatDecision(n, info.nodes[n].op_type, "user", "test") for n in float_nodes]
+    return build_table(info, st, prof, decisions, {})
 
 
 def _run(path: Path, x: np.ndarray) -> np.ndarray:

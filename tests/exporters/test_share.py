@@ -5,7 +5,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from exporters import PROFILES, QuantTable, TensorQuant, export_qdq
+from exporters import PROFILES, QdqProfile, QuantTable, TensorQuant, export_qdq
 from exporters.errors import ExporterError
 from exporters.qdq import quantizable_op_types
 from exporters.share import concat_groups, copyable_concat_inputs, share_concat_ranges
@@ -96,11 +96,23 @@ def test_shared_range_per_rule(c2f_onnx: Path, rule: str) -> None:
         share_concat_ranges(m, ranges, rule="mean")
 
 
+def _engine_table(model_path: Path, profile: QdqProfile) -> QuantTable:
+    """The engine's table (the ranges are shared when the table is built, so the simulator sees them too)."""
+    from qcal.calibrate import calibrate
+    from qcal.pipeline import build_table
+
+    info = analyse(onnx.load(str(model_path)))
+    tensors = tensors_to_calibrate(info, quantizable_op_types(profile))
+    st = calibrate(info, tensors, _feeds(4, 0), observer="minmax", symmetric=False, qmin=0, qmax=255,
+                   percentile=99.99, progress=False)
+    return build_table(info, st, profile, [], {})
+
+
 def test_ort_cpu_export_lets_every_concat_copy(c2f_onnx: Path, tmp_path: Path) -> None:
-    table = _table(c2f_onnx)
     shared, plain = tmp_path / "shared.onnx", tmp_path / "plain.onnx"
-    export_qdq(c2f_onnx, table, PROFILES["ort-cpu"], shared)
-    export_qdq(c2f_onnx, table, PROFILES["ort-cpu"].replace(share_concat_ranges=""), plain)
+    unshared = PROFILES["ort-cpu"].replace(share_concat_ranges="")
+    export_qdq(c2f_onnx, _engine_table(c2f_onnx, PROFILES["ort-cpu"]), PROFILES["ort-cpu"], shared)
+    export_qdq(c2f_onnx, _engine_table(c2f_onnx, unshared), unshared, plain)
     assert copyable_concat_inputs(onnx.load(str(shared))) == [(True, True, True), (True, True)]
     assert not all(all(c) for c in copyable_concat_inputs(onnx.load(str(plain))))
     sess = {k: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])

@@ -1,0 +1,79 @@
+"""Scoring QuantTables on probe samples, in the one simulator (qcal.sim): what every search of the pipeline uses.
+
+A Probe holds a few calibration samples and the FP32 model's outputs on them (computed once, by ONNX Runtime).
+`output_sqnr(table)` runs the table's QDQ graph -- the graph `export_qdq` would write -- in torch and compares its
+outputs with FP32; `tensor_sqnr(table)` does the same for every quantized activation. Candidates that only change
+parameters (a blend mix, a shared range) reuse one simulator graph and swap its parameter tensors in place
+(`TorchRunner.set_params`); a new placement (another node in float) lowers a new graph. No candidate is exported.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import onnx
+
+from exporters import QdqProfile, QuantTable
+from exporters.qdq import DQ_SUFFIX
+from qcal.calibrate import make_session
+from qcal.graph import with_outputs
+from qcal.quant.qparams import sqnr_db
+from qcal.sim import TorchRunner
+
+
+def channel_sqnr(ref: list[np.ndarray], got: list[np.ndarray]) -> float:
+    """Mean SQNR over the outputs' channels (axis 1): YOLO's box coordinates and class scores count alike, whatever
+    their scale; an output with more than 1024 channels counts as one."""
+    per: list[float] = []
+    for f, q in zip(ref, got, strict=True):
+        if f.ndim >= 2 and f.shape[1] <= 1024:
+            per += [sqnr_db(f[:, c], q[:, c]) for c in range(f.shape[1])]
+        else:
+            per.append(sqnr_db(f, q))
+    return float(np.mean(per))
+
+
+class Probe:
+    def __init__(self, fp32: onnx.ModelProto, profile: QdqProfile, feeds: list[dict[str, np.ndarray]],
+                 threads: int = 2) -> None:
+        self.fp32, self.profile, self.feeds, self.threads = fp32, profile, feeds, threads
+        sess = make_session(fp32.SerializeToString(), threads)
+        self.reference = [sess.run(None, f) for f in feeds]
+        self._runner: TorchRunner | None = None
+        self._layout: tuple[Any, ...] | None = None
+        self.evaluations = 0
+
+    def runner(self, table: QuantTable) -> TorchRunner:
+        """The simulator of `table`: the last one with new parameters when the placement is unchanged."""
+        layout = (tuple(sorted(table.tensors)), table.float_nodes)
+        if self._runner is None or layout != self._layout:
+            self._runner = TorchRunner(self.fp32, table=table, profile=self.profile)
+            self._layout = layout
+        else:
+            self._runner.set_params(table)
+        return self._runner
+
+    def output_sqnr(self, table: QuantTable) -> float:
+        runner = self.runner(table)
+        self.evaluations += 1
+        return float(np.mean([channel_sqnr(ref, runner.run(None, f)) for ref, f in
+                              zip(self.reference, self.feeds, strict=True)]))
+
+    def tensor_sqnr(self, table: QuantTable) -> dict[str, float]:
+        """SQNR of every quantized activation (its dequantized value in the simulator) against FP32's tensor."""
+        names = sorted(table.activations())
+        runner = self.runner(table)
+        fs = make_session(with_outputs(self.fp32, names).SerializeToString(), self.threads, arena=False)
+        noise, signal = np.zeros(len(names)), np.zeros(len(names))
+        for feed in self.feeds:
+            got = runner.run_capture(feed, [t + DQ_SUFFIX for t in names])
+            for i, ref in enumerate(fs.run(names, feed)):
+                q = got[names[i] + DQ_SUFFIX].float().cpu().numpy().astype(np.float64)
+                noise[i] += float(np.sum((q - ref) ** 2))
+                signal[i] += float(np.sum(ref.astype(np.float64) ** 2))
+        return {t: 10.0 * float(np.log10(max(s, 1e-30) / max(n, 1e-30))) for t, n, s in zip(names, noise, signal,
+                                                                                           strict=True)}
+
+
+__all__ = ["Probe", "channel_sqnr"]
