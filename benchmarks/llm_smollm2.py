@@ -211,7 +211,7 @@ def stage_onnx(args: argparse.Namespace, data: dict) -> None:
     from calib_sets import corpora
     from qcal.eval.perplexity import evaluate_lms
     from qcal.llm import quantize_llm
-    from qcal.llm_export import ort_logits
+    from qcal.llm.export import ort_logits
 
     lm, calib_text, eval_ids = setup(args)
     cal = corpora.token_windows(calib_text, lm.encode, name="emma", tokenizer_name=lm.tokenizer_name,
@@ -252,7 +252,7 @@ def stage_gptq(args: argparse.Namespace, data: dict) -> None:
     from calib_sets import corpora
     from qcal.eval.perplexity import evaluate_lms
     from qcal.llm import quantize_llm
-    from qcal.llm_export import ort_logits
+    from qcal.llm.export import ort_logits
     from qcal.quant.llm_schemes import ActQuant, QuantLinear
 
     lm, calib_text, eval_ids = setup(args)
