@@ -108,11 +108,14 @@ def _restore(model: nn.Module, swapped: dict[str, QuantLinear]) -> None:
         setattr(mods[parent], child, m)
 
 
-def ort_logits(path: str | Path, *, threads: int = 1) -> Callable[[torch.Tensor], torch.Tensor]:
-    """ids (1, T) -> logits (1, T, V) from an exported decoder in ONNX Runtime (CPU)."""
+def ort_logits(path: str | Path, *, threads: int = 1, optimize: bool = True) -> Callable[[torch.Tensor], torch.Tensor]:
+    """ids (1, T) -> logits (1, T, V) from an exported decoder in ONNX Runtime (CPU). optimize=False turns ORT's
+    graph optimizations off: the arithmetic as written, no fused kernels."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
+    if not optimize:
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.log_severity_level = 3
