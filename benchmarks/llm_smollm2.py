@@ -211,7 +211,7 @@ def stage_onnx(args: argparse.Namespace, data: dict) -> None:
     from calib_sets import corpora
     from qcal.eval.perplexity import evaluate_lms
     from qcal.llm import quantize_llm
-    from qcal.llm_export import ort_logits
+    from qcal.llm.export import ort_logits
 
     lm, calib_text, eval_ids = setup(args)
     cal = corpora.token_windows(calib_text, lm.encode, name="emma", tokenizer_name=lm.tokenizer_name,
@@ -227,7 +227,7 @@ def stage_onnx(args: argparse.Namespace, data: dict) -> None:
         paths = r.export(WORK / name, fp32=name == "w8a8")
         info[name] = {"export_seconds": round(time.perf_counter() - t, 1),
                       "size_mb": round(paths["quantized"].stat().st_size / 2**20, 1),
-                      "ops": json.loads(paths["table"].read_text())["ops"]}
+                      "ops": json.loads(paths["report_json"].read_text())["onnx_ops"]}
         if "fp32" in paths:
             info["fp32"] = {"size_mb": round(paths["fp32"].stat().st_size / 2**20, 1)}
             models["fp32_onnx"] = ort_logits(paths["fp32"])
@@ -252,7 +252,7 @@ def stage_gptq(args: argparse.Namespace, data: dict) -> None:
     from calib_sets import corpora
     from qcal.eval.perplexity import evaluate_lms
     from qcal.llm import quantize_llm
-    from qcal.llm_export import ort_logits
+    from qcal.llm.export import ort_logits
     from qcal.quant.llm_schemes import ActQuant, QuantLinear
 
     lm, calib_text, eval_ids = setup(args)

@@ -105,7 +105,7 @@ def child_calibrate(model: Path, calib: Path, out: Path, threads: int, windows: 
     import torch
 
     import qcal
-    from qcal.llm_offload import quantize_llm_offloaded
+    from qcal.llm.offload import quantize_llm_offloaded
 
     torch.set_num_threads(threads)
     cfg = qcal.QuantConfig(scheme="w8a8", passes=["smoothquant"], calib_size=windows,

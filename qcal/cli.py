@@ -210,7 +210,7 @@ def _run_llm(args: argparse.Namespace, cfg: QuantConfig) -> int:
 
 def _run_llm_offloaded(args: argparse.Namespace, cfg: QuantConfig) -> int:
     from qcal.errors import ConfigError
-    from qcal.llm_offload import quantize_llm_offloaded
+    from qcal.llm.offload import quantize_llm_offloaded
 
     if args.eval:
         raise ConfigError("--eval with --offload layers: perplexity needs the whole model in memory; evaluate the "

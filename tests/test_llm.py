@@ -10,12 +10,31 @@ import torch
 
 import qcal
 from calib_sets import Source
+from exporters import quant_table
+from exporters.llm_onnx import read_llm_quant_table, shipped
+from exporters.quant_table import QuantTable
 from qcal.cli import main as cli_main
 from qcal.errors import CalibrationError, ConfigError
 from qcal.llm import LLMQuantResult, keep_float
+from qcal.quant.llm_schemes import QuantLinear
 from tests.llm_tiny import tiny_workspace
 
 pytest.importorskip("transformers")
+
+
+def assert_ships_its_table(r: LLMQuantResult, paths: dict[str, Path]) -> QuantTable:
+    """The saved quant_table.json loads equal to the in-memory table, the ONNX holds exactly its codes, scales and
+    zero points, and the simulation's weights are the table's dequantized codes."""
+    table = r.quant_table()
+    assert QuantTable.load(paths["table"]) == table
+    assert read_llm_quant_table(paths["quantized"]) == shipped(table)
+    assert table.float_nodes == tuple(d.layer for d in r.decisions) and set(table.float_reasons) == set(
+        table.float_nodes)
+    for name, m in r.model.named_modules():
+        if isinstance(m, QuantLinear):
+            deq = table.tensors[name + ".weight"].dequantized()
+            assert torch.equal(torch.from_numpy(deq if m.int4 is not None else deq.T), m.weight.detach()), name
+    return table
 
 
 @pytest.fixture(scope="module")
@@ -39,9 +58,13 @@ def test_w8a8_smoothquant_export_matches_simulation(tiny: tuple[Path, Path, Path
 
     ops = [n.op_type for n in onnx.load(str(paths["quantized"])).graph.node]
     assert ops.count("MatMulInteger") == 14
+    table = assert_ships_its_table(r, paths)
+    w = table.tensors["model.layers.0.self_attn.q_proj.weight"]
+    assert (w.dtype, w.axis, w.codes.shape, w.scale.shape) == ("int8", 1, (32, 32), (32,))
+    assert table.meta["activations"] == "per-token" and not table.activations()
     from qcal.eval.perplexity import evaluate_lms
     from qcal.llm import eval_tokens
-    from qcal.llm_export import ort_logits
+    from qcal.llm.export import ort_logits
 
     ids = eval_tokens(r.lm, held, 256)
     fns = {**r.logits_fns(), "onnx": ort_logits(paths["quantized"]), "fp32_onnx": ort_logits(paths["fp32"])}
@@ -51,15 +74,28 @@ def test_w8a8_smoothquant_export_matches_simulation(tiny: tuple[Path, Path, Path
 
 
 @pytest.mark.parametrize("scheme,acts", [("w4a16", "per-token"), ("w8a8", "per-tensor")])
-def test_other_schemes_export_and_run(tiny: tuple[Path, Path, Path], tmp_path: Path, scheme: str, acts: str) -> None:
+def test_other_schemes_export_and_run(tiny: tuple[Path, Path, Path], tmp_path: Path, scheme: str, acts: str,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
     model, calib, held = tiny
     cfg = qcal.QuantConfig(scheme=scheme, calib_size=4,
                            llm=qcal.LLMConfig(seq_len=32, group_size=32, activations=qcal.Activations(acts)))
     r = qcal.quantize(model, calib=calib, config=cfg, progress=False)
+    monkeypatch.setattr(quant_table, "INLINE", 16)     # the tiny model's codes go to the .arrays.npz, as real ones
     paths = r.export(tmp_path, fp32=False)
+    assert paths["table_arrays"].is_file()
+    table = assert_ships_its_table(r, paths)
+    if scheme == "w4a16":                              # uint4 codes (N, K), scale/zero (N, K / 32) on axis 1
+        w = table.tensors["model.layers.1.mlp.down_proj.weight"]
+        assert (w.dtype, w.bits, w.group_size, w.codes.shape, w.scale.shape) == ("uint4", 4, 32, (32, 64), (32, 2))
+        assert table.meta["group_size"] == 32
+    else:                                              # every quantized Linear has its static input entry
+        acts_t = table.activations()
+        assert len(acts_t) == len(table.weights()) == len(r.quantized_layers())
+        a = acts_t["model.layers.0.mlp.down_proj.input"]
+        assert a.dtype == "uint8" and a.rmin is not None and a.rmin <= 0 <= a.rmax
     from qcal.eval.perplexity import evaluate_lms
     from qcal.llm import eval_tokens
-    from qcal.llm_export import ort_logits
+    from qcal.llm.export import ort_logits
 
     ids = eval_tokens(r.lm, held, 128)
     sc = evaluate_lms({**r.logits_fns(), "onnx": ort_logits(paths["quantized"])}, ids, reference="fp32",

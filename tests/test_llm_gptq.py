@@ -49,7 +49,7 @@ def test_w4a16_gptq_beats_rtn_and_export_carries_it(tiny: tuple[Path, Path, Path
     rtn = _rtn_twin(r.lm.model, r.quantized_layers(), 32)
     ids = eval_tokens(r.lm, held, 256)
     paths = r.export(tmp_path, fp32=False)
-    from qcal.llm_export import ort_logits
+    from qcal.llm.export import ort_logits
 
     fns = {**r.logits_fns(), "rtn": lambda x: rtn(input_ids=x, use_cache=False).logits,
            "onnx": ort_logits(paths["quantized"])}
@@ -59,6 +59,12 @@ def test_w4a16_gptq_beats_rtn_and_export_carries_it(tiny: tuple[Path, Path, Path
     import onnx
 
     assert [n.op_type for n in onnx.load(str(paths["quantized"])).graph.node].count("MatMulNBits") == 14
+    from exporters.llm_onnx import read_llm_quant_table, shipped
+    from exporters.quant_table import QuantTable
+
+    table = r.quant_table()                                        # the GPTQ codes, not a re-rounding
+    assert QuantTable.load(paths["table"]) == table and read_llm_quant_table(paths["quantized"]) == shipped(table)
+    assert table.meta["passes"] == ["gptq"]
 
 
 def test_w8a8_smoothquant_then_gptq(tiny: tuple[Path, Path, Path]) -> None:

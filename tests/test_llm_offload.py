@@ -1,5 +1,6 @@
-"""Out-of-core LLM calibration (qcal/llm_offload.py) gives exactly the in-memory result: the same activation
-statistics, sensitivities, float decisions, weight codes, scales and smoothed float weights."""
+"""Out-of-core LLM calibration (qcal/llm/offload.py) gives exactly the in-memory result: the same activation
+statistics, sensitivities, float decisions, weight codes, scales and smoothed float weights, and the same
+QuantTable (saved as format 2, loaded back equal)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,11 @@ import pytest
 import torch
 
 import qcal
+from exporters.llm_onnx import layer_kind
+from exporters.quant_table import QuantTable
 from qcal.cli import main as cli_main
 from qcal.errors import CheckpointError, ConfigError
-from qcal.llm_offload_io import OffloadedLLMResult
+from qcal.llm.offload_io import OffloadedLLMResult
 from qcal.quant.llm_schemes import QuantLinear
 from tests.llm_tiny import save_tiny, tiny_llama, tiny_text, tiny_tokenizer
 
@@ -34,7 +37,7 @@ def written(result: OffloadedLLMResult) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     out: dict[str, torch.Tensor] = {}
-    for f in result.table["files"]:
+    for f in result.files:
         out.update(load_file(str(result.folder / f)))
     return out
 
@@ -45,18 +48,20 @@ def assert_same(mem: Any, ooc: OffloadedLLMResult) -> int:
     assert ooc.sensitivity == mem.sensitivity          # exact floats: same arithmetic in the same order
     assert ooc.act_stats == mem.act_stats
     assert ooc.quantized_layers() == mem.quantized_layers()
+    mt, ot = mem.quant_table(), ooc.table              # codes, scales, zero points, ranges, float decisions
+    assert sorted(ot.tensors) == sorted(mt.tensors) and all(ot.tensors[k] == mt.tensors[k] for k in mt.tensors)
+    assert (ot.float_nodes, ot.float_reasons, ot.target) == (mt.float_nodes, mt.float_reasons, mt.target)
+    assert {k: v for k, v in ot.meta.items() if k in mt.meta} == mt.meta
+    assert QuantTable.load(ooc.folder / "quant_table.json") == ot
     tensors, n = written(ooc), 0
     for name, m in mem.model.named_modules():
         if not isinstance(m, QuantLinear):
             continue
-        entry = ooc.table["layers"][name]
         if m.int4 is not None:
             pairs = {"codes": m.int4.codes, "scale": m.int4.scale, "zero": m.int4.zero}
-            assert (entry["kind"], entry["group"], entry["k"]) == ("int4", m.int4.group, m.int4.k)
+            assert ot.tensors[name + ".weight"].group_size == m.int4.group
         else:
             pairs = {"codes": m.get_buffer("w_codes"), "scale": m.get_buffer("w_scale")}
-            if entry["kind"] == "int8-static":
-                assert (entry["act_scale"], entry["act_zero"]) == (m.act_scale, m.act_zero)
         for key, ref in pairs.items():
             assert torch.equal(tensors[f"{name}.weight_{key}"], ref), f"{name}.weight_{key}"
             n += 1
@@ -81,10 +86,13 @@ def test_offload_equals_in_memory(tiny: tuple[Path, Path], scheme: str, acts: st
     assert isinstance(ooc, OffloadedLLMResult)
     assert scheme == "w4a16" or any(d.rule == "sensitivity" for d in ooc.decisions)   # the global decision
     assert assert_same(mem, ooc) > 20
-    table = json.loads((ooc.folder / "quant_table.json").read_text())
-    assert table["files"] == ["embed.safetensors", "layer-00000.safetensors", "layer-00001.safetensors",
-                              "head.safetensors"]
-    assert table["tied_lm_head"] is ("lm_head" in ignore)
+    table = QuantTable.load(ooc.folder / "quant_table.json")
+    assert table.meta["files"] == ["embed.safetensors", "layer-00000.safetensors", "layer-00001.safetensors",
+                                   "head.safetensors"]
+    assert table.meta["tied_lm_head"] is ("lm_head" in ignore)
+    assert table.meta["scheme"] == scheme and len(table.weights()) == len(ooc.quantized_layers())
+    assert len(table.activations()) == (len(ooc.quantized_layers()) if acts == "per-tensor" and scheme == "w8a8"
+                                        else 0)
     assert (ooc.folder / "tokenizer.json").is_file() and (ooc.folder / "config.json").is_file()
 
 
@@ -115,9 +123,9 @@ def test_cli_offload_and_errors(tiny: tuple[Path, Path], tmp_path: Path, capsys:
     rc = cli_main(["quantize", str(model), "--task", "llm", "--scheme", "w8a8", "--calib", str(calib),
                    "--calib-size", "4", "--offload", "layers", "-o", str(out), "--no-progress"])
     assert rc == 0 and "offload: layers" in capsys.readouterr().out
-    table = json.loads((out / "quant_table.json").read_text())
-    assert all((out / f).is_file() for f in table["files"]) and not (out / ".qcal-partial").exists()
-    assert table["layers"]["model.layers.1.mlp.down_proj"]["kind"] == "int8-dynamic"
+    table = QuantTable.load(out / "quant_table.json")
+    assert all((out / f).is_file() for f in table.meta["files"]) and not (out / ".qcal-partial").exists()
+    assert layer_kind(table, "model.layers.1.mlp.down_proj") == "int8-dynamic"
     rc = cli_main(["quantize", str(model), "--task", "llm", "--calib", str(calib), "--eval", str(calib),
                    "--offload", "layers", "-o", str(out)])
     assert rc == 2 and "--eval with --offload layers" in capsys.readouterr().err
@@ -127,7 +135,7 @@ def test_cli_offload_and_errors(tiny: tuple[Path, Path], tmp_path: Path, capsys:
 
 
 def test_refuses_gguf_and_other_architectures(tiny: tuple[Path, Path], tmp_path: Path) -> None:
-    from qcal.llm_offload import quantize_llm_offloaded
+    from qcal.llm.offload import quantize_llm_offloaded
 
     model, calib = tiny
     cfg = qcal.QuantConfig(llm=qcal.LLMConfig(offload="layers"))

@@ -103,10 +103,11 @@ def fake_quant_per_tensor(x: torch.Tensor, scale: float, zero_point: int, qmin: 
 
 
 def static_qparams(lo: float, hi: float) -> tuple[float, int]:
-    """uint8 asymmetric (scale, zero point) for an observed [lo, hi] (the range always includes 0)."""
+    """uint8 asymmetric (scale, zero point) for an observed [lo, hi] (the range always includes 0). The scale is
+    rounded to float32 first: the value the QuantTable stores and QuantizeLinear uses is the one simulated."""
     lo, hi = min(lo, 0.0), max(hi, 0.0)
-    scale = (hi - lo) / 255.0 if hi > lo else 1.0
-    return float(scale), int(round(-lo / scale))
+    scale = float(torch.tensor((hi - lo) / 255.0, dtype=torch.float32)) if hi > lo else 1.0
+    return scale, min(max(int(round(-lo / scale)), 0), 255)
 
 
 # --- the module --------------------------------------------------------------------------------------------

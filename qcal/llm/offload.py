@@ -1,6 +1,6 @@
 """Out-of-core LLM calibration: one decoder layer in memory at a time, weights memory-mapped from safetensors.
 
-`QuantConfig(llm=LLMConfig(offload="layers"))` (CLI `--offload layers`) runs the same steps as qcal/llm.py on a
+`QuantConfig(llm=LLMConfig(offload="layers"))` (CLI `--offload layers`) runs the same steps as qcal/llm/pipeline.py on a
 Llama-architecture Hugging Face folder whose fp32 weights need not fit in memory, and gives the same decisions,
 scales and codes (tested on SmolLM2-135M). The scheme is the sequential one of llm-compressor: the calibration
 activations go through the model layer by layer and are kept between layers (32 windows x 512 tokens x hidden
@@ -18,7 +18,9 @@ Pass 1 (calibration), per decoder layer i, with only layer i's weights in memory
 Then the final norm (statistics of lm_head's input, its probe when lm_head is quantized) and the float decisions,
 which need every layer's sensitivity (the median over the model).
 Pass 2 (write), per layer: load it again, re-apply its smoothing (the same arithmetic, so the same weights),
-quantize the Linears not kept in float (QuantLinear) and write the layer's shard atomically.
+quantize the Linears not kept in float (QuantLinear), write the layer's shard atomically and keep the Linears'
+QuantTable entries (qcal/llm/table.py: the same entries as the in-memory path's table); the table is saved
+beside the shards as quant_table.json (+ .arrays.npz).
 
 A per-layer weight solver (GPTQ, qcal/quant/gptq.py on another branch) plugs in at pass 1, step 3: it needs only
 that layer's input Hessian, accumulated from the same hidden states while the layer is in memory.
@@ -35,20 +37,22 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from exporters.quant_table import TensorQuant
 from qcal.config import LLMConfig, QuantConfig, Scheme
 from qcal.errors import CalibrationError, CheckpointError, ConfigError
 from qcal.eval.outliers import ActivationStats, ChannelStats
-from qcal.llm import (
+from qcal.llm.common import (
     KNOWN_PASSES,
     FloatDecision,
-    _act,
-    _ignored,
-    _tensor_range,
+    act_quant,
     calib_windows,
+    is_ignored,
     keep_float,
     sensitivity,
+    tensor_range,
 )
-from qcal.llm_offload_io import OffloadedLLMResult, WeightIndex, linear_tensors, release_memory, save_shard
+from qcal.llm.offload_io import OffloadedLLMResult, WeightIndex, linear_tensors, release_memory, save_shard
+from qcal.llm.table import build_table, linear_entries, table_meta
 from qcal.models.hf_llm import HFCausalLM
 from qcal.quant.llm_schemes import ActQuant, QuantLinear
 
@@ -72,7 +76,7 @@ def quantize_llm_offloaded(model: Any, calib: Any, config: QuantConfig, *, workd
     windows = lm.token_windows(textset, seq_len=cfg.seq_len)
     if not windows:
         raise CalibrationError("the calibration text gives no window of 2+ tokens; give more text.")
-    weight_bits, act = (8, _act(cfg.activations)) if scheme is Scheme.W8A8 else (4, ActQuant.NONE)
+    weight_bits, act = (8, act_quant(cfg.activations)) if scheme is Scheme.W8A8 else (4, ActQuant.NONE)
     smooth_on = "smoothquant" in config.passes
     run = _Calibration(skel, cfg, weight_bits, act, smooth_on)
     seconds = {"load": time.perf_counter() - t0}
@@ -90,16 +94,19 @@ def quantize_llm_offloaded(model: Any, calib: Any, config: QuantConfig, *, workd
     seconds["calibrate"] = time.perf_counter() - t
 
     decisions = [FloatDecision(n, "ignore", "in config.llm.ignore") for n in skel.linear_names
-                 if _ignored(n, cfg.ignore)]
+                 if is_ignored(n, cfg.ignore)]
     decisions += keep_float(run.sens, cfg.keep_float_ratio, cfg.keep_float_max)
     floats = {d.layer for d in decisions}
 
     t = time.perf_counter()
-    table = _write(skel, run, floats, out, progress)
+    written = _write(skel, run, floats, out, progress)
     seconds["write"] = time.perf_counter() - t
     seconds["total"] = time.perf_counter() - t0
+    meta = table_meta(scheme.value, cfg.activations.value, cfg.group_size, config.passes, smooth_on,
+                      files=written.files, tied_lm_head=skel.tied and "lm_head" in floats, shards=written.shards)
     result = OffloadedLLMResult(config, str(folder), textset, sum(len(w) for w in windows), run.stats.table(),
-                                run.sens, decisions, smooth_on, seconds, windows, out, table)
+                                run.sens, decisions, smooth_on, seconds, windows, out,
+                                build_table(written.entries, decisions, meta))
     result.write_metadata(skel.tokenizer, folder)
     return result
 
@@ -203,7 +210,7 @@ class _Calibration:
         self.sens: dict[str, float] = {}
 
     def quantizable(self, names: list[str]) -> list[str]:
-        return [n for n in names if not _ignored(n, self.cfg.ignore)]
+        return [n for n in names if not is_ignored(n, self.cfg.ignore)]
 
     @torch.no_grad()
     def layer(self, i: int, hidden: list[torch.Tensor], probe: list[torch.Tensor]) -> None:
@@ -220,7 +227,7 @@ class _Calibration:
 
             self.smooth.update(apply_smoothquant(tree, st.absmax(), self.cfg.smoothquant_alpha))
         names = self.quantizable(st.names)
-        self.ranges.update({n: _tensor_range(self.stats, n, self.smooth.get(n)) for n in names})
+        self.ranges.update({n: tensor_range(self.stats, n, self.smooth.get(n)) for n in names})
 
         def forward(_m: nn.Module, j: int) -> None:
             probe[j] = skel.run_layer(layer, probe[j])
@@ -241,7 +248,7 @@ class _Calibration:
             st.update(norm(h))
         if not self.quantizable(["lm_head"]):
             return
-        self.ranges["lm_head"] = _tensor_range(self.stats, "lm_head", None)
+        self.ranges["lm_head"] = tensor_range(self.stats, "lm_head", None)
         lm_head = self.skel.lm_head()
         probe_x = [norm(h) for h in probe]
         self.sens.update(sensitivity(scope("lm_head", lm_head), ["lm_head"], probe_x, self.weight_bits, self.act,
@@ -250,15 +257,23 @@ class _Calibration:
 
 # --- pass 2: quantize and write, layer by layer --------------------------------------------------------------
 
-def _write(skel: Skeleton, run: _Calibration, floats: set[str], out: Path, progress: bool) -> dict[str, Any]:
-    layers: dict[str, Any] = {}
-    files: list[str] = []
+class _Written:
+    """Pass 2's output: the shard files in order, each Linear's shard, the quantized Linears' table entries."""
+
+    def __init__(self) -> None:
+        self.files: list[str] = []
+        self.shards: dict[str, str] = {}
+        self.entries: dict[str, TensorQuant] = {}
+
+
+def _write(skel: Skeleton, run: _Calibration, floats: set[str], out: Path, progress: bool) -> _Written:
+    w = _Written()
 
     def shard(name: str, tensors: dict[str, torch.Tensor]) -> None:
         save_shard(out / name, tensors)
-        files.append(name)
+        w.files.append(name)
 
-    files.append(EMBED)                                              # written in pass 1 (Skeleton.embed)
+    w.files.append(EMBED)                                              # written in pass 1 (Skeleton.embed)
     for i in tqdm(range(skel.n_layers), desc="write layers", disable=not progress, leave=False):
         layer = skel.layer(i)
         tree = scope(f"model.layers.{i}", layer)
@@ -267,24 +282,24 @@ def _write(skel: Skeleton, run: _Calibration, floats: set[str], out: Path, progr
 
             apply_smoothquant(tree, {n: run.stats.stats[n].absmax for n in _names(tree)}, run.cfg.smoothquant_alpha)
         fname = f"layer-{i:05d}.safetensors"
-        shard(fname, _quantized(tree, run, floats, layers, fname))
+        shard(fname, _quantized(tree, run, floats, w, fname))
         del layer, tree
         release_memory()
     head: dict[str, torch.Tensor] = {"model.norm.weight": skel.weights.get("model.norm.weight")}
     if "lm_head" not in floats or not skel.tied:
-        head.update(_quantized(scope("lm_head", skel.lm_head()), run, floats, layers, "head.safetensors"))
+        head.update(_quantized(scope("lm_head", skel.lm_head()), run, floats, w, "head.safetensors"))
     shard("head.safetensors", head)
-    return {"format": "qcal offloaded safetensors (quantized weights per decoder layer)",
-            "files": files, "tied_lm_head": skel.tied and "lm_head" in floats, "layers": layers}
+    return w
 
 
 def _names(tree: nn.Module) -> list[str]:
     return [n for n, m in tree.named_modules() if isinstance(m, nn.Linear)]
 
 
-def _quantized(tree: nn.Module, run: _Calibration, floats: set[str], layers: dict[str, Any],
+def _quantized(tree: nn.Module, run: _Calibration, floats: set[str], written: _Written,
                fname: str) -> dict[str, torch.Tensor]:
-    """The shard of one scope: its parameters with each quantized Linear replaced by its codes and scales."""
+    """The shard of one scope: its parameters with each quantized Linear replaced by its codes and scales (and
+    that Linear's table entries kept in `written`)."""
     tensors: dict[str, torch.Tensor] = {}
     linears = {n: m for n, m in tree.named_modules() if isinstance(m, nn.Linear)}
     for name, p in tree.named_parameters():
@@ -292,14 +307,13 @@ def _quantized(tree: nn.Module, run: _Calibration, floats: set[str], layers: dic
         if owner not in linears or owner in floats:
             tensors[name] = p.detach().contiguous()
     for n, m in linears.items():
+        written.shards[n] = fname
         if n in floats:
-            layers[n] = {"kind": "float", "file": fname}
             continue
         q = QuantLinear(m, weight_bits=run.weight_bits, act=run.act, group=run.cfg.group_size,
                         act_range=run.ranges.get(n))
-        spec, qt = linear_tensors(n, q)
-        tensors.update(qt)
-        layers[n] = {**spec, "file": fname}
+        tensors.update(linear_tensors(n, q))
+        written.entries.update(linear_entries(n, q, run.ranges.get(n)))
     return tensors
 
 

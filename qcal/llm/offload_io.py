@@ -1,4 +1,4 @@
-"""Files of the out-of-core LLM path (qcal/llm_offload.py): safetensors weights read one tensor at a time, the
+"""Files of the out-of-core LLM path (qcal/llm/offload.py): safetensors weights read one tensor at a time, the
 quantized shards written atomically, and the result object that names them.
 
 Reading: every shard of the source folder is opened with `safetensors.safe_open` (a memory map) only while a
@@ -6,7 +6,9 @@ layer's tensors are copied out, then closed, so pages of the file do not stay ma
 Writing: a shard per decoder layer (`layer-00003.safetensors`), `embed.safetensors`, `head.safetensors`; a
 quantized Linear `X` is stored as `X.weight_codes` (int8 (N, K); or uint8 (N, K_padded) 4-bit codes 0..15) and
 `X.weight_scale` (float32 (N,) or (N, G)), plus `X.weight_zero` (uint8 (N, G)) for 4-bit; everything else keeps
-its name and stays float. `quant_table.json` lists each Linear's kind, file, group and static activation range.
+its name and stays float. `quant_table.json` (+ `quant_table.arrays.npz`) is the run's QuantTable (format 2):
+the same codes, scales and zero points as the shards, in the table's layout (qcal/llm/table.py), with the shard
+of each Linear in its meta.
 """
 
 from __future__ import annotations
@@ -21,11 +23,11 @@ from typing import Any
 
 import torch
 
-from exporters.quant_table import atomic_write_text
+from exporters.quant_table import QuantTable, atomic_write_text
 from qcal.config import LLMConfig, QuantConfig, Scheme
 from qcal.errors import CheckpointError, ExportError
 from qcal.eval.outliers import summarize
-from qcal.quant.llm_schemes import ActQuant, QuantLinear
+from qcal.quant.llm_schemes import QuantLinear
 
 
 class WeightIndex:
@@ -104,26 +106,22 @@ def save_shard(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     tmp.replace(path)
 
 
-def linear_tensors(name: str, q: QuantLinear) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """(quant-table entry, tensors) of one quantized Linear, exactly the codes and scales the simulation uses."""
-    out: dict[str, torch.Tensor] = {}
+def linear_tensors(name: str, q: QuantLinear) -> dict[str, torch.Tensor]:
+    """The shard tensors of one quantized Linear, exactly the codes and scales the simulation uses."""
     if q.int4 is not None:
-        spec: dict[str, Any] = {"kind": "int4", "group": q.int4.group, "k": q.int4.k}
         out = {f"{name}.weight_codes": q.int4.codes, f"{name}.weight_scale": q.int4.scale,
                f"{name}.weight_zero": q.int4.zero}
     else:
-        kind = "int8-dynamic" if q.act is ActQuant.PER_TOKEN else "int8-static"
-        spec = {"kind": kind, **({"act_scale": q.act_scale, "act_zero": q.act_zero} if kind == "int8-static" else {})}
         out = {f"{name}.weight_codes": q.get_buffer("w_codes"), f"{name}.weight_scale": q.get_buffer("w_scale")}
     if q.bias is not None:
         out[f"{name}.bias"] = q.bias.detach()
-    return spec, out
+    return out
 
 
 @dataclass
 class OffloadedLLMResult:
-    """What an out-of-core run decided (the same fields as qcal.llm.LLMQuantResult, without the models), and the
-    folder holding the quantized shards, quant_table.json, report.json, config and tokenizer."""
+    """What an out-of-core run decided (the same fields as qcal.llm.LLMQuantResult, without the models), its
+    QuantTable, and the folder holding the quantized shards, quant_table.json, report.json, config and tokenizer."""
 
     config: QuantConfig
     source: str
@@ -136,7 +134,7 @@ class OffloadedLLMResult:
     seconds: dict[str, float]
     calib_ids: list[list[int]] = field(repr=False)
     folder: Path = Path()
-    table: dict[str, Any] = field(default_factory=dict, repr=False)
+    table: QuantTable = field(default_factory=lambda: QuantTable({}), repr=False)
 
     @property
     def scheme(self) -> Scheme:
@@ -147,7 +145,11 @@ class OffloadedLLMResult:
         return self.config.llm or LLMConfig()
 
     def quantized_layers(self) -> list[str]:
-        return [n for n, v in self.table.get("layers", {}).items() if v["kind"] != "float"]
+        return [n for n in self.table.meta.get("shards", {}) if n + ".weight" in self.table.tensors]
+
+    @property
+    def files(self) -> list[str]:
+        return list(self.table.meta.get("files", []))
 
     def to_dict(self) -> dict[str, Any]:
         from qcal import __version__
@@ -162,7 +164,7 @@ class OffloadedLLMResult:
                 "kept_in_float": [d.__dict__ for d in self.decisions],
                 "sensitivity_top": [{"layer": k, "noise_to_signal": round(v, 6)} for k, v in
                                     sorted(self.sensitivity.items(), key=lambda kv: -kv[1])[:10]],
-                "activation_summary": summarize(self.act_stats), "files": self.table.get("files", []),
+                "activation_summary": summarize(self.act_stats), "files": self.files,
                 "seconds": {k: round(v, 2) for k, v in self.seconds.items()},
                 "machine": machine_info().to_dict()}
 
@@ -175,14 +177,11 @@ class OffloadedLLMResult:
         return "\n".join(lines)
 
     def write_metadata(self, tokenizer: Any, source: Path) -> None:
-        """quant_table.json, report.json, config.json and the tokenizer beside the shards."""
-        cfg = self.llm_config
-        table = {"scheme": self.scheme.value, "activations": cfg.activations.value, "group_size": cfg.group_size,
-                 "smoothquant": self.smoothed, **self.table, "float": [d.__dict__ for d in self.decisions]}
+        """quant_table.json (+ .arrays.npz), report.json, config.json and the tokenizer beside the shards."""
         shutil.copyfile(source / "config.json", self.folder / ".config.json.tmp")
         (self.folder / ".config.json.tmp").replace(self.folder / "config.json")
         tokenizer.save_pretrained(str(self.folder))
-        atomic_write_text(self.folder / "quant_table.json", json.dumps(table, indent=1))
+        self.table.save(self.folder / "quant_table.json")
         atomic_write_text(self.folder / "report.json", json.dumps(self.to_dict(), indent=1))
 
     def export(self, directory: str | Path) -> dict[str, Path]:
@@ -210,4 +209,4 @@ class OffloadedLLMResult:
 
     def paths(self) -> dict[str, Path]:
         return {"table": self.folder / "quant_table.json", "report_json": self.folder / "report.json",
-                **{f: self.folder / f for f in self.table.get("files", [])}}
+                **{f: self.folder / f for f in self.files}}

@@ -1,5 +1,5 @@
 """The LLM path of `qcal.quantize`: a Hugging Face causal LM + calibration text -> a quantized torch model
-(the simulation) with every decision recorded, exportable to ONNX (see qcal/llm_export.py).
+(the simulation) with every decision recorded, exportable to ONNX (qcal/llm/export.py) with its QuantTable (qcal/llm/table.py).
 
 Steps, in one streaming pass over the calibration windows and one short probe:
 1. statistics of every Linear input on the FP32 model (per-channel ranges, kurtosis, outlier channels);
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,27 +23,26 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from qcal.config import Activations, LLMConfig, Offload, QuantConfig, Scheme
+from exporters.quant_table import QuantTable
+from qcal.config import LLMConfig, Offload, QuantConfig, Scheme
 from qcal.errors import CalibrationError, CheckpointError, ConfigError
 from qcal.eval.outliers import ActivationStats, summarize
 from qcal.eval.perplexity import LMScore, evaluate_lms
-from qcal.models.hf_llm import HFCausalLM
-from qcal.quant.llm_schemes import (
-    ActQuant,
-    QuantLinear,
-    fake_quant_per_tensor,
-    fake_quant_per_token,
-    static_qparams,
+from qcal.llm.common import (
+    KNOWN_PASSES,
+    FloatDecision,
+    act_quant,
+    calib_windows,
+    eval_tokens,
+    is_ignored,
+    keep_float,
+    refuse_overlap,
+    sensitivity,
+    tensor_range,
 )
-
-KNOWN_PASSES = ("smoothquant", "gptq")
-
-
-@dataclass(frozen=True)
-class FloatDecision:
-    layer: str
-    rule: str        # "ignore" (asked for) or "sensitivity" (measured)
-    reason: str
+from qcal.llm.table import model_table, table_meta
+from qcal.models.hf_llm import HFCausalLM
+from qcal.quant.llm_schemes import ActQuant, QuantLinear
 
 
 @dataclass
@@ -61,6 +59,7 @@ class LLMQuantResult:
     seconds: dict[str, float] = field(default_factory=dict)
     calib_ids: list[list[int]] = field(default_factory=list, repr=False)   # the token windows calibrated on
     gptq: dict[str, Any] | None = None         # what the gptq pass did (GPTQReport.to_dict()), None without it
+    act_ranges: dict[str, tuple[float, float]] = field(default_factory=dict, repr=False)  # calibrated input ranges
 
     @property
     def scheme(self) -> Scheme:
@@ -73,6 +72,13 @@ class LLMQuantResult:
     def quantized_layers(self) -> list[str]:
         return [n for n, m in self.model.named_modules() if isinstance(m, QuantLinear)]
 
+    def quant_table(self) -> QuantTable:
+        """Every decision of this result as a QuantTable (format 2): what export writes and ships."""
+        cfg = self.llm_config
+        return model_table(self.model, self.act_ranges, self.decisions,
+                           table_meta(self.scheme.value, cfg.activations.value, cfg.group_size, self.config.passes,
+                                      self.smoothed))
+
     def logits_fns(self) -> dict[str, Any]:
         return {"fp32": lambda x: self.lm.model(input_ids=x, use_cache=False).logits,
                 self.scheme.value: lambda x: self.model(input_ids=x, use_cache=False).logits}
@@ -81,7 +87,7 @@ class LLMQuantResult:
                  progress: bool = True) -> dict[str, LMScore]:
         """Perplexity and mean KL to FP32 on held-out text (a path, a str, a TextSet or token ids)."""
         ids = eval_tokens(self.lm, eval, n_tokens)
-        _refuse_overlap(self.calib_ids, self.calib.keys(), ids)
+        refuse_overlap(self.calib_ids, self.calib.keys(), ids)
         return evaluate_lms(self.logits_fns(), ids, reference="fp32", window=window, stride=stride,
                             progress=progress)
 
@@ -113,10 +119,11 @@ class LLMQuantResult:
         return "\n".join(lines)
 
     def export(self, directory: str | Path, *, fp32: bool = True) -> dict[str, Path]:
-        """model.fp32.onnx, model.<scheme>.onnx (QDQ / MatMulInteger / MatMulNBits), quant_table.json, report.json."""
-        from qcal.llm_export import export_llm
+        """model.fp32.onnx, model.<scheme>.onnx (QDQ / MatMulInteger / MatMulNBits), quant_table.json (+ its
+        .arrays.npz), report.json: the ONNX holds exactly the table's codes, scales and zero points."""
+        from qcal.llm.export import export_llm
 
-        return export_llm(self, Path(directory), fp32=fp32)
+        return export_llm(self.lm.model, self.model, self.quant_table(), self.to_dict(), Path(directory), fp32=fp32)
 
 
 # --- the verb ----------------------------------------------------------------------------------------------
@@ -127,8 +134,8 @@ def quantize_llm(model: Any, calib: Any, config: QuantConfig, *, trust_checkpoin
     if cfg.offload is Offload.LAYERS and "gptq" in config.passes:
         raise ConfigError("passes=['gptq'] with llm.offload='layers' is not wired yet (the out-of-core path runs "
                           "smoothquant only); drop one of them, or call qcal.quant.gptq.gptq per layer.")
-    if cfg.offload is Offload.LAYERS:   # one decoder layer at a time from safetensors: qcal/llm_offload.py
-        from qcal.llm_offload import quantize_llm_offloaded
+    if cfg.offload is Offload.LAYERS:   # one decoder layer at a time from safetensors: qcal/llm/offload.py
+        from qcal.llm.offload import quantize_llm_offloaded
 
         return quantize_llm_offloaded(model, calib, config, progress=progress)  # type: ignore[return-value]
     scheme = config.scheme or Scheme.W8A8
@@ -149,7 +156,7 @@ def quantize_llm(model: Any, calib: Any, config: QuantConfig, *, trust_checkpoin
     windows = lm.token_windows(textset, seq_len=cfg.seq_len)
     if not windows:
         raise CalibrationError("the calibration text gives no window of 2+ tokens; give more text.")
-    quantizable = [n for n, m in lm.model.named_modules() if isinstance(m, nn.Linear) and not _ignored(n, cfg.ignore)]
+    quantizable = [n for n, m in lm.model.named_modules() if isinstance(m, nn.Linear) and not is_ignored(n, cfg.ignore)]
 
     t = time.perf_counter()
     stats = ActivationStats(lm.model)
@@ -164,14 +171,14 @@ def quantize_llm(model: Any, calib: Any, config: QuantConfig, *, trust_checkpoin
         from qcal.passes.smoothquant import apply_smoothquant
 
         smooth = apply_smoothquant(qmodel, stats.absmax(), cfg.smoothquant_alpha)
-    ranges = {n: _tensor_range(stats, n, smooth.get(n)) for n in quantizable}
+    ranges = {n: tensor_range(stats, n, smooth.get(n)) for n in quantizable}
 
     t = time.perf_counter()
-    weight_bits, act = (8, _act(cfg.activations)) if scheme is Scheme.W8A8 else (4, ActQuant.NONE)
+    weight_bits, act = (8, act_quant(cfg.activations)) if scheme is Scheme.W8A8 else (4, ActQuant.NONE)
     sens = sensitivity(qmodel, quantizable, windows[: cfg.sensitivity_windows], weight_bits, act, cfg.group_size,
                        ranges)
     decisions = [FloatDecision(n, "ignore", "in config.llm.ignore") for n, m in lm.model.named_modules()
-                 if isinstance(m, nn.Linear) and _ignored(n, cfg.ignore)]
+                 if isinstance(m, nn.Linear) and is_ignored(n, cfg.ignore)]
     decisions += keep_float(sens, cfg.keep_float_ratio, cfg.keep_float_max)
     seconds["sensitivity"] = time.perf_counter() - t
     floats = {d.layer for d in decisions}
@@ -200,71 +207,7 @@ def quantize_llm(model: Any, calib: Any, config: QuantConfig, *, trust_checkpoin
     qmodel.eval()
     seconds["total"] = time.perf_counter() - t0
     return LLMQuantResult(config, lm, qmodel, textset, sum(len(w) for w in windows), stats.table(), sens,
-                          decisions, bool(smooth), seconds, windows, gptq_report)
-
-
-def _act(a: Activations) -> ActQuant:
-    return ActQuant.PER_TOKEN if a is Activations.PER_TOKEN else ActQuant.PER_TENSOR
-
-
-def _ignored(name: str, ignore: tuple[str, ...]) -> bool:
-    return any(name == i or name.endswith("." + i) for i in ignore)
-
-
-def _tensor_range(stats: ActivationStats, name: str, s: torch.Tensor | None) -> tuple[float, float]:
-    st = stats.stats[name]
-    lo, hi = (st.cmin, st.cmax) if s is None else (st.cmin / s, st.cmax / s)
-    return float(lo.min()), float(hi.max())
-
-
-@torch.no_grad()
-def sensitivity(model: nn.Module, names: list[str], windows: list[Any], weight_bits: int, act: ActQuant,
-                group: int, ranges: dict[str, tuple[float, float]],
-                forward: Callable[[nn.Module, Any], Any] | None = None) -> dict[str, float]:
-    """Per Linear: ||Q(x) Q(W)^T - x W^T||^2 / ||x W^T||^2 on the probe windows, quantizing only that layer.
-    forward(model, window) runs one window (default: token ids through a causal LM; qcal/llm_offload.py runs
-    one decoder layer on hidden states)."""
-    mods = dict(model.named_modules())
-    qweights = {n: QuantLinear(mods[n], weight_bits=weight_bits, act=ActQuant.NONE, group=group).weight for n in names}
-    noise = dict.fromkeys(names, 0.0)
-    signal = dict.fromkeys(names, 0.0)
-
-    def hook(name: str) -> Any:
-        def fn(m: nn.Module, args: tuple[Any, ...]) -> None:
-            x = args[0].float()
-            y = nn.functional.linear(x, m.weight)  # type: ignore[arg-type]
-            if act is ActQuant.PER_TOKEN:
-                xq = fake_quant_per_token(x)
-            elif act is ActQuant.PER_TENSOR:
-                xq = fake_quant_per_tensor(x, *static_qparams(*ranges[name]))
-            else:
-                xq = x
-            noise[name] += float((nn.functional.linear(xq, qweights[name]) - y).pow(2).sum())
-            signal[name] += float(y.pow(2).sum())
-        return fn
-
-    handles = [mods[n].register_forward_pre_hook(hook(n)) for n in names]
-    try:
-        for w in windows:
-            if forward is None:
-                model(input_ids=torch.tensor([w]), use_cache=False)
-            else:
-                forward(model, w)
-    finally:
-        for h in handles:
-            h.remove()
-    return {n: noise[n] / max(signal[n], 1e-30) for n in names}
-
-
-def keep_float(sens: dict[str, float], ratio: float, max_layers: int) -> list[FloatDecision]:
-    """Layers whose noise-to-signal exceeds ratio x the median layer's, worst first, at most max_layers."""
-    if ratio <= 0 or max_layers == 0 or not sens:
-        return []
-    vals = sorted(sens.values())
-    med = vals[len(vals) // 2]
-    out = [n for n, v in sorted(sens.items(), key=lambda kv: -kv[1]) if v > ratio * med][:max_layers]
-    return [FloatDecision(n, "sensitivity", f"noise-to-signal {sens[n]:.4g} = {sens[n] / med:.1f}x the median "
-                          f"layer's {med:.3g} (> {ratio:g}x)") for n in out]
+                          decisions, bool(smooth), seconds, windows, gptq_report, ranges)
 
 
 @dataclass
@@ -295,7 +238,7 @@ def robustness_llm(result: LLMQuantResult, eval: Any, *, n_tokens: int = 8192, w
                    stride: int | None = None, progress: bool = True) -> LLMReport:
     """Perplexity FP32 vs quantized and mean KL on held-out text, with per-layer outlier statistics."""
     ids = eval_tokens(result.lm, eval, n_tokens)
-    _refuse_overlap(result.calib_ids, result.calib.keys(), ids)
+    refuse_overlap(result.calib_ids, result.calib.keys(), ids)
     stats = ActivationStats(result.lm.model)
     with stats.recording():
         scores = evaluate_lms(result.logits_fns(), ids, reference="fp32", window=window, stride=stride,
@@ -303,54 +246,3 @@ def robustness_llm(result: LLMQuantResult, eval: Any, *, n_tokens: int = 8192, w
     return LLMReport(scores, stats.table(), result)
 
 
-# --- text in -----------------------------------------------------------------------------------------------
-
-def calib_windows(lm: HFCausalLM, calib: Any, seq_len: int, n: int, seed: int) -> Any:
-    """A TextSet of calibration windows: given one (checked later against the tokenizer), or cut from a file."""
-    import calib_sets
-    from calib_sets.text import TextSet
-
-    if isinstance(calib, TextSet):
-        return calib.take(n) if len(calib) > n else calib
-    if isinstance(calib, str | Path) and Path(calib).exists():
-        try:
-            return calib_sets.Source.text(calib, seq_len=seq_len, n=n, tokenizer=lm.tokenizer, seed=seed)
-        except calib_sets.CalibSetError as e:
-            raise CalibrationError(str(e)) from e
-    raise CalibrationError(f"LLM calibration {calib!r}: give a text file/folder or a calib_sets TextSet "
-                           "(Source.text, calib_sets.corpora).")
-
-
-def eval_tokens(lm: HFCausalLM, eval: Any, n_tokens: int) -> list[int]:
-    """The first n_tokens token ids of held-out text: a path, a str, a TextSet or a list of ids."""
-    from calib_sets.text import TextSet, read_documents
-
-    if isinstance(eval, list) and all(isinstance(t, int) for t in eval):
-        ids = eval
-    elif isinstance(eval, TextSet):
-        ids = [t for w in lm.token_windows(eval, seq_len=1 << 30) for t in w]
-    elif isinstance(eval, Path) or (isinstance(eval, str) and _is_path(eval)):
-        ids = lm.encode("\n\n".join(d for _, d in read_documents(Path(eval))))
-    elif isinstance(eval, str):
-        ids = lm.encode(eval)
-    else:
-        raise CalibrationError(f"evaluation text {type(eval).__name__}: give a path, a str, a TextSet or token ids.")
-    if len(ids) < 2:
-        raise CalibrationError("the evaluation text has fewer than 2 tokens; give more text.")
-    return list(ids[:n_tokens])
-
-
-def _is_path(s: str) -> bool:
-    try:
-        return Path(s).exists()
-    except OSError:        # text longer than a file name
-        return False
-
-
-def _refuse_overlap(windows: list[list[int]], keys: list[str], ids: list[int]) -> None:
-    """Refuse evaluation on text the calibration saw: a calibration window's first 64 tokens found verbatim."""
-    stream = "," + ",".join(map(str, ids)) + ","
-    for w, key in zip(windows, keys, strict=False):
-        if len(w) >= 16 and "," + ",".join(map(str, w[:64])) + "," in stream:
-            raise CalibrationError(f"calibration window {key} appears in the evaluation text; evaluate on text "
-                                   "the calibration never saw (e.g. another novel).")

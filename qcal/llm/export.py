@@ -1,8 +1,9 @@
 """ONNX export of the LLM path: the decoder without KV cache (one full forward per call, inputs input_ids,
-attention_mask, position_ids, output logits), FP32 and quantized, plus the quant table and report.
+attention_mask, position_ids, output logits), FP32 and quantized, plus the QuantTable and report.
 
-The quantized graph is the simulation model exported with its dequantized weights, then rewritten by
-exporters.llm_onnx into MatMulInteger (W8A8 per-token), QDQ (W8A8 per-tensor) or MatMulNBits (W4A16).
+The quantized graph is the simulation model exported with its dequantized weights, then rewritten from the
+QuantTable by exporters.llm_onnx into MatMulInteger (W8A8 per-token), QDQ (W8A8 per-tensor) or MatMulNBits
+(W4A16); exporters.llm_onnx.read_llm_quant_table reads the table back from the result.
 The legacy TorchScript exporter is used with eager attention: it handles the HF Llama graph here.
 """
 
@@ -13,20 +14,17 @@ import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from exporters.errors import ExporterError
-from exporters.llm_onnx import Kind, LinearQuant, quantize_linears, weight_sha1
-from exporters.quant_table import atomic_write_text
+from exporters.llm_onnx import quantize_linears
+from exporters.quant_table import QuantTable, arrays_path, atomic_write_text
 from qcal.errors import ExportError
-from qcal.quant.llm_schemes import ActQuant, QuantLinear
-
-if TYPE_CHECKING:
-    from qcal.llm import LLMQuantResult
+from qcal.quant.llm_schemes import QuantLinear
 
 
 class _Logits(nn.Module):
@@ -63,52 +61,34 @@ def export_decoder(model: nn.Module, path: Path, *, opset: int = 17) -> None:
     tmp.replace(path)
 
 
-def layer_specs(model: nn.Module) -> list[LinearQuant]:
-    out = []
-    for name, m in model.named_modules():
-        if not isinstance(m, QuantLinear):
-            continue
-        sha = weight_sha1(m.weight.detach().numpy().T)
-        if m.int4 is not None:
-            i4 = m.int4
-            out.append(LinearQuant(name, sha, "int4", i4.codes.numpy(), i4.scale.numpy(), i4.zero.numpy(),
-                                   group=i4.group, k=i4.k))
-        else:
-            kind: Kind = "int8-dynamic" if m.act is ActQuant.PER_TOKEN else "int8-static"
-            codes, scale = m.get_buffer("w_codes"), m.get_buffer("w_scale")
-            out.append(LinearQuant(name, sha, kind, codes.numpy(), scale.numpy(),
-                                   act_scale=m.act_scale, act_zero=m.act_zero))
-    return out
+def export_llm(fp32_model: nn.Module, qmodel: nn.Module, table: QuantTable, report: dict[str, Any], d: Path, *,
+               fp32: bool = True) -> dict[str, Path]:
+    """Write model.fp32.onnx (optional), model.<scheme>.onnx, quant_table.json (+ .arrays.npz) and report.json.
 
-
-def export_llm(result: LLMQuantResult, d: Path, *, fp32: bool = True) -> dict[str, Path]:
+    The quantized graph is `qmodel` traced with its dequantized weights, then every table weight entry is written
+    in place of the MatMul whose float weight is that entry's dequantization (exporters.llm_onnx): a simulation
+    that does not hold exactly the table's weights is refused, layer by layer."""
     d.mkdir(parents=True, exist_ok=True)
-    scheme = result.scheme.value
+    scheme = str(table.meta.get("scheme", "quantized"))
     paths = {"quantized": d / f"model.{scheme}.onnx", "table": d / "quant_table.json",
-             "report_json": d / "report.json"}
+             "table_arrays": arrays_path(d / "quant_table.json"), "report_json": d / "report.json"}
     if fp32:
         paths["fp32"] = d / "model.fp32.onnx"
-        export_decoder(result.lm.model, paths["fp32"])
-    specs = layer_specs(result.model)
-    plain = _swap_plain(result.model)
+        export_decoder(fp32_model, paths["fp32"])
+    plain = _swap_plain(qmodel)
     try:
         with tempfile.TemporaryDirectory(prefix="qcal-llm-") as tmp:
             sim = Path(tmp) / "sim.onnx"
-            export_decoder(result.model, sim)
-            counts = quantize_linears(sim, paths["quantized"], specs)
+            export_decoder(qmodel, sim)
+            counts = quantize_linears(sim, paths["quantized"], table)
     except ExporterError as e:
         raise ExportError(str(e)) from e
     finally:
-        _restore(result.model, plain)
-    table = {"scheme": scheme, "format": "decoder without KV cache (input_ids, attention_mask, position_ids -> "
-             "logits)", "ops": counts,
-             "layers": {s.name: {"kind": s.kind, "group": s.group if s.kind == "int4" else None,
-                                 "weight_scale_max": float(np.max(s.scale)),
-                                 **({"act_scale": s.act_scale, "act_zero": s.act_zero} if s.kind == "int8-static" else {})}
-                        for s in specs},
-             "float": [x.__dict__ for x in result.decisions]}
-    atomic_write_text(paths["table"], json.dumps(table, indent=1))
-    atomic_write_text(paths["report_json"], json.dumps(result.to_dict(), indent=1))
+        _restore(qmodel, plain)
+    table.save(paths["table"])
+    if not paths["table_arrays"].is_file():
+        del paths["table_arrays"]
+    atomic_write_text(paths["report_json"], json.dumps({**report, "onnx_ops": counts}, indent=1))
     return paths
 
 
@@ -128,11 +108,14 @@ def _restore(model: nn.Module, swapped: dict[str, QuantLinear]) -> None:
         setattr(mods[parent], child, m)
 
 
-def ort_logits(path: str | Path, *, threads: int = 1) -> Callable[[torch.Tensor], torch.Tensor]:
-    """ids (1, T) -> logits (1, T, V) from an exported decoder in ONNX Runtime (CPU)."""
+def ort_logits(path: str | Path, *, threads: int = 1, optimize: bool = True) -> Callable[[torch.Tensor], torch.Tensor]:
+    """ids (1, T) -> logits (1, T, V) from an exported decoder in ONNX Runtime (CPU). optimize=False turns ORT's
+    graph optimizations off: the arithmetic as written, no fused kernels."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
+    if not optimize:
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.log_severity_level = 3
