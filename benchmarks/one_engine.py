@@ -102,7 +102,7 @@ def fidelity(adapter: Any, folder: Path, images: list[np.ndarray], fp32_dets: li
 
     dets = detect_all(adapter, folder / "model.int8.onnx", images, 2, False, "int8")
     hw = [img.shape[:2] for img in images]
-    return round(coco_map([pseudo_labels(d) for d in fp32_dets], dets, hw).map50_95, 4)
+    return round(coco_map([pseudo_labels(d) for d in fp32_dets], dets, hw, len(adapter.class_names)).map50_95, 4)
 
 
 def main() -> None:
@@ -110,6 +110,7 @@ def main() -> None:
     ap.add_argument("--before", type=Path, required=True, help="folder with plain/ and robust/ qcal outputs + times.txt")
     ap.add_argument("--after", type=Path, required=True)
     ap.add_argument("--frames", type=int, default=4, help="frames for the simulator vs ORT comparison")
+    ap.add_argument("--note", default="", help="a remark stored with the results (e.g. a run that did not finish)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "one_engine")
     a = ap.parse_args()
     from benchmarks.robustness_peers import held_out
@@ -124,17 +125,18 @@ def main() -> None:
     times = {k: {ln.split()[0]: float(ln.split()[1]) for ln in (a.__dict__[k] / "times.txt").read_text().splitlines()}
              for k in ("before", "after")}
     res: dict[str, Any] = {**params_equal(a.after / "plain"), **code_agreement(a.after / "plain", feeds),
-                           "robust_recipe_quantize_s": round(times["after"]["robust"], 1),
-                           "robust_recipe_quantize_s_before": round(times["before"]["robust"], 1),
                            "plain_quantize_s": round(times["after"]["plain"], 1),
                            "plain_quantize_s_before": round(times["before"]["plain"], 1),
+                           "robust_recipe_quantize_s": times["after"].get("robust"),
+                           "robust_recipe_quantize_s_before": times["before"].get("robust"),
                            "fidelity_clean_before": fidelity(adapter, a.before / "plain", images, fp32_dets),
                            "fidelity_clean_after": fidelity(adapter, a.after / "plain", images, fp32_dets),
-                           "fidelity_clean_robust_before": fidelity(adapter, a.before / "robust", images, fp32_dets),
-                           "fidelity_clean_robust_after": fidelity(adapter, a.after / "robust", images, fp32_dets),
-                           "robust_weight_codes_equal": params_equal(a.after / "robust")["weight_codes_equal"],
-                           "robust_activation_params_equal": params_equal(a.after / "robust")["activation_params_equal"],
-                           "eval_frames": len(images)}
+                           "eval_frames": len(images), "sim_frames": len(feeds)}
+    for k in ("before", "after"):
+        if (a.__dict__[k] / "robust" / "model.int8.onnx").is_file():
+            res[f"fidelity_clean_robust_{k}"] = fidelity(adapter, a.__dict__[k] / "robust", images, fp32_dets)
+    if a.note:
+        res["note"] = a.note
     res["command"] = " ".join(["benchmarks/one_engine.py", *sys.argv[1:]])
     res["quantize_command"] = ("qcal quantize best.pt --calib 'bundled:vtest[0:320:5]' --calib-size 64 "
                                "--trust-checkpoint --no-progress -o plain; robust: --calib "
