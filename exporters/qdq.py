@@ -117,7 +117,9 @@ def lower_qdq(fp32: onnx.ModelProto, table: QuantTable, profile: QdqProfile) -> 
     _topological_insert(g, new_nodes)
     if profile.float_nodes_read_float:
         unshare_float_nodes(m, table.float_nodes)
-    apply_rewrites(m, profile.rewrites)
+    rewritten = apply_rewrites(m, profile.rewrites)
+    if rewritten:
+        stamp_metadata(m, {"qcal.rewrites": json.dumps(rewritten)})
     if profile.name == "tensorrt":   # qcal never writes a TensorRT model that breaks TensorRT's Q/DQ rules
         from exporters.trt_lint import lint_tensorrt
 
