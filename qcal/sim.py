@@ -162,6 +162,16 @@ def _maxpool(t: Any, a: list[Any], at: dict[str, Any], n: onnx.NodeProto) -> Any
                                       at.get("dilations", 1), ceil_mode=bool(at.get("ceil_mode", 0)))
 
 
+def _avgpool(t: Any, a: list[Any], at: dict[str, Any], n: onnx.NodeProto) -> Any:
+    pads = at.get("pads", [0, 0, 0, 0])
+    half = len(pads) // 2
+    if pads[:half] != pads[half:]:
+        raise SimulationError(f"AveragePool '{n.name}': asymmetric pads are not supported.")
+    return t.nn.functional.avg_pool2d(a[0], at["kernel_shape"], at.get("strides", 1), pads[:half],
+                                      ceil_mode=bool(at.get("ceil_mode", 0)),
+                                      count_include_pad=bool(at.get("count_include_pad", 0)))
+
+
 def _resize(t: Any, a: list[Any], at: dict[str, Any], n: onnx.NodeProto) -> Any:
     mode = at.get("mode", b"nearest")
     ctm = at.get("coordinate_transformation_mode", b"half_pixel")
@@ -265,7 +275,7 @@ def _gemm(t: Any, a: list[Any], at: dict[str, Any], n: onnx.NodeProto) -> Any:
 
 
 _OPS: dict[str, Callable[..., Any]] = {
-    "Conv": _conv, "MaxPool": _maxpool, "Resize": _resize, "Split": _split, "Slice": _slice, "Reshape": _reshape,
+    "Conv": _conv, "MaxPool": _maxpool, "AveragePool": _avgpool, "Resize": _resize, "Split": _split, "Slice": _slice, "Reshape": _reshape,
     "QuantizeLinear": _q, "DequantizeLinear": _dq, "Cast": _cast, "Constant": _const, "Gemm": _gemm,
     "Sigmoid": lambda t, a, at, n: t.sigmoid(a[0]),
     "Relu": lambda t, a, at, n: t.relu(a[0]),
