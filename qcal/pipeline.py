@@ -131,8 +131,11 @@ def choose_blend(info: GraphInfo, stats: CalibrationStats, probe: Probe, decisio
     on the probe samples; ties go to the first alpha listed. With groups > 1, then one alpha per contiguous group
     of tensors (graph order), each group in turn, a change kept only when it raises the SQNR (coordinate search);
     the last value lists the groups: first/last tensor, size, alpha and the SQNR after choosing it."""
+    def table(alpha: float | Mapping[str, float]) -> QuantTable:
+        return build_table(info, stats.blended(alpha), probe.profile, decisions, meta)
+
     def score(alpha: float | Mapping[str, float]) -> float:
-        return probe.output_sqnr(build_table(info, stats.blended(alpha), probe.profile, decisions, meta))
+        return probe.output_sqnr(table(alpha))
 
     scores = {a: score(a) for a in alphas}
     best = max(scores, key=lambda a: scores[a])
@@ -145,10 +148,10 @@ def choose_blend(info: GraphInfo, stats: CalibrationStats, probe: Probe, decisio
     for idx in np.array_split(np.arange(len(names)), min(groups, len(names))):
         members = [names[i] for i in idx]
         keep = best   # each group is visited once, so it still holds the best single alpha
-        for a in alphas:
-            if a == best:
-                continue
-            trial = score({**per_tensor, **dict.fromkeys(members, a)})
+        others = [a for a in alphas if a != best]
+        trials = probe.output_sqnrs(table({**per_tensor}), [table({**per_tensor, **dict.fromkeys(members, a)})
+                                                            for a in others])
+        for a, trial in zip(others, trials, strict=True):
             if trial > current:
                 current, keep = trial, a
         per_tensor.update(dict.fromkeys(members, keep))

@@ -4,7 +4,8 @@ A Probe holds a few calibration samples and the FP32 model's outputs on them (co
 `output_sqnr(table)` runs the table's QDQ graph -- the graph `export_qdq` would write -- in torch and compares its
 outputs with FP32; `tensor_sqnr(table)` does the same for every quantized activation. Candidates that only change
 parameters (a blend mix, a shared range) reuse one simulator graph and swap its parameter tensors in place
-(`TorchRunner.set_params`); a new placement (another node in float) lowers a new graph. No candidate is exported.
+(`TorchRunner.set_params`), and `output_sqnrs` recomputes only what a candidate's parameters reach; a new placement
+(another node in float) lowers a new graph. No candidate is exported.
 """
 
 from __future__ import annotations
@@ -59,6 +60,22 @@ class Probe:
         self.evaluations += 1
         return float(np.mean([channel_sqnr(ref, runner.run(None, f)) for ref, f in
                               zip(self.reference, self.feeds, strict=True)]))
+
+    def output_sqnrs(self, base: QuantTable, candidates: list[QuantTable]) -> list[float]:
+        """`output_sqnr` of each candidate, when each differs from `base` only in parameters (a group's ranges):
+        what no candidate changes runs once per sample, on base; each candidate recomputes only the steps its
+        changed parameters reach. The scores equal full runs' (tests/test_sim.py)."""
+        runner = self.runner(base)
+        changed = set().union(*(runner.diff(c) for c in candidates))
+        steps, frontier = runner.downstream(changed)
+        cuts = [runner.run_except(f, steps, frontier) for f in self.feeds]
+        scores = []
+        for c in candidates:
+            runner.set_params(c)
+            self.evaluations += 1
+            scores.append(float(np.mean([channel_sqnr(ref, runner.run_from(cut, steps)) for ref, cut in
+                                         zip(self.reference, cuts, strict=True)])))
+        return scores
 
     def tensor_sqnr(self, table: QuantTable) -> dict[str, float]:
         """SQNR of every quantized activation (its dequantized value in the simulator) against FP32's tensor."""

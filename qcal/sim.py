@@ -15,7 +15,7 @@ another op is an error naming it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -62,18 +62,31 @@ class TorchRunner:
             raise SimulationError(f"the torch simulation has no implementation of {unknown}; run this model with "
                                   "ONNX Runtime (--device cpu) instead.")
         self.values: dict[str, Any] = {}
+        self._source: dict[str, np.ndarray] = {}   # what each parameter tensor was made from (set_params compares)
         for init in g.initializer:
-            arr = numpy_helper.to_array(init)
-            self.values[init.name] = torch.from_numpy(np.array(arr)).to(self.device)
+            self._source[init.name] = np.array(numpy_helper.to_array(init))
+            self.values[init.name] = torch.from_numpy(self._source[init.name]).to(self.device)
         self.inputs = [i.name for i in g.input if i.name not in self.values]
         self.nodes = _topological(list(g.node), set(self.values) | set(self.inputs))
         self.outputs = [o.name for o in g.output]
+        self._steps = [(n, _OPS[n.op_type], _attrs(n)) for n in self.nodes]
+        # Nodes computed from parameters alone (a weight's or bias's DequantizeLinear) run once per parameter set.
+        derived: set[str] = set(self.values)
+        self._const_steps: list[tuple[onnx.NodeProto, Callable[..., Any], dict[str, Any]]] = []
+        for step in self._steps:
+            if all(not i or i in derived for i in step[0].input):
+                self._const_steps.append(step)
+                derived.update(step[0].output)
+        folded = {id(st[0]) for st in self._const_steps}
+        self._steps = [st for st in self._steps if id(st[0]) not in folded]
+        self.constants: dict[str, Any] = {}
+        self._fold()
 
-    def set_params(self, table: QuantTable) -> None:
-        """New parameters for the same placement: every entry's scale and zero point (and a weight's or bias's
-        codes) replace the tensors `lower_qdq` named after it. The table must have the same entries as the one
-        this runner was built from."""
-        t = self.torch
+    def _fold(self) -> None:
+        env = self._execute(dict(self.values), self._const_steps)
+        self.constants = {k: v for k, v in env.items() if k not in self.values}
+
+    def _entries(self, table: QuantTable) -> Iterator[tuple[str, np.ndarray]]:
         for name, tq in table.tensors.items():
             per_tensor = tq.axis is None and tq.scale.size == 1
             for key, arr in ((f"{name}_scale", tq.scale.reshape(()) if per_tensor else tq.scale),
@@ -84,8 +97,57 @@ class TorchRunner:
                 if key not in self.values:
                     raise SimulationError(f"set_params: {key!r} is not a parameter of this graph; build a new "
                                           "TorchRunner for a table with other entries.")
-                old = self.values[key]
-                self.values[key] = t.from_numpy(np.ascontiguousarray(arr)).to(device=self.device, dtype=old.dtype)
+                yield key, arr
+
+    def diff(self, table: QuantTable) -> set[str]:
+        """The parameter tensors `set_params(table)` would change."""
+        return {k for k, arr in self._entries(table) if not _same(self._source.get(k), arr)}
+
+    def set_params(self, table: QuantTable) -> set[str]:
+        """New parameters for the same placement: every entry's scale and zero point (and a weight's or bias's
+        codes) replace the tensors `lower_qdq` named after it. The table must have the same entries as the one
+        this runner was built from. Returns the names of the parameter tensors that changed."""
+        changed = set()
+        for key, arr in self._entries(table):
+            if _same(self._source.get(key), arr):
+                continue
+            self._source[key] = np.array(arr, dtype=self._source[key].dtype, copy=True)
+            self.values[key] = self.torch.from_numpy(self._source[key]).to(self.device)
+            changed.add(key)
+        if any(i in changed for node, _, _ in self._const_steps for i in node.input):
+            self._fold()
+        return changed
+
+    def downstream(self, params: set[str]) -> tuple[list[int], set[str]]:
+        """The steps whose result depends on the named parameter tensors (indices into the run order), and the
+        values those steps read that no such step produces: what a partial run (`run_from`) starts from."""
+        reached = set(params)
+        for node, _, _ in self._const_steps:
+            if any(i in reached for i in node.input):
+                reached.update(node.output)
+        steps: list[int] = []
+        produced: set[str] = set()
+        frontier: set[str] = set()
+        for k, (node, _, _) in enumerate(self._steps):
+            if any(i in reached for i in node.input):
+                steps.append(k)
+                reached.update(node.output)
+                produced.update(node.output)
+                frontier.update(i for i in node.input if i and i not in produced)
+        frontier.update(o for o in self.outputs if o not in produced)
+        return steps, {v for v in frontier if v not in self.values and v not in self.constants}
+
+    def run_except(self, feeds: dict[str, np.ndarray], skip: list[int], keep: set[str]) -> dict[str, Any]:
+        """A run that leaves out the steps `skip`; returns the values `keep` (a frontier from `downstream`)."""
+        left = set(skip)
+        env = self._execute(self._start(feeds), [st for k, st in enumerate(self._steps) if k not in left])
+        return {n: env[n] for n in keep}
+
+    def run_from(self, frontier: dict[str, Any], steps: list[int]) -> list[np.ndarray]:
+        """The outputs when only `steps` run, on the current parameters, from `frontier` (from `run_except`):
+        the same values a full run gives when the other steps' inputs are unchanged."""
+        env = self._execute({**self.values, **self.constants, **frontier}, [self._steps[k] for k in steps])
+        return [_numpy(env[o]) for o in self.outputs]
 
     def run(self, output_names: list[str] | None, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         env = self._forward(feeds)
@@ -105,19 +167,30 @@ class TorchRunner:
         env = self._forward(feeds, pinned)
         return {n: env[n] for n in names}
 
-    def _forward(self, feeds: dict[str, np.ndarray], pinned: dict[str, Any] | None = None) -> dict[str, Any]:
-        t = self.torch
-        env = dict(self.values)
+    def _start(self, feeds: dict[str, np.ndarray]) -> dict[str, Any]:
+        env = {**self.values, **self.constants}
         for name in self.inputs:
-            env[name] = t.from_numpy(np.ascontiguousarray(feeds[name])).to(self.device)
+            env[name] = self.torch.from_numpy(np.ascontiguousarray(feeds[name])).to(self.device)
+        return env
+
+    def _forward(self, feeds: dict[str, np.ndarray], pinned: dict[str, Any] | None = None) -> dict[str, Any]:
+        return self._execute(self._start(feeds), self._steps, pinned)
+
+    def _execute(self, env: dict[str, Any], steps: list[tuple[onnx.NodeProto, Callable[..., Any], dict[str, Any]]],
+                 pinned: dict[str, Any] | None = None) -> dict[str, Any]:
         pin = pinned or {}
-        with t.no_grad():
-            for node in self.nodes:
+        with self.torch.no_grad():
+            for node, op, at in steps:
                 args = [(pin[i] if i in pin else env[i]) if i else None for i in node.input]
-                outs = _OPS[node.op_type](t, args, _attrs(node), node)
+                outs = op(self.torch, args, at, node)
                 for o, v in zip(node.output, outs if isinstance(outs, list | tuple) else [outs], strict=False):
                     env[o] = v
         return env
+
+
+def _same(a: np.ndarray | None, b: np.ndarray) -> bool:
+    """Whether parameter `b`, stored as `a` is (its dtype), would equal `a`."""
+    return a is not None and a.shape == b.shape and bool(np.array_equal(a, b.astype(a.dtype, copy=False)))
 
 
 def _numpy(v: Any) -> np.ndarray:

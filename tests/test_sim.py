@@ -152,3 +152,30 @@ def test_table_onnx_table_is_exact_and_simulator_codes_match_ort(tiny_conv_onnx:
             same += int(np.sum(got[q].numpy() == r.astype(np.float32)))
             total += r.size
     assert total > 0 and same / total >= 0.999
+
+
+def test_partial_rerun_scores_equal_full_runs(tiny_conv_onnx: Path) -> None:
+    """The blend group search scores candidates by re-running only what their changed ranges reach: the scores
+    are bit for bit those of full runs, and a change of one late tensor re-runs fewer steps than one of the first."""
+    import onnx
+
+    from qcal.probe import Probe
+
+    table = _table(tiny_conv_onnx, "ort-cpu")
+    acts = list(table.activations())
+    probe = Probe(onnx.load(str(tiny_conv_onnx)), PROFILES["ort-cpu"], [{"input": _x(s)} for s in range(2)])
+
+    def scaled(names: list[str], f: float):  # type: ignore[no-untyped-def]
+        return table.replace(tensors={**table.tensors, **{n: table.tensors[n].replace(
+            scale=table.tensors[n].scale * f) for n in names}})
+
+    runner = probe.runner(table)
+    assert runner.diff(table) == set() and runner.diff(scaled(acts[-1:], 2.0)) == {f"{acts[-1]}_scale"}
+    early, _ = runner.downstream(runner.diff(scaled(acts[:1], 2.0)))
+    late, _ = runner.downstream(runner.diff(scaled(acts[-1:], 2.0)))
+    assert 0 < len(late) < len(early)
+    for names in (acts[:1], acts[len(acts) // 2:]):
+        cands = [scaled(names, f) for f in (0.5, 1.5)]
+        partial = probe.output_sqnrs(table, cands)
+        assert partial == [probe.output_sqnr(c) for c in cands]
+        assert partial[0] != partial[1]

@@ -43,13 +43,23 @@ def quantize_linear(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tens
     """ONNX QuantizeLinear: clamp(round(x / scale) + zero_point, qmin, qmax), round half to even; the integer
     codes are returned as floats. ste=True: the straight-through rounding the passes differentiate through.
     The one quantization primitive: the simulator's Q nodes and every pass's fake quantization call it."""
-    r = round_ste(x / scale) if ste else torch.round(x / scale)
-    return torch.clamp(r + zero_point, qmin, qmax)
+    if ste:
+        return torch.clamp(round_ste(x / scale) + zero_point, qmin, qmax)
+    q = x / scale
+    if q.requires_grad or not _fits(q, zero_point):
+        return torch.clamp(torch.round(q) + zero_point, qmin, qmax)
+    return q.round_().add_(zero_point).clamp_(qmin, qmax)   # the same arithmetic, one buffer (the simulator's hot path)
 
 
 def dequantize_linear(q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | float) -> torch.Tensor:
     """ONNX DequantizeLinear: (q - zero_point) * scale."""
-    return (q - zero_point) * scale
+    y = q - zero_point
+    return y * scale if y.requires_grad or not _fits(y, scale) else y.mul_(scale)
+
+
+def _fits(buffer: torch.Tensor, operand: torch.Tensor | float) -> bool:
+    """Whether `operand` can be applied to `buffer` in place (it broadcasts to the buffer's shape)."""
+    return not isinstance(operand, torch.Tensor) or torch.broadcast_shapes(buffer.shape, operand.shape) == buffer.shape
 
 
 def fake_quant(x: torch.Tensor, scale: torch.Tensor, grid: IntGrid) -> torch.Tensor:
