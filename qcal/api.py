@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 from exporters.quant_table import QuantTable, atomic_write_text
-from qcal import __version__
 from qcal.config import QuantConfig, Target
 from qcal.diagnostics import coverage, range_stability
 from qcal.errors import CalibrationError
@@ -20,6 +19,7 @@ from qcal.models import load_model
 from qcal.models.base import ModelAdapter
 from qcal.pipeline import PipelineOutput
 from qcal.pipeline import run as run_pipeline
+from qcal.version import __version__
 
 
 @dataclass

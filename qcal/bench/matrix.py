@@ -22,7 +22,6 @@ import calib_sets
 from calib_sets.degrade import Condition
 from exporters.dynamic import export_dynamic
 from exporters.float16 import export_fp16
-from qcal import __version__
 from qcal.bench.cells import CellOutput, CellStore, file_sha256, key_of
 from qcal.bench.executors import CellJob, CellRunner, CellsFailedError, Executor, SerialExecutor
 from qcal.bench.spec import Precision, calibration_set, condition_dict, condition_name
@@ -33,6 +32,7 @@ from qcal.eval.confidence import detection_ece
 from qcal.eval.detection import coco_map, pseudo_labels
 from qcal.eval.latency import measure_latencies
 from qcal.models.base import Detections, ModelAdapter
+from qcal.version import __version__
 
 BASELINE = "int8-clean"   # degradation-aware precisions are compared against this one
 
