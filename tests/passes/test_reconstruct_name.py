@@ -12,7 +12,7 @@ import torch
 import qcal
 from qcal.config import AdaQuantConfig, Granularity, QuantConfig, Rounding
 from qcal.errors import ConfigError
-from qcal.passes.base import make_pass
+from qcal.passes.registry import make_pass
 from tests.passes.test_apply import Net, _conv_weights
 
 
