@@ -14,27 +14,13 @@ from exporters.quant_table import QuantTable, atomic_write_text
 from qcal.config import QuantConfig, Target
 from qcal.diagnostics import coverage, range_stability
 from qcal.errors import CalibrationError
+from qcal.evaluate import Evaluation, evaluate_detector
 from qcal.machine import machine_info
 from qcal.models import load_model
 from qcal.models.base import ModelAdapter
 from qcal.pipeline import PipelineOutput
 from qcal.pipeline import run as run_pipeline
 from qcal.version import __version__
-
-
-@dataclass
-class Evaluation:
-    """FP32 vs INT8 on the evaluation images, measured in one run."""
-
-    metric: str                       # "fidelity" (vs FP32 detections) or "labels"
-    images: int
-    accuracy: dict[str, dict[str, float]]   # precision -> {"map50_95": .., "map50": ..}
-    latency_ms: dict[str, dict[str, float]]  # precision -> {"median_ms": .., "p90_ms": ..}
-    size_mb: dict[str, float]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"metric": self.metric, "images": self.images, "accuracy": self.accuracy,
-                "latency_ms": self.latency_ms, "size_mb": self.size_mb}
 
 
 @dataclass
@@ -145,8 +131,6 @@ class QuantResult:
         """FP32 vs INT8 on eval_set (anything calib_sets.load takes); refuses sets that share content with
         the calibration set (compared by source content hash and source key, degraded copies included)."""
         import calib_sets
-        from qcal.evaluate import evaluate_detector
-
         try:
             es = calib_sets.load(eval_set)
         except calib_sets.CalibSetError as e:
