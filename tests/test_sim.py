@@ -87,11 +87,11 @@ def test_bench_cells_through_the_torch_runtime(tmp_path: Path) -> None:
     import json
 
     import qcal
-    from qcal.cli import _demo_checkpoint
+    from qcal.cli import demo_checkpoint
     from qcal.errors import QcalError
 
     try:
-        ckpt = _demo_checkpoint()
+        ckpt = demo_checkpoint()
     except QcalError:
         pytest.skip("the fall-detection checkpoint is not installed (make test installs it)")
     cfg = qcal.QuantConfig(imgsz=320)

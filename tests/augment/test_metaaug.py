@@ -163,13 +163,13 @@ def test_metaaug_config_round_trip_and_errors() -> None:
 def test_cli_augment_option_sets_metaaug() -> None:
     import argparse
 
-    from qcal.cli import _add_common, _config
+    from qcal.cli import add_common_args, config_from_args
 
     p = argparse.ArgumentParser()
-    _add_common(p)
-    cfg = _config(p.parse_args(["--passes", "adaquant", "--augment", "metaaug"]))
+    add_common_args(p)
+    cfg = config_from_args(p.parse_args(["--passes", "adaquant", "--augment", "metaaug"]))
     assert cfg.passes == ("adaquant",) and cfg.adaquant.augment == MetaAugConfig()
-    assert _config(p.parse_args(["--passes", "adaquant"])).adaquant.augment is None
+    assert config_from_args(p.parse_args(["--passes", "adaquant"])).adaquant.augment is None
 
 
 def test_max_delta_bounds_the_change() -> None:

@@ -70,11 +70,11 @@ def test_quantize_with_reconstruct_equals_adaquant_and_reports_its_name() -> Non
 
 
 def test_cli_passes_reconstruct() -> None:
-    from qcal.cli import _add_common, _config
+    from qcal.cli import add_common_args, config_from_args
 
     p = argparse.ArgumentParser()
-    _add_common(p)
-    cfg = _config(p.parse_args(["--passes", "reconstruct", "--granularity", "block", "--rounding", "adaround",
+    add_common_args(p)
+    cfg = config_from_args(p.parse_args(["--passes", "reconstruct", "--granularity", "block", "--rounding", "adaround",
                                 "--qdrop", "0.5"]))
     assert cfg.passes == ("reconstruct",)
     assert (cfg.adaquant.granularity, cfg.adaquant.rounding, cfg.adaquant.qdrop) == \
