@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from calib_sets.learned import read_t
 from qcal.augment import Augmenter, TNetSpec, TransformNet
 from qcal.augment.metaaug import INNER_PARAMS, hinge, inner_step, layer_input, meta_loss
 from qcal.config import AdaQuantConfig, MetaAugConfig, QuantConfig
@@ -112,6 +113,8 @@ def test_save_load_round_trip_with_hash(tmp_path) -> None:
     assert back.hash == digest == aug.hash and len(digest) == 64
     x = torch.randn(3, 1, 9, 9)
     assert torch.equal(back(x), aug(x))
+    net, meta, stored = read_t(path)                              # what calib_sets.Learned reads
+    assert stored == digest and meta == aug.meta and torch.equal(net(x), aug.net(x))
     data = bytearray(path.read_bytes())
     data[-1] ^= 1                                                 # flip one weight bit
     path.write_bytes(bytes(data))
