@@ -13,7 +13,7 @@ import qcal
 from qcal.config import AdaQuantConfig, Granularity, QuantConfig, Rounding
 from qcal.errors import ConfigError
 from qcal.passes.registry import make_pass
-from tests.passes.test_apply import Net, _conv_weights
+from tests.passes.test_apply import Net, conv_weights
 
 
 def test_reconstruct_keyword_maps_onto_the_one_adaquant_field_and_round_trips() -> None:
@@ -65,7 +65,7 @@ def test_quantize_with_reconstruct_equals_adaquant_and_reports_its_name() -> Non
     r = runs["reconstruct"]
     assert [p.name for p in r.passes] == ["reconstruct"] and r.to_dict()["passes"][0]["name"] == "reconstruct"
     assert r.passes[0].changed["granularity"] == "block" and r.to_dict()["config"]["passes"] == ["reconstruct"]
-    w_a, w_r = _conv_weights(runs["adaquant"].out.fp32_path), _conv_weights(r.out.fp32_path)
+    w_a, w_r = conv_weights(runs["adaquant"].out.fp32_path), conv_weights(r.out.fp32_path)
     assert len(w_a) == 2 and all(np.array_equal(a, b) for a, b in zip(w_a, w_r, strict=True))
 
 
