@@ -58,7 +58,7 @@ class QuantResult:
             "model": {"source": self.adapter.source, "family": self.adapter.family, "sha256": self.adapter.model_hash()},
             "target": self.config.target.value,
             "profile": {k: v for k, v in o.profile.__dict__.items()},
-            "config": self.config.to_dict(),
+            "config": self.config.resolved().to_dict(),
             "config_hash": self.config.hash(),
             "calibration": {"set_hash": self.calib_hash, "samples": o.calibration.samples,
                             "observer": o.calibration.observer, "seconds": round(o.calibration.seconds, 2),
@@ -174,7 +174,7 @@ def quantize(model: Any, calib: Any = None, *, target: str | Target | None = Non
 
         adapter, reports = refine(adapter, (s.image for s in cs), cfg, progress=progress)
     workdir = tempfile.TemporaryDirectory(prefix="qcal-")
-    metadata = {"qcal.version": __version__, "qcal.config": json.dumps(cfg.to_dict(), sort_keys=True),
+    metadata = {"qcal.version": __version__, "qcal.config": json.dumps(cfg.resolved().to_dict(), sort_keys=True),
                 "qcal.config_hash": cfg.hash(), "qcal.calib_hash": cs.content_hash,
                 "qcal.model_sha256": adapter.model_hash(), "qcal.target": cfg.target.value}
     out = run_pipeline(adapter, (s.image for s in cs), len(cs), cfg, Path(workdir.name), metadata=metadata,

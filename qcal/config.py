@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import tomllib
 
 from qcal.errors import ConfigError
+from qcal.machine import MachineInfo, machine_info
 
 
 class Target(str, enum.Enum):
@@ -356,10 +357,23 @@ class QuantConfig:
     def replace(self, **changes: Any) -> QuantConfig:
         return dataclasses.replace(self, **changes)
 
-    def hash(self) -> str:
+    def resolved(self, machine: MachineInfo | None = None) -> QuantConfig:
+        """This config with every machine-dependent choice fixed to the value it takes on `machine` (default:
+        this one): reduce_range=None becomes `not has_vnni` for ort-cpu (u8 x s8 kernels without VNNI saturate,
+        so weights need 7 bits), False for tensorrt (full int8). Resolving a resolved config changes nothing."""
+        if self.reduce_range is not None:
+            return self
+        if self.target is Target.ORT_CPU:
+            return self.replace(reduce_range=not (machine or machine_info()).has_vnni)
+        return self.replace(reduce_range=False)
+
+    def hash(self, machine: MachineInfo | None = None) -> str:
+        """sha256 (16 hex) of the resolved config (see `resolved`): the same config file hashes differently on a
+        VNNI host and an AVX2-only host, because it builds different models there; caches keyed by it follow."""
         import hashlib
 
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+        plain = self.resolved(machine).to_dict()
+        return hashlib.sha256(json.dumps(plain, sort_keys=True).encode()).hexdigest()[:16]
 
 
 T = TypeVar("T")

@@ -142,7 +142,7 @@ def robustness(model: Any, *, eval: Any, calib: str | None = None, conditions: s
         "qcal_version": __version__,
         "command": command,
         "model": {"source": adapter.source, "family": adapter.family, "sha256": adapter.model_hash()},
-        "config": cfg.to_dict(), "config_hash": cfg.hash(),
+        "config": cfg.resolved().to_dict(), "config_hash": cfg.hash(),
         "task": "classify" if primary == "top1" else "detect", "primary_metric": primary,
         "metric": "labels" if labelled else "fidelity",
         "eval": {"spec": str(eval), "set_hash": es.content_hash, "images": len(images), **reference_info},

@@ -45,6 +45,13 @@ def labels_to_detections(labels: np.ndarray, hw: tuple[int, int]) -> Detections:
     return Detections(boxes, np.ones(len(labels), np.float32), labels[:, 0].astype(np.int64))
 
 
+def static_model_key(model_hash: str, cfg: QuantConfig, calib_hash: str) -> str:
+    """Cache key of a statically quantized model: code version, FP32 model, calibration set content and the
+    config with its machine-dependent choices resolved (QuantConfig.hash hashes cfg.resolved()), so a cache
+    filled on a VNNI host is not reused on an AVX2-only one."""
+    return key_of({"v": __version__, "model": model_hash, "config": cfg.hash(), "calib": calib_hash})
+
+
 def build_models(adapter: ModelAdapter, precisions: Sequence[Precision], store: CellStore, cfg: QuantConfig,
                  eval_set: calib_sets.CalibSet, *, progress: bool, threads: int,
                  log: Callable[[str], None], imgsz: int | None = None) -> dict[str, dict[str, Any]]:
@@ -79,8 +86,7 @@ def build_models(adapter: ModelAdapter, precisions: Sequence[Precision], store: 
             if shared:
                 raise CalibrationError(f"{p.name}: {len(shared)} evaluation image(s) are also in its calibration "
                                        f"set (e.g. {shared[0].key_b}); evaluate on images calibration never saw.")
-            key = key_of({"v": __version__, "model": adapter.model_hash(), "config": cfg.hash(),
-                          "calib": cs.content_hash})
+            key = static_model_key(adapter.model_hash(), cfg, cs.content_hash)
             if not store.model_ready(p.name, key):
                 log(f"quantizing {p.name} on {len(cs)} calibration samples ({cs.content_hash[:12]})")
                 r = quantize(adapter, calib=cs, config=cfg, progress=progress, threads=threads)

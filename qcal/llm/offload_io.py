@@ -156,7 +156,7 @@ class OffloadedLLMResult:
         from qcal.version import __version__
 
         return {"qcal_version": __version__, "model": {"source": self.source, "family": "hf-llm"},
-                "scheme": self.scheme.value, "offload": "layers", "config": self.config.to_dict(),
+                "scheme": self.scheme.value, "offload": "layers", "config": self.config.resolved().to_dict(),
                 "config_hash": self.config.hash(),
                 "calibration": {"set_hash": self.calib.content_hash, "recipe": self.calib.recipe,
                                 "windows": len(self.calib_ids), "tokens": self.calib_tokens},
