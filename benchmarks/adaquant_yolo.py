@@ -77,7 +77,7 @@ def main() -> None:
     import calib_sets
     import qcal
     from qcal.alloc import Budget, allocate
-    from qcal.cli import _demo_checkpoint
+    from qcal.cli import demo_checkpoint
     from qcal.machine import machine_info
     from qcal.models.yolo import YoloAdapter
     from qcal.quant.precision import Precision
@@ -85,7 +85,7 @@ def main() -> None:
     out = Path(args.out)
     models = Path(args.models)
     res_path = out.with_suffix(".json")
-    adapter = YoloAdapter.load(_demo_checkpoint(), trust_checkpoint=True, imgsz=args.imgsz)
+    adapter = YoloAdapter.load(demo_checkpoint(), trust_checkpoint=True, imgsz=args.imgsz)
     ev = calib_sets.load("bundled:vtest[360:480]")
     import cv2
 

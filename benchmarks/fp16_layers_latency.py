@@ -31,7 +31,7 @@ def main() -> None:
     args = ap.parse_args()
     import calib_sets
     import qcal
-    from qcal.cli import _demo_checkpoint
+    from qcal.cli import demo_checkpoint
     from qcal.eval.latency import measure_latencies
     from qcal.machine import machine_info
     from qcal.models.yolo import YoloAdapter
@@ -39,7 +39,7 @@ def main() -> None:
     alloc = json.loads(Path(args.alloc).read_text())
     nodes = tuple(alloc["allocation"]["float_nodes"])
     imgsz, calib = alloc["config"]["imgsz"], alloc["config"]["calib_frames"]
-    adapter = YoloAdapter.load(_demo_checkpoint(), trust_checkpoint=True, imgsz=imgsz)
+    adapter = YoloAdapter.load(demo_checkpoint(), trust_checkpoint=True, imgsz=imgsz)
     cfg = qcal.QuantConfig(imgsz=imgsz, calib_size=calib,
                            keep_float=qcal.KeepFloatConfig(sensitivity_samples=0, nodes=nodes))
     r = qcal.quantize(adapter, calib="bundled:vtest[0:360]", config=cfg, progress=False)

@@ -32,9 +32,9 @@ IMGSZ, CALIB_SIZE, NOOP_TASKS, CPUS_PER_NODE = 640, 32, 200, 2
 
 def sweep(out: Path, executor: str, address: str | None = None) -> dict[str, Any]:
     import qcal
-    from qcal.cli import _demo_checkpoint
+    from qcal.cli import demo_checkpoint
 
-    return qcal.robustness(_demo_checkpoint(), eval=EVAL, calib=str(ROOT / CALIB), conditions="qrid",
+    return qcal.robustness(demo_checkpoint(), eval=EVAL, calib=str(ROOT / CALIB), conditions="qrid",
                            precisions=PRECISIONS, out=out, config=qcal.QuantConfig(imgsz=IMGSZ, calib_size=CALIB_SIZE),
                            trust_checkpoint=True, latency_runs=0, bootstrap=0, threads=1, progress=True,
                            executor=executor, address=address).to_dict()

@@ -35,9 +35,9 @@ def vtest() -> Path:
 
 
 def checkpoint() -> Path:
-    from qcal.cli import _demo_checkpoint
+    from qcal.cli import demo_checkpoint
 
-    return _demo_checkpoint()
+    return demo_checkpoint()
 
 
 def calib_only(observer: str, frames: int) -> None:

@@ -54,11 +54,11 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     cmd = "python benchmarks/tensorrt_profile.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     if args.sim_only:
-        from qcal.cli import _demo_checkpoint
+        from qcal.cli import demo_checkpoint
         from qcal.models import load_model
 
         data = json.loads((RESULTS / "tensorrt_profile.json").read_text())
-        adapter = load_model(_demo_checkpoint(), trust_checkpoint=True)
+        adapter = load_model(demo_checkpoint(), trust_checkpoint=True)
         data["torch_sim_vs_ort"] = sim_agreement(adapter, work, args.sim_eval or args.eval, args.threads)
         data["sim_command"] = cmd
         write(data)
@@ -85,11 +85,11 @@ def _calib_set(spec: str, n: int):  # -> calib_sets.CalibSet
 
 def run_all(args: argparse.Namespace, work: Path, cmd: str) -> dict:
     import qcal
-    from qcal.cli import _demo_checkpoint
+    from qcal.cli import demo_checkpoint
     from qcal.machine import machine_info
 
     t_all = time.perf_counter()
-    ckpt = _demo_checkpoint()
+    ckpt = demo_checkpoint()
     cs = _calib_set(args.calib, args.calib_size)
     cfg = qcal.QuantConfig(target=qcal.Target.TENSORRT, calib_size=args.calib_size)
     print(f"[1/5] qcal quantize --target tensorrt on {len(cs)} frames ({cs.content_hash[:12]})", flush=True)

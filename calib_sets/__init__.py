@@ -15,6 +15,7 @@ from calib_sets.errors import (
     SourceNotFoundError,
     UndecodableImageError,
 )
+from calib_sets.files import SkippedFilesWarning
 from calib_sets.manifest import Manifest, ManifestEntry
 from calib_sets.mix import DegradationMix
 from calib_sets.overlap import Overlap, overlap
@@ -22,7 +23,7 @@ from calib_sets.presets import QRID, named_condition
 from calib_sets.recipes import Recipe
 from calib_sets.sample import CalibSet, Item, Sample
 from calib_sets.select import select
-from calib_sets.sources import SkippedFilesWarning, Source
+from calib_sets.sources import Source
 from calib_sets.spec import load
 from calib_sets.text import TextSample, TextSet
 

@@ -17,8 +17,8 @@ import numpy as np
 
 from calib_sets.decode import IMAGE_EXTS
 from calib_sets.errors import CalibSetError, EmptyCalibSetError, SourceNotFoundError
+from calib_sets.files import Check, checked_items, list_images
 from calib_sets.sample import CalibSet
-from calib_sets.sources import Check, checked_items, list_images
 
 
 def read_yolo_labels(path: Path) -> np.ndarray:

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, replace
+import os
+import tempfile
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -27,7 +29,8 @@ from torch.nn import functional as F
 from calib_sets.errors import CalibSetError, SourceNotFoundError
 from calib_sets.sample import CalibSet, Item, Sample
 
-__all__ = ["FORMAT", "Learned", "LearnedFileError", "TNetSpec", "TransformNet", "content_hash", "read_t"]
+__all__ = ["FORMAT", "Learned", "LearnedFileError", "TNetSpec", "TransformNet", "content_hash", "read_t", "t_meta",
+           "write_t"]
 
 
 class LearnedFileError(CalibSetError):
@@ -91,6 +94,31 @@ def content_hash(state: dict[str, torch.Tensor], meta: dict[str, Any]) -> str:
         h.update(k.encode())
         h.update(state[k].detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
+
+
+def t_meta(net: TransformNet, training: dict[str, Any]) -> dict[str, Any]:
+    """The metadata a T file holds: the format, T's build spec and the (plain-dict) training record."""
+    return {"format": FORMAT, "spec": asdict(net.spec), "training": training}
+
+
+def write_t(path: str | Path, net: TransformNet, training: dict[str, Any]) -> str:
+    """Write T as the safetensors file read_t reads (weights + t_meta + its content hash), atomically; returns
+    the hash. qcal's Augmenter.save writes through this, so the format has one writer and one reader, both here."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    meta = t_meta(net, training)
+    digest = content_hash(state, meta)
+    fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(state, tmp, metadata={"qcal": json.dumps(meta, sort_keys=True), "sha256": digest})
+        os.chmod(tmp, 0o644)   # mkstemp creates 0600; T files are meant to be shared
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return digest
 
 
 def read_t(path: str | Path) -> tuple[TransformNet, dict[str, Any], str]:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from calib_sets.errors import CalibSetError, SourceNotFoundError
-from calib_sets.sample import HASH_VERSION, Param, set_hash
+from calib_sets.hashing import HASH_VERSION, Param, set_hash
 
 if TYPE_CHECKING:
     from calib_sets.sample import CalibSet

@@ -21,7 +21,8 @@ from calib_sets.presets import LADDER, LEVELS, QRID, ladder_condition, named_con
 from calib_sets.sample import CalibSet, Item, Sample, canonical
 
 
-def _largest_remainder(total: int, weights: Sequence[float]) -> list[int]:
+def largest_remainder(total: int, weights: Sequence[float]) -> list[int]:
+    """`total` split into integer counts proportional to `weights` (largest remainder; ties go to the first)."""
     s = sum(weights)
     if total == 0 or s == 0:
         return [0] * len(weights)
@@ -78,7 +79,7 @@ class DegradationMix:
     # --- assignment ----------------------------------------------------------------------------------------
     def counts(self, n: int) -> dict[str, int]:
         n_clean = min(n, math.floor(n * self.clean + 0.5))
-        rest = _largest_remainder(n - n_clean, [w for _, w in self.weights])
+        rest = largest_remainder(n - n_clean, [w for _, w in self.weights])
         return {"clean": n_clean, **{c.name: k for (c, _), k in zip(self.weights, rest, strict=True)}}
 
     def assignment(self, n: int, seed: int) -> list[Condition | None]:

@@ -18,11 +18,15 @@
     steps = [{ kind = "gaussian_blur", sigma = 1.5 }]
 
 Build order: sources -> resize -> select -> repeat -> mix. Unknown keys are errors naming the allowed ones.
+
+`load(spec)` lives here too (calib_sets.spec re-exports it): a recipe's sources are specs and a spec may be a
+recipe, so the two recurse into each other and stay in one module rather than two that import each other.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +35,9 @@ from calib_sets import toml_io
 from calib_sets.errors import DegradationParamError, RecipeError, SourceNotFoundError
 from calib_sets.mix import DegradationMix
 from calib_sets.sample import CalibSet
+from calib_sets.select import select
+from calib_sets.sources import Source
+from calib_sets.video import VIDEO_EXTS
 
 RECIPES = Path(__file__).parent / "recipes"
 STRATEGIES = ("random", "stratified", "diverse")
@@ -78,9 +85,6 @@ class Recipe:
         return str(self.base_dir / spec)
 
     def build(self) -> CalibSet:
-        from calib_sets.select import select
-        from calib_sets.spec import load
-
         cs = load([self._resolve(s) for s in self.source])
         if self.imgsz is not None:
             cs = cs.resized(self.imgsz)
@@ -170,3 +174,39 @@ class Recipe:
 def bundled_recipes() -> list[str]:
     return sorted(f.stem for f in RECIPES.glob("*.toml"))
 
+
+_BUNDLED = re.compile(r"bundled:(\w+)(?:\[(\d*):(\d*)(?::(\d+))?\])?")
+
+
+def load(spec: CalibSet | str | Path | Sequence[str | Path]) -> CalibSet:
+    """A CalibSet from: a CalibSet (returned as is); a folder of images; an image file; a video file;
+    a .toml recipe; 'bundled:NAME' or 'bundled:NAME[a:b]' / 'bundled:NAME[a:b:step]' (frame numbers
+    a <= f < b, every step-th); 'imagefolder:DIR' (a classification set, DIR/<class>/<images>); or a list
+    of any of these (concatenated in order)."""
+    if isinstance(spec, CalibSet):
+        return spec
+    if isinstance(spec, list | tuple):
+        if not spec:
+            raise SourceNotFoundError("load([]): no calibration source given; pass a folder, a video, a .toml "
+                                      "recipe or 'bundled:vtest'.")
+        out = load(spec[0])
+        for s in spec[1:]:
+            out = out | load(s)
+        return out
+    s = str(spec)
+    m = _BUNDLED.fullmatch(s)
+    if m:
+        frames = None
+        if m.group(2) is not None:
+            frames = range(int(m.group(2) or 0), int(m.group(3) or 10**9), int(m.group(4) or 1))
+        return Source.bundled(m.group(1), frames)
+    if s.startswith("imagefolder:"):
+        return Source.image_folder(s[len("imagefolder:"):])
+    if s.startswith("bundled:"):
+        raise SourceNotFoundError(f"{s!r} is not a bundled spec; write 'bundled:vtest' or 'bundled:vtest[0:320]'.")
+    p = Path(s)
+    if p.suffix.lower() == ".toml":
+        return Recipe.read(p).build()
+    if p.suffix.lower() in VIDEO_EXTS and not p.is_dir():
+        return Source.video(p)
+    return Source.images(p)

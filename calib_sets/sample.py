@@ -18,12 +18,11 @@ import cv2
 import numpy as np
 
 from calib_sets.errors import CalibSetError
+from calib_sets.hashing import Param, set_hash
 
 if TYPE_CHECKING:
     from calib_sets.manifest import Manifest
 
-Param = float | int | str
-HASH_VERSION = "calib_sets/v1"  # bump when the meaning of a digest changes, so old caches stop matching
 
 
 @dataclass(frozen=True)
@@ -185,13 +184,6 @@ class CalibSet:
 
 def _rekey(s: Sample, key: str) -> Sample:
     return replace(s, key=key)
-
-
-def set_hash(recipe: str, digests: Iterator[str] | Sequence[str]) -> str:
-    h = hashlib.sha256(f"{HASH_VERSION}\n{recipe}\n".encode())
-    for d in digests:
-        h.update(d.encode() + b"\n")
-    return h.hexdigest()
 
 
 def resize_long_side(img: np.ndarray, imgsz: int) -> np.ndarray:

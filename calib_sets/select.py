@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from calib_sets.errors import CalibSetError
-from calib_sets.mix import _largest_remainder
+from calib_sets.mix import largest_remainder
 from calib_sets.sample import CalibSet, Item, Sample
 
 Strategy = Literal["random", "stratified", "diverse"]
@@ -100,9 +100,9 @@ def select(cs: CalibSet, n: int, strategy: Strategy = "random", seed: int = 0, f
         names = sorted(groups)
         sizes = [len(groups[g]) for g in names]
         if n >= len(names):  # every group at least once, the rest proportionally
-            shares = [1 + s for s in _largest_remainder(n - len(names), [s - 1 for s in sizes])]
+            shares = [1 + s for s in largest_remainder(n - len(names), [s - 1 for s in sizes])]
         else:
-            shares = _largest_remainder(n, sizes)
+            shares = largest_remainder(n, sizes)
         idx = []
         for g, k in zip(names, shares, strict=True):
             idx += rng.choice(groups[g], size=min(k, len(groups[g])), replace=False).tolist()

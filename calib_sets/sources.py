@@ -6,79 +6,20 @@ Unreadable files in a folder are skipped with one warning and listed in `CalibSe
 
 from __future__ import annotations
 
-import re
-import warnings
-from collections.abc import Callable, Iterable, Sequence
-from functools import partial
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-import numpy as np
-
-from calib_sets.decode import IMAGE_EXTS, decode_image, file_digest, looks_complete
+from calib_sets.decode import IMAGE_EXTS, looks_complete
 from calib_sets.errors import EmptyCalibSetError, SourceNotFoundError, UndecodableImageError
-from calib_sets.sample import CalibSet, Item, Sample, memo
+from calib_sets.files import Check, checked_items, frame_number, image_item, list_images
+from calib_sets.sample import CalibSet
 from calib_sets.video import video_set
 
 if TYPE_CHECKING:
     from calib_sets.text import TextSet
 
 BUNDLED = Path(__file__).parent / "bundled"
-Check = Literal["header", "full", "none"]
-LabelReader = Callable[[], "np.ndarray | None"]
-
-
-class SkippedFilesWarning(UserWarning):
-    """Some files of a source were unreadable and left out (they are listed in the manifest)."""
-
-
-def load_image(path: Path, key: str, source: str, index: int, labels: LabelReader | None = None) -> Sample:
-    img = decode_image(path)
-    if img is None:
-        raise UndecodableImageError(f"{path} does not decode as an image (truncated or not an image); "
-                                    "remove it or replace it with a valid file.")
-    return Sample(img, key, source, index, labels=labels() if labels is not None else None)
-
-
-def image_item(path: Path, key: str, source: str, index: int, labels: LabelReader | None = None) -> Item:
-    return Item(key, source, index, partial(load_image, path, key, source, index, labels),
-                memo(partial(file_digest, path)), labels=labels)
-
-
-def _keys_for(paths: Sequence[Path], root: Path | None) -> list[str]:
-    """Relative path under a folder root; otherwise the file name, or the full path where names collide."""
-    if root is not None:
-        return [p.relative_to(root).as_posix() for p in paths]
-    names = [p.name for p in paths]
-    dup = {n for n in names if names.count(n) > 1}
-    return [str(p) if p.name in dup else p.name for p in paths]
-
-
-def checked_items(paths: Sequence[Path], source: str, check: Check, root: Path | None = None,
-                  labels: Callable[[Path], LabelReader | None] | None = None,
-                  indices: Sequence[int] | None = None) -> tuple[list[Item], list[str]]:
-    """Items for the files that pass `check`; the others are returned as skipped (with a warning)."""
-    items, skipped = [], []
-    for i, (p, key) in enumerate(zip(paths, _keys_for(paths, root), strict=True)):
-        if check != "none" and not looks_complete(p, full=check == "full"):
-            skipped.append(str(p))
-            continue
-        items.append(image_item(p, key, source, indices[i] if indices is not None else i,
-                                labels(p) if labels is not None else None))
-    if skipped:
-        warnings.warn(f"{source}: skipped {len(skipped)} unreadable image(s) (truncated or not images), e.g. "
-                      f"{skipped[0]}; the list is in manifest.skipped", SkippedFilesWarning, stacklevel=3)
-    return items, skipped
-
-
-def list_images(root: Path, recursive: bool) -> list[Path]:
-    pattern = "**/*" if recursive else "*"
-    return sorted(p for p in root.glob(pattern) if p.suffix.lower() in IMAGE_EXTS and p.is_file())
-
-
-def frame_number(path: Path) -> int:
-    m = re.search(r"(\d+)$", path.stem)
-    return int(m.group(1)) if m else -1
 
 
 class Source:

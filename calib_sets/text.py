@@ -19,7 +19,7 @@ from typing import Any, Literal
 import numpy as np
 
 from calib_sets.errors import CalibSetError, EmptyCalibSetError, SourceNotFoundError
-from calib_sets.sample import HASH_VERSION
+from calib_sets.hashing import HASH_VERSION
 
 TEXT_EXTS = frozenset({".txt", ".md", ".jsonl"})
 

@@ -6,10 +6,8 @@
     print(result.summary())
 """
 
-__version__ = "0.2.0"
-
-from qcal.alloc import Budget  # noqa: E402
-from qcal.config import (  # noqa: E402
+from qcal.alloc import Budget
+from qcal.config import (
     Activations,
     AdaQuantConfig,
     AdaQuantMode,
@@ -26,7 +24,7 @@ from qcal.config import (  # noqa: E402
     Scheme,
     Target,
 )
-from qcal.errors import (  # noqa: E402
+from qcal.errors import (
     CalibrationError,
     CheckpointError,
     ConfigError,
@@ -34,6 +32,7 @@ from qcal.errors import (  # noqa: E402
     QcalError,
     UntrustedCheckpointError,
 )
+from qcal.version import __version__
 
 
 def quantize(*args, **kwargs):  # type: ignore[no-untyped-def]

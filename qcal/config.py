@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import tomllib
 
 from qcal.errors import ConfigError
+from qcal.machine import MachineInfo, machine_info
 
 
 class Target(str, enum.Enum):
@@ -323,7 +324,7 @@ class QuantConfig:
 
     # --- serialisation ---------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return _to_plain(self)
+        return to_plain(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> QuantConfig:
@@ -332,7 +333,7 @@ class QuantConfig:
                 raise ConfigError("config: both [reconstruct] and [adaquant] tables were given: they configure the "
                                   "same pass; keep one.")
             data = {("adaquant" if k == "reconstruct" else k): v for k, v in data.items()}
-        return _from_plain(cls, data, "config")
+        return from_plain(cls, data, "config")
 
     def to_toml(self) -> str:
         return dump_toml(self.to_dict())
@@ -356,26 +357,41 @@ class QuantConfig:
     def replace(self, **changes: Any) -> QuantConfig:
         return dataclasses.replace(self, **changes)
 
-    def hash(self) -> str:
+    def resolved(self, machine: MachineInfo | None = None) -> QuantConfig:
+        """This config with every machine-dependent choice fixed to the value it takes on `machine` (default:
+        this one): reduce_range=None becomes `not has_vnni` for ort-cpu (u8 x s8 kernels without VNNI saturate,
+        so weights need 7 bits), False for tensorrt (full int8). Resolving a resolved config changes nothing."""
+        if self.reduce_range is not None:
+            return self
+        if self.target is Target.ORT_CPU:
+            return self.replace(reduce_range=not (machine or machine_info()).has_vnni)
+        return self.replace(reduce_range=False)
+
+    def hash(self, machine: MachineInfo | None = None) -> str:
+        """sha256 (16 hex) of the resolved config (see `resolved`): the same config file hashes differently on a
+        VNNI host and an AVX2-only host, because it builds different models there; caches keyed by it follow."""
         import hashlib
 
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+        plain = self.resolved(machine).to_dict()
+        return hashlib.sha256(json.dumps(plain, sort_keys=True).encode()).hexdigest()[:16]
 
 
 T = TypeVar("T")
 
 
-def _to_plain(obj: Any) -> Any:
+def to_plain(obj: Any) -> Any:
+    """A frozen config dataclass as plain dicts/lists/scalars (enums by value, None fields left out)."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: _to_plain(getattr(obj, f.name)) for f in fields(obj) if getattr(obj, f.name) is not None}
+        return {f.name: to_plain(getattr(obj, f.name)) for f in fields(obj) if getattr(obj, f.name) is not None}
     if isinstance(obj, enum.Enum):
         return obj.value
     if isinstance(obj, tuple | list):
-        return [_to_plain(v) for v in obj]
+        return [to_plain(v) for v in obj]
     return obj
 
 
-def _from_plain(cls: type[T], data: Any, where: str) -> T:
+def from_plain(cls: type[T], data: Any, where: str) -> T:
+    """The dataclass `cls` from plain data, types coerced; unknown keys are a ConfigError naming `where`."""
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a table, got {type(data).__name__}.")
     known = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
@@ -408,7 +424,7 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
         except ValueError:
             raise ConfigError(f"{where}={value!r}: choose one of {[m.value for m in hint]}.") from None
     if isinstance(hint, type) and dataclasses.is_dataclass(hint):
-        return _from_plain(hint, value, where)
+        return from_plain(hint, value, where)
     if origin is tuple:
         if not isinstance(value, list | tuple):
             raise ConfigError(f"{where}: expected a list, got {value!r}.")

@@ -1,9 +1,12 @@
 """FP32 vs INT8 evaluation of a detector in one run: fidelity mAP (FP32 detections as pseudo-labels, or real
-labels when the samples carry them), latency median/p90, file size."""
+labels when the samples carry them), latency median/p90, file size. `Evaluation` (what it returns; on
+QuantResult.evaluation, re-exported by qcal.api) lives here, so this module does not import qcal.api back."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -12,6 +15,21 @@ from qcal.calibrate import make_session
 from qcal.eval.detection import coco_map, pseudo_labels
 from qcal.eval.latency import measure_latencies
 from qcal.models.base import Detections, ModelAdapter
+
+
+@dataclass
+class Evaluation:
+    """FP32 vs INT8 on the evaluation images, measured in one run."""
+
+    metric: str                       # "fidelity" (vs FP32 detections) or "labels"
+    images: int
+    accuracy: dict[str, dict[str, float]]   # precision -> {"map50_95": .., "map50": ..}
+    latency_ms: dict[str, dict[str, float]]  # precision -> {"median_ms": .., "p90_ms": ..}
+    size_mb: dict[str, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"metric": self.metric, "images": self.images, "accuracy": self.accuracy,
+                "latency_ms": self.latency_ms, "size_mb": self.size_mb}
 
 
 def detect_all(adapter: ModelAdapter, model_path: Path, images: list[np.ndarray], threads: int,
@@ -25,9 +43,7 @@ def detect_all(adapter: ModelAdapter, model_path: Path, images: list[np.ndarray]
 
 
 def evaluate_detector(adapter: ModelAdapter, fp32_path: Path, int8_path: Path, images: list[np.ndarray], *,
-                      latency_runs: int = 30, threads: int = 2, progress: bool = True):  # -> Evaluation
-    from qcal.api import Evaluation
-
+                      latency_runs: int = 30, threads: int = 2, progress: bool = True) -> Evaluation:
     if not images:
         raise ValueError("no evaluation images")
     hw = [img.shape[:2] for img in images]

@@ -2,6 +2,7 @@ import pytest
 
 from qcal.config import KeepFloatConfig, Observer, QuantConfig, Target
 from qcal.errors import ConfigError
+from qcal.machine import MachineInfo, machine_info
 
 
 def test_toml_round_trip() -> None:
@@ -65,3 +66,38 @@ def test_share_concat_ranges_round_trip_validation_and_profile() -> None:
     assert resolve_profile(QuantConfig(target=Target.TENSORRT)).share_concat_ranges == ""
     with pytest.raises(ConfigError, match=r"share_concat_ranges='max': choose 'concat_output' \(default\)"):
         QuantConfig.from_toml('share_concat_ranges = "max"\n')
+
+
+VNNI = MachineInfo("vnni host", 2, ("avx2", "avx512_vnni", "avx512f"), "Linux-x86_64")
+AVX2 = MachineInfo("avx2 host", 2, ("avx", "avx2", "fma"), "Linux-x86_64")
+
+
+def test_resolved_fixes_reduce_range_from_the_cpu() -> None:
+    auto = QuantConfig()                                     # reduce_range=None: the machine decides
+    assert auto.reduce_range is None
+    assert auto.resolved(VNNI).reduce_range is False and auto.resolved(AVX2).reduce_range is True
+    here = auto.resolved()
+    assert here.reduce_range is (not machine_info().has_vnni)
+    assert here.resolved() == here and QuantConfig(reduce_range=True).resolved(VNNI).reduce_range is True
+    assert QuantConfig(target=Target.TENSORRT).resolved(AVX2).reduce_range is False   # full int8 everywhere
+
+
+def test_config_hash_is_the_resolved_configs_hash() -> None:
+    auto = QuantConfig()
+    here = auto.resolved()
+    opposite = auto.replace(reduce_range=not here.reduce_range)
+    assert auto.hash() == here.hash() and auto.hash() != opposite.hash()
+    assert auto.hash(VNNI) != auto.hash(AVX2)                # a VNNI host and an AVX2 host: different hashes
+    assert auto.hash(VNNI) == QuantConfig(reduce_range=False).hash()
+    assert auto.hash(AVX2) == QuantConfig(reduce_range=True).hash()
+
+
+def test_the_bench_cache_key_uses_the_resolved_config() -> None:
+    from qcal.bench.matrix import static_model_key
+
+    auto = QuantConfig()
+    here = auto.resolved()
+    opposite = auto.replace(reduce_range=not here.reduce_range)
+    key = static_model_key("m" * 64, auto, "c" * 64)
+    assert key == static_model_key("m" * 64, here, "c" * 64)
+    assert key != static_model_key("m" * 64, opposite, "c" * 64)

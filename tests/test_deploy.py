@@ -13,7 +13,7 @@ from qcal.cli import main
 from qcal.deploy import engine, write_caches
 from qcal.errors import ExportError
 from tests.exporters.qdq_graphs import conforming
-from tests.exporters.test_qdq import _table
+from tests.test_engine_export import engine_table
 
 CALIB = "bundled:vtest[0:12]"
 
@@ -21,7 +21,7 @@ CALIB = "bundled:vtest[0:12]"
 @pytest.fixture()
 def trt_export(tiny_conv_onnx: Path, tmp_path: Path) -> tuple[Path, Path, Path]:
     """(fp32 onnx, qdq onnx, stamped calib.cache) as `qcal quantize --target tensorrt` leaves them."""
-    table = _table(tiny_conv_onnx, "tensorrt", ("/Concat",))
+    table = engine_table(tiny_conv_onnx, "tensorrt", ("/Concat",))
     qdq = tmp_path / "model.int8.onnx"
     written = export_qdq(tiny_conv_onnx, table, PROFILES["tensorrt"], qdq)
     fp32 = tmp_path / "model.fp32.onnx"

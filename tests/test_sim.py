@@ -9,7 +9,7 @@ import pytest
 from exporters import PROFILES, export_qdq
 from qcal.sim import SimulationError, TorchRunner, open_runner
 from tests.exporters.qdq_graphs import conforming
-from tests.exporters.test_qdq import _table
+from tests.test_engine_export import engine_table
 
 # Stated tolerances. The QDQ graph in torch is the ONNX semantics of the graph: against ONNX Runtime with graph
 # optimizations off it agrees to float rounding (measured: max 6e-8 on outputs of magnitude ~60). ORT's default
@@ -34,7 +34,7 @@ def _ort(path: Path, x: np.ndarray, *, optimized: bool = True) -> np.ndarray:
 
 @pytest.mark.parametrize("profile", ["tensorrt", "ort-cpu"])
 def test_torch_qdq_simulation_matches_ort(tiny_conv_onnx: Path, tmp_path: Path, profile: str) -> None:
-    table = _table(tiny_conv_onnx, profile, ("/Concat",))
+    table = engine_table(tiny_conv_onnx, profile, ("/Concat",))
     qdq = tmp_path / f"{profile}.onnx"
     export_qdq(tiny_conv_onnx, table, PROFILES[profile], qdq)
     sim = TorchRunner(qdq)
@@ -55,7 +55,7 @@ def test_torch_qdq_simulation_matches_ort(tiny_conv_onnx: Path, tmp_path: Path, 
 
 
 def test_fp32_plus_table_matches_qdq(tiny_conv_onnx: Path, tmp_path: Path) -> None:
-    table = _table(tiny_conv_onnx, "tensorrt", ("/Concat",))
+    table = engine_table(tiny_conv_onnx, "tensorrt", ("/Concat",))
     qdq = tmp_path / "trt.onnx"
     written = export_qdq(tiny_conv_onnx, table, PROFILES["tensorrt"], qdq)
     sim = TorchRunner(tiny_conv_onnx, table=written)
@@ -87,11 +87,11 @@ def test_bench_cells_through_the_torch_runtime(tmp_path: Path) -> None:
     import json
 
     import qcal
-    from qcal.cli import _demo_checkpoint
+    from qcal.cli import demo_checkpoint
     from qcal.errors import QcalError
 
     try:
-        ckpt = _demo_checkpoint()
+        ckpt = demo_checkpoint()
     except QcalError:
         pytest.skip("the fall-detection checkpoint is not installed (make test installs it)")
     cfg = qcal.QuantConfig(imgsz=320)
@@ -120,7 +120,7 @@ def test_table_onnx_table_is_exact_and_simulator_codes_match_ort(tiny_conv_onnx:
     from exporters.qdq import same_params
     from qcal.graph import with_outputs
 
-    table = _table(tiny_conv_onnx, profile, ("/Concat",))
+    table = engine_table(tiny_conv_onnx, profile, ("/Concat",))
     assert any(t.kind == "weight" and t.codes is not None for t in table.tensors.values())
     qdq = tmp_path / "m.onnx"
     export_qdq(tiny_conv_onnx, table, PROFILES[profile], qdq)

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from qcal.augment.detect_loss import DetectHead, detection_fit, find_detect_head, head_maps
 from qcal.augment.tnet import Augmenter, TNetSpec, TransformNet
-from qcal.config import MetaAugConfig, Rounding, _to_plain
+from qcal.config import MetaAugConfig, Rounding, to_plain
 from qcal.passes.reconstruct import Unit, recon_loss
 from qcal.quant.fakequant import Precision
 from qcal.quant.qmodules import QuantModel
@@ -201,7 +201,7 @@ class MetaAugTrainer:
     @property
     def augmenter(self) -> Augmenter:
         # No wall time here: it is part of the content hash, which must not depend on the machine's speed.
-        training = {"config": _to_plain(self.cfg), "calib_n": len(self.calib), "stopped_early": self.stopped_early,
+        training = {"config": to_plain(self.cfg), "calib_n": len(self.calib), "stopped_early": self.stopped_early,
                     "meta_iters": {k: v["meta_iters"] for k, v in self.log.items()}}
         return Augmenter(self.net, training)
 

@@ -1,5 +1,6 @@
 """The transformation network T of MetaAug (defined in calib_sets.learned, which must not import qcal, so that
-calib_sets.Learned can apply a saved T to any set) and the Augmenter that saves and loads it.
+calib_sets.Learned can apply a saved T to any set) and the Augmenter that saves and loads it (the file format's
+writer and reader are calib_sets.learned.write_t / read_t).
 
 T(x) = x + head(unet(x)); the head's weights start at a small random scale (`init_scale`), so T is the identity
 within ~init_scale at initialisation while every layer still receives gradient (an exactly-zero head would leave
@@ -12,16 +13,22 @@ unless the caller passes `trust=True`.
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from calib_sets.learned import FORMAT, LearnedFileError, TNetSpec, TransformNet, content_hash, read_t
+from calib_sets.learned import (
+    FORMAT,
+    LearnedFileError,
+    TNetSpec,
+    TransformNet,
+    content_hash,
+    read_t,
+    t_meta,
+    write_t,
+)
 from qcal.errors import CheckpointError, UntrustedCheckpointError
 
 __all__ = ["FORMAT", "Augmenter", "TNetSpec", "TransformNet", "content_hash"]
@@ -36,7 +43,7 @@ class Augmenter:
 
     @property
     def meta(self) -> dict[str, Any]:
-        return {"format": FORMAT, "spec": asdict(self.net.spec), "training": self.training}
+        return t_meta(self.net, self.training)
 
     @property
     def hash(self) -> str:
@@ -49,21 +56,8 @@ class Augmenter:
         return torch.cat([self.net(x[i:i + batch]) for i in range(0, len(x), batch)]) if len(x) else x
 
     def save(self, path: str | Path) -> str:
-        """Write safetensors (weights + config + hash) atomically; returns the hash."""
-        from safetensors.torch import save_file
-
-        path = Path(path)
-        state = {k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}
-        digest = content_hash(state, self.meta)
-        fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file(state, tmp, metadata={"qcal": json.dumps(self.meta, sort_keys=True), "sha256": digest})
-            os.chmod(tmp, 0o644)   # mkstemp creates 0600; T files are meant to be shared
-            os.replace(tmp, path)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
-        return digest
+        """Write safetensors (weights + config + hash) atomically; returns the hash (calib_sets.learned.write_t)."""
+        return write_t(path, self.net, self.training)
 
     @staticmethod
     def load(path: str | Path, *, trust: bool = False) -> Augmenter:

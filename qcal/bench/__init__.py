@@ -21,7 +21,6 @@ import numpy as np
 
 import calib_sets
 from exporters.quant_table import atomic_write_text
-from qcal import __version__
 from qcal.bench.cells import CellStore
 from qcal.bench.classify import compare_classifier, score_classifier
 from qcal.bench.executors import Executor, make_executor
@@ -47,6 +46,7 @@ from qcal.eval.detection import pseudo_labels
 from qcal.machine import machine_info
 from qcal.models import load_model
 from qcal.models.base import Detections
+from qcal.version import __version__
 
 SCHEMA = "qcal.robustness/1"
 
@@ -142,7 +142,7 @@ def robustness(model: Any, *, eval: Any, calib: str | None = None, conditions: s
         "qcal_version": __version__,
         "command": command,
         "model": {"source": adapter.source, "family": adapter.family, "sha256": adapter.model_hash()},
-        "config": cfg.to_dict(), "config_hash": cfg.hash(),
+        "config": cfg.resolved().to_dict(), "config_hash": cfg.hash(),
         "task": "classify" if primary == "top1" else "detect", "primary_metric": primary,
         "metric": "labels" if labelled else "fidelity",
         "eval": {"spec": str(eval), "set_hash": es.content_hash, "images": len(images), **reference_info},

@@ -22,7 +22,6 @@ import calib_sets
 from calib_sets.degrade import Condition
 from exporters.dynamic import export_dynamic
 from exporters.float16 import export_fp16
-from qcal import __version__
 from qcal.bench.cells import CellOutput, CellStore, file_sha256, key_of
 from qcal.bench.executors import CellJob, CellRunner, CellsFailedError, Executor, SerialExecutor
 from qcal.bench.spec import Precision, calibration_set, condition_dict, condition_name
@@ -33,6 +32,7 @@ from qcal.eval.confidence import detection_ece
 from qcal.eval.detection import coco_map, pseudo_labels
 from qcal.eval.latency import measure_latencies
 from qcal.models.base import Detections, ModelAdapter
+from qcal.version import __version__
 
 BASELINE = "int8-clean"   # degradation-aware precisions are compared against this one
 
@@ -43,6 +43,13 @@ def labels_to_detections(labels: np.ndarray, hw: tuple[int, int]) -> Detections:
     cx, cy, bw, bh = labels[:, 1] * w, labels[:, 2] * h, labels[:, 3] * w, labels[:, 4] * h
     boxes = np.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], axis=1).astype(np.float32)
     return Detections(boxes, np.ones(len(labels), np.float32), labels[:, 0].astype(np.int64))
+
+
+def static_model_key(model_hash: str, cfg: QuantConfig, calib_hash: str) -> str:
+    """Cache key of a statically quantized model: code version, FP32 model, calibration set content and the
+    config with its machine-dependent choices resolved (QuantConfig.hash hashes cfg.resolved()), so a cache
+    filled on a VNNI host is not reused on an AVX2-only one."""
+    return key_of({"v": __version__, "model": model_hash, "config": cfg.hash(), "calib": calib_hash})
 
 
 def build_models(adapter: ModelAdapter, precisions: Sequence[Precision], store: CellStore, cfg: QuantConfig,
@@ -79,8 +86,7 @@ def build_models(adapter: ModelAdapter, precisions: Sequence[Precision], store: 
             if shared:
                 raise CalibrationError(f"{p.name}: {len(shared)} evaluation image(s) are also in its calibration "
                                        f"set (e.g. {shared[0].key_b}); evaluate on images calibration never saw.")
-            key = key_of({"v": __version__, "model": adapter.model_hash(), "config": cfg.hash(),
-                          "calib": cs.content_hash})
+            key = static_model_key(adapter.model_hash(), cfg, cs.content_hash)
             if not store.model_ready(p.name, key):
                 log(f"quantizing {p.name} on {len(cs)} calibration samples ({cs.content_hash[:12]})")
                 r = quantize(adapter, calib=cs, config=cfg, progress=progress, threads=threads)

@@ -39,7 +39,7 @@ from typing import Any
 import tomllib
 
 from qcal.bench.spec import DEFAULT_PRECISIONS
-from qcal.config import QuantConfig, _from_plain, _to_plain, dump_toml
+from qcal.config import QuantConfig, dump_toml, from_plain, to_plain
 from qcal.errors import ConfigError
 
 
@@ -99,7 +99,7 @@ class Sweep:
 
     # --- serialisation ---------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        d = _to_plain(self)
+        d = to_plain(self)
         d["config"] = self.config.to_dict()
         return d
 
@@ -125,11 +125,11 @@ class Sweep:
         for k, v in rows.items():
             if not isinstance(v, list):
                 raise ConfigError(f"sweep: {k} must be an array of tables ([[{k}]]), got {type(v).__name__}.")
-        models = tuple(_from_plain(SweepModel, r, f"sweep.models[{i}]") for i, r in enumerate(rows["models"]))
-        recipes = tuple(_from_plain(SweepRecipe, r, f"sweep.recipes[{i}]") for i, r in enumerate(rows["recipes"]))
+        models = tuple(from_plain(SweepModel, r, f"sweep.models[{i}]") for i, r in enumerate(rows["models"]))
+        recipes = tuple(from_plain(SweepRecipe, r, f"sweep.recipes[{i}]") for i, r in enumerate(rows["recipes"]))
         if "eval" not in data:
             raise ConfigError("sweep: no eval key; name the evaluation images, e.g. eval = \"bundled:vtest[360:480]\".")
-        plain = _from_plain(_SweepScalars, data, "sweep")
+        plain = from_plain(_SweepScalars, data, "sweep")
         sweep = cls(models=models, recipes=recipes, config=cfg, **dataclasses.asdict(plain))
         return sweep.resolved(base) if base is not None else sweep
 

@@ -152,11 +152,11 @@ class OffloadedLLMResult:
         return list(self.table.meta.get("files", []))
 
     def to_dict(self) -> dict[str, Any]:
-        from qcal import __version__
         from qcal.machine import machine_info
+        from qcal.version import __version__
 
         return {"qcal_version": __version__, "model": {"source": self.source, "family": "hf-llm"},
-                "scheme": self.scheme.value, "offload": "layers", "config": self.config.to_dict(),
+                "scheme": self.scheme.value, "offload": "layers", "config": self.config.resolved().to_dict(),
                 "config_hash": self.config.hash(),
                 "calibration": {"set_hash": self.calib.content_hash, "recipe": self.calib.recipe,
                                 "windows": len(self.calib_ids), "tokens": self.calib_tokens},

@@ -92,11 +92,11 @@ class LLMQuantResult:
                             progress=progress)
 
     def to_dict(self) -> dict[str, Any]:
-        from qcal import __version__
         from qcal.machine import machine_info
+        from qcal.version import __version__
 
         return {"qcal_version": __version__, "model": {"source": self.lm.source, "family": self.lm.family},
-                "scheme": self.scheme.value, "config": self.config.to_dict(), "config_hash": self.config.hash(),
+                "scheme": self.scheme.value, "config": self.config.resolved().to_dict(), "config_hash": self.config.hash(),
                 "calibration": {"set_hash": self.calib.content_hash, "recipe": self.calib.recipe,
                                 "windows": len(self.calib), "tokens": self.calib_tokens},
                 "smoothquant": self.smoothed, "gptq": self.gptq, "quantized_layers": len(self.quantized_layers()),

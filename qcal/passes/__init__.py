@@ -4,6 +4,7 @@ bias correction; sensitivity for bit allocation. LLM path: smoothquant.
 Every pass has the same interface (`qcal.passes.base.Pass`): a `name` and `run(ctx) -> PassReport`.
 """
 
-from qcal.passes.base import Pass, PassContext, PassReport, make_pass, run_passes
+from qcal.passes.base import Pass, PassContext, PassReport
+from qcal.passes.registry import make_pass, run_passes
 
 __all__ = ["Pass", "PassContext", "PassReport", "make_pass", "run_passes"]

@@ -19,7 +19,8 @@ import torch
 
 from qcal.config import QuantConfig
 from qcal.errors import ConfigError
-from qcal.passes.base import PassContext, PassReport, run_passes
+from qcal.passes.base import PassContext, PassReport
+from qcal.passes.registry import run_passes
 from qcal.quant.fakequant import Precision
 
 

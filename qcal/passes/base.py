@@ -2,13 +2,13 @@
 
 A pass gets a `PassContext` (the quantized model being edited, a frozen FP32 twin with the same layer names,
 the calibration inputs, memory bounds, an optional augment hook) and returns a `PassReport`: what it changed
-and each layer's output MSE against FP32 before and after it ran.
+and each layer's output MSE against FP32 before and after it ran. Passes by name: qcal.passes.registry (this
+module imports no pass, so every pass can import it).
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -16,7 +16,6 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from qcal.errors import ConfigError
 from qcal.passes.cache import ActivationCache, capture
 from qcal.quant.fakequant import Precision
 from qcal.quant.qmodules import QuantLayer, QuantModel
@@ -110,36 +109,6 @@ def paired_mse(a: ActivationCache, b: ActivationCache, fa: Callable[[torch.Tenso
         total += float(((x - b.get(slice(i, i + batch))) ** 2).double().sum())
         n += x.numel()
     return total / max(n, 1)
-
-
-def run_passes(ctx: PassContext, names: Sequence[str], configs: dict[str, Any] | None = None) -> list[PassReport]:
-    reports = []
-    for name in names:
-        p = make_pass(name, (configs or {}).get(name))
-        t0 = time.perf_counter()
-        r = p.run(ctx)
-        r.seconds = time.perf_counter() - t0
-        reports.append(r)
-    return reports
-
-
-PASS_NAMES = ("bn_reestimate", "adaquant", "reconstruct", "bias_correction")
-
-
-def make_pass(name: str, config: Any = None) -> Pass:
-    if name in ("adaquant", "reconstruct"):   # one reconstruction pass, two names; its report keeps the name asked
-        from qcal.passes.adaquant import AdaQuant, AdaQuantConfig
-
-        return AdaQuant(config or AdaQuantConfig(), name=name)
-    if name == "bn_reestimate":
-        from qcal.passes.bn_reestimate import BnReestimate
-
-        return BnReestimate()
-    if name == "bias_correction":
-        from qcal.passes.bias_correction import BiasCorrection
-
-        return BiasCorrection()
-    raise ConfigError(f"unknown pass {name!r}; choose from {list(PASS_NAMES)}.")
 
 
 def rng_for(seed: int) -> np.random.Generator:

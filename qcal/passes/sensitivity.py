@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from qcal.errors import ConfigError
 from qcal.quant.fakequant import Precision
-from qcal.quant.qmodules import QuantModel, _set_module
+from qcal.quant.qmodules import QuantModel, set_module
 
 
 def compose(bank: Mapping[Precision, QuantModel], plan: Mapping[str, Precision], base: Precision) -> QuantModel:
@@ -29,7 +29,7 @@ def compose(bank: Mapping[Precision, QuantModel], plan: Mapping[str, Precision],
     for n, p in plan.items():
         if p is not base:
             layer = copy.deepcopy(bank[p].layers[n])
-            _set_module(out.model, n, layer)
+            set_module(out.model, n, layer)
             out.layers[n] = layer
     return out
 

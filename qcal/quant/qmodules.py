@@ -138,13 +138,13 @@ def fold_batchnorm(model: nn.Module) -> dict[str, BnTarget]:
         conv, bn = mods[src.target], mods[node.target]
         assert isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)
         fused = torch.nn.utils.fusion.fuse_conv_bn_eval(conv.eval(), bn.eval())
-        _set_module(model, str(src.target), fused)
-        _set_module(model, str(node.target), nn.Identity())
+        set_module(model, str(src.target), fused)
+        set_module(model, str(node.target), nn.Identity())
         targets[str(src.target)] = BnTarget(bn.bias.detach().clone(), bn.weight.detach().abs().clone())
     return targets
 
 
-def _set_module(root: nn.Module, name: str, new: nn.Module) -> None:
+def set_module(root: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = root.get_submodule(parent_name) if parent_name else root
     setattr(parent, child, new)
@@ -164,7 +164,7 @@ class QuantModel(nn.Module):
             p = precision.get(n, Precision.INT8) if isinstance(precision, dict) else precision
             layer = self.model.get_submodule(n)
             assert isinstance(layer, QUANTIZABLE)
-            _set_module(self.model, n, QuantLayer(layer, p))
+            set_module(self.model, n, QuantLayer(layer, p))
         order = execution_order(self.model, example)
         self.layers: dict[str, QuantLayer] = {n: self.model.get_submodule(n) for n in order}  # type: ignore[misc]
 
@@ -209,7 +209,7 @@ class QuantModel(nn.Module):
         for n in self.layers:
             lay = out.get_submodule(n)
             assert isinstance(lay, QuantLayer)
-            _set_module(out, n, lay.float_layer)
+            set_module(out, n, lay.float_layer)
         for p in out.parameters():
             p.requires_grad_(False)
         return out

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from calib_sets.learned import read_t
 from qcal.augment import Augmenter, TNetSpec, TransformNet
 from qcal.augment.metaaug import INNER_PARAMS, hinge, inner_step, layer_input, meta_loss
 from qcal.config import AdaQuantConfig, MetaAugConfig, QuantConfig
@@ -112,6 +113,8 @@ def test_save_load_round_trip_with_hash(tmp_path) -> None:
     assert back.hash == digest == aug.hash and len(digest) == 64
     x = torch.randn(3, 1, 9, 9)
     assert torch.equal(back(x), aug(x))
+    net, meta, stored = read_t(path)                              # what calib_sets.Learned reads
+    assert stored == digest and meta == aug.meta and torch.equal(net(x), aug.net(x))
     data = bytearray(path.read_bytes())
     data[-1] ^= 1                                                 # flip one weight bit
     path.write_bytes(bytes(data))
@@ -163,13 +166,13 @@ def test_metaaug_config_round_trip_and_errors() -> None:
 def test_cli_augment_option_sets_metaaug() -> None:
     import argparse
 
-    from qcal.cli import _add_common, _config
+    from qcal.cli import add_common_args, config_from_args
 
     p = argparse.ArgumentParser()
-    _add_common(p)
-    cfg = _config(p.parse_args(["--passes", "adaquant", "--augment", "metaaug"]))
+    add_common_args(p)
+    cfg = config_from_args(p.parse_args(["--passes", "adaquant", "--augment", "metaaug"]))
     assert cfg.passes == ("adaquant",) and cfg.adaquant.augment == MetaAugConfig()
-    assert _config(p.parse_args(["--passes", "adaquant"])).adaquant.augment is None
+    assert config_from_args(p.parse_args(["--passes", "adaquant"])).adaquant.augment is None
 
 
 def test_max_delta_bounds_the_change() -> None:

@@ -12,14 +12,14 @@ import pytest
 
 import qcal
 from qcal.bench import RobustnessReport
-from qcal.cli import _demo_checkpoint
+from qcal.cli import demo_checkpoint
 from qcal.errors import QcalError
 
 pytestmark = pytest.mark.slow
 
 
 def _bench(out: Path) -> RobustnessReport:
-    return qcal.robustness(_demo_checkpoint(), eval="bundled:vtest[450:480]", calib="bundled:vtest[0:120]",
+    return qcal.robustness(demo_checkpoint(), eval="bundled:vtest[450:480]", calib="bundled:vtest[0:120]",
                            conditions="noise_medium", precisions="fp32,fp16,int8-dynamic,int8-clean,int8-mixed",
                            out=out, config=qcal.QuantConfig(imgsz=320, calib_size=8), trust_checkpoint=True,
                            latency_runs=2, bootstrap=50, progress=False)
@@ -28,7 +28,7 @@ def _bench(out: Path) -> RobustnessReport:
 @pytest.fixture(scope="module")
 def bench_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     try:
-        _demo_checkpoint()
+        demo_checkpoint()
     except QcalError:
         pytest.skip("the fall-detection checkpoint is not installed (make test installs it)")
     out = tmp_path_factory.mktemp("bench")

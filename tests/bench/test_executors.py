@@ -20,7 +20,7 @@ from qcal.bench.executors import (
     SerialExecutor,
     make_executor,
 )
-from qcal.cli import _demo_checkpoint, main
+from qcal.cli import demo_checkpoint, main
 from qcal.errors import QcalError
 from qcal.models.base import Detections
 
@@ -103,7 +103,7 @@ def test_ray_retries_a_raising_cell_then_reports_it(local_ray: Any, tmp_path: Pa
 def _sweep(out: Path, executor: str) -> dict[str, Any]:
     """The real fall-detection YOLOv8s at 320 px: 3 precisions x 3 conditions on 10 frames."""
     try:
-        ckpt = _demo_checkpoint()
+        ckpt = demo_checkpoint()
     except QcalError:
         pytest.skip("the fall-detection checkpoint is not installed (make test installs it)")
     return qcal.robustness(ckpt, eval="bundled:vtest[450:480]", calib="bundled:vtest[0:40]",

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from qcal.bench.sweep import Sweep, SweepModel, SweepRecipe
-from qcal.cli import _demo_checkpoint, main
+from qcal.cli import demo_checkpoint, main
 from qcal.config import QuantConfig
 from qcal.errors import ConfigError, QcalError
 
@@ -68,7 +68,7 @@ def _untimed(data: dict[str, Any], out: Path) -> str:
 @pytest.mark.slow
 def test_one_model_sweep_equals_the_command_line(tmp_path: Path) -> None:
     try:
-        ckpt = _demo_checkpoint()
+        ckpt = demo_checkpoint()
     except QcalError:
         pytest.skip("the fall-detection checkpoint is not installed (make test installs it)")
     recipe = ROOT / "benchmarks" / "recipes" / "vtest64-qrid.toml"

@@ -1,4 +1,7 @@
-"""calib_sets.Learned: a saved MetaAug T applied to a calibration set, batched, recorded in the manifest."""
+"""calib_sets.Learned: a saved MetaAug T applied to a calibration set, batched, recorded in the manifest.
+
+T files are written with calib_sets.learned.write_t (what qcal's Augmenter.save calls; tests/augment checks that
+side), so these tests import nothing of qcal."""
 
 from __future__ import annotations
 
@@ -10,17 +13,27 @@ import torch
 
 import calib_sets
 from calib_sets import CalibSet, Source
-from calib_sets.learned import LearnedFileError, TNetSpec, TransformNet
-from qcal.augment import Augmenter
+from calib_sets.learned import LearnedFileError, TNetSpec, TransformNet, write_t
 
 from .conftest import write_image
 
 
-def saved_t(tmp_path: Path, channels: int = 3, seed: int = 0) -> tuple[Path, Augmenter]:
-    aug = Augmenter(TransformNet(TNetSpec(channels=channels, width=4, init_scale=0.5, seed=seed)), {"note": "t"})
-    path = tmp_path / f"t{channels}.{seed}.safetensors"
-    aug.save(path)
-    return path, aug
+class SavedT:
+    """A T written to disk: its file, its content hash, and T itself (called without gradient)."""
+
+    def __init__(self, tmp_path: Path, channels: int, seed: int) -> None:
+        self.net = TransformNet(TNetSpec(channels=channels, width=4, init_scale=0.5, seed=seed)).eval()
+        self.path = tmp_path / f"t{channels}.{seed}.safetensors"
+        self.hash = write_t(self.path, self.net, {"note": "t"})
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def saved_t(tmp_path: Path, channels: int = 3, seed: int = 0) -> tuple[Path, SavedT]:
+    t = SavedT(tmp_path, channels, seed)
+    return t.path, t
 
 
 def images(tmp_path: Path, n: int = 5) -> CalibSet:
@@ -68,7 +81,7 @@ def test_one_channel_t_writes_grey_to_all_three_channels(tmp_path: Path) -> None
 def test_pickled_or_altered_t_files_are_refused(tmp_path: Path) -> None:
     path, aug = saved_t(tmp_path)
     pickled = tmp_path / "t.pt"
-    torch.save(aug, pickled)
+    torch.save(aug.net, pickled)
     cs = images(tmp_path, 1)
     with pytest.raises(LearnedFileError, match="pickle.*trust=True"):
         cs.augment(calib_sets.Learned(pickled))

@@ -5,7 +5,6 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from exporters import PROFILES, QuantTable, TensorQuant, export_qdq
 from exporters.errors import ExporterError
 from exporters.trt_lint import RULES, lint_tensorrt
 from tests.exporters.qdq_graphs import conforming
@@ -61,26 +60,6 @@ def test_every_rule_has_a_case_and_a_source() -> None:
 def test_missing_file_is_a_typed_error(tmp_path: Path) -> None:
     with pytest.raises(ExporterError, match="does not exist"):
         lint_tensorrt(tmp_path / "nope.onnx")
-
-
-def test_qcal_tensorrt_export_passes_lint(tiny_conv_onnx: Path, tmp_path: Path) -> None:
-    """qcal's own tensorrt-profile export (with a Concat kept in float) has zero violations; the ort-cpu
-    profile, which is not meant for TensorRT, does not pass (uint8, outputs quantized)."""
-    from tests.exporters.test_qdq import _table
-
-    table = _table(tiny_conv_onnx, "tensorrt", ("/Concat",))
-    out = tmp_path / "trt.onnx"
-    export_qdq(tiny_conv_onnx, table, PROFILES["tensorrt"], out)
-    res = lint_tensorrt(out)
-    assert res.ok, res.summary()
-    assert res.counts["quantized_inputs_by_op"]["Conv"] == 6  # activation + weight of all three convs
-    concat = next(n for n in onnx.load(str(out)).graph.node if n.op_type == "Concat")
-    producers = {o: n.op_type for n in onnx.load(str(out)).graph.node for o in n.output}
-    assert all(producers.get(t) != "DequantizeLinear" for t in concat.input)  # the float Concat reads float
-    cpu = export_qdq(tiny_conv_onnx, _table(tiny_conv_onnx, "ort-cpu"), PROFILES["ort-cpu"], tmp_path / "cpu.onnx")
-    assert isinstance(cpu, QuantTable)
-    assert {"TRT002", "TRT009"} <= set(lint_tensorrt(tmp_path / "cpu.onnx").by_rule())
-    assert TensorQuant  # the table contract is what export_qdq consumed
 
 
 def test_rule_kinds_split_required_from_placement() -> None:

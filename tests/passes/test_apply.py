@@ -30,7 +30,7 @@ class Net(nn.Module):
         return self.fc(y.mean(dim=(2, 3)))
 
 
-def _conv_weights(path: Path) -> list[np.ndarray]:
+def conv_weights(path: Path) -> list[np.ndarray]:
     m = onnx.load(str(path))
     inits = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
     return [inits[n.input[1]] for n in m.graph.node if n.op_type == "Conv"]
@@ -48,7 +48,7 @@ def test_quantize_with_passes_exports_refined_weights(tmp_path: Path) -> None:
     assert set(r.passes[1].per_layer) == {"c1", "c2", "fc"}
     assert r.to_dict()["passes"][2]["name"] == "bias_correction"
     assert r.adapter.model_hash() != plain.adapter.model_hash()
-    w_plain, w_refined = _conv_weights(plain.out.fp32_path), _conv_weights(r.out.fp32_path)
+    w_plain, w_refined = conv_weights(plain.out.fp32_path), conv_weights(r.out.fp32_path)
     assert len(w_plain) == len(w_refined) == 2
     assert any(not np.allclose(a, b) for a, b in zip(w_plain, w_refined, strict=True))
     paths = r.export(tmp_path)

@@ -200,16 +200,16 @@ def test_harden_rounds_up_exactly_where_v_is_non_negative() -> None:
 def test_cli_sets_block_adaround_qdrop() -> None:
     import argparse
 
-    from qcal.cli import _add_common, _config
+    from qcal.cli import add_common_args, config_from_args
 
     p = argparse.ArgumentParser()
-    _add_common(p)
-    cfg = _config(p.parse_args(["--passes", "adaquant", "--granularity", "block", "--rounding", "adaround",
+    add_common_args(p)
+    cfg = config_from_args(p.parse_args(["--passes", "adaquant", "--granularity", "block", "--rounding", "adaround",
                                 "--qdrop", "0.5", "--augment", "metaaug"]))
     a = cfg.adaquant
     assert (a.granularity, a.rounding, a.qdrop) == (Granularity.BLOCK, Rounding.ADAROUND, 0.5)
     assert a.augment is not None
-    assert _config(p.parse_args(["--passes", "adaquant"])).adaquant == AdaQuantConfig()
+    assert config_from_args(p.parse_args(["--passes", "adaquant"])).adaquant == AdaQuantConfig()
 
 
 def test_yolo_blocks_are_whole_c2f_modules_and_head_layers_alone() -> None:

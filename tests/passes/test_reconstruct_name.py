@@ -12,8 +12,8 @@ import torch
 import qcal
 from qcal.config import AdaQuantConfig, Granularity, QuantConfig, Rounding
 from qcal.errors import ConfigError
-from qcal.passes.base import make_pass
-from tests.passes.test_apply import Net, _conv_weights
+from qcal.passes.registry import make_pass
+from tests.passes.test_apply import Net, conv_weights
 
 
 def test_reconstruct_keyword_maps_onto_the_one_adaquant_field_and_round_trips() -> None:
@@ -65,16 +65,16 @@ def test_quantize_with_reconstruct_equals_adaquant_and_reports_its_name() -> Non
     r = runs["reconstruct"]
     assert [p.name for p in r.passes] == ["reconstruct"] and r.to_dict()["passes"][0]["name"] == "reconstruct"
     assert r.passes[0].changed["granularity"] == "block" and r.to_dict()["config"]["passes"] == ["reconstruct"]
-    w_a, w_r = _conv_weights(runs["adaquant"].out.fp32_path), _conv_weights(r.out.fp32_path)
+    w_a, w_r = conv_weights(runs["adaquant"].out.fp32_path), conv_weights(r.out.fp32_path)
     assert len(w_a) == 2 and all(np.array_equal(a, b) for a, b in zip(w_a, w_r, strict=True))
 
 
 def test_cli_passes_reconstruct() -> None:
-    from qcal.cli import _add_common, _config
+    from qcal.cli import add_common_args, config_from_args
 
     p = argparse.ArgumentParser()
-    _add_common(p)
-    cfg = _config(p.parse_args(["--passes", "reconstruct", "--granularity", "block", "--rounding", "adaround",
+    add_common_args(p)
+    cfg = config_from_args(p.parse_args(["--passes", "reconstruct", "--granularity", "block", "--rounding", "adaround",
                                 "--qdrop", "0.5"]))
     assert cfg.passes == ("reconstruct",)
     assert (cfg.adaquant.granularity, cfg.adaquant.rounding, cfg.adaquant.qdrop) == \
