@@ -161,7 +161,7 @@ def test_partial_rerun_scores_equal_full_runs(tiny_conv_onnx: Path) -> None:
 
     from qcal.probe import Probe
 
-    table = _table(tiny_conv_onnx, "ort-cpu")
+    table = engine_table(tiny_conv_onnx, "ort-cpu")
     acts = list(table.activations())
     probe = Probe(onnx.load(str(tiny_conv_onnx)), PROFILES["ort-cpu"], [{"input": _x(s)} for s in range(2)])
 
