@@ -20,7 +20,6 @@ from qcal.calibrate import CalibrationStats, calibrate
 from qcal.config import QuantConfig, Target
 from qcal.errors import ExportError
 from qcal.graph import GraphInfo, analyse, tensors_to_calibrate
-from qcal.machine import machine_info
 from qcal.models.base import ModelAdapter
 from qcal.placement import FloatDecision, no_compute_downstream, range_mismatch, sensitivity_decisions
 from qcal.probe import Probe
@@ -46,7 +45,7 @@ class PipelineOutput:
 def resolve_profile(config: QuantConfig) -> QdqProfile:
     profile = PROFILES[config.target.value]
     if config.target is Target.ORT_CPU:
-        reduce = (not machine_info().has_vnni) if config.reduce_range is None else config.reduce_range
+        reduce = bool(config.resolved().reduce_range)   # the value the config hash records
         share = "" if config.share_concat_ranges == "off" else config.share_concat_ranges
         profile = profile.replace(reduce_range=reduce, share_concat_ranges=share)
     return profile.replace(per_channel=config.per_channel)
