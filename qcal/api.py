@@ -74,6 +74,10 @@ class QuantResult:
                               for d in o.decisions],
             "sensitivity_top": [{"node": k, "sqnr_drop_db": round(v, 2)} for k, v in
                                 sorted(o.node_sqnr_drop.items(), key=lambda kv: -kv[1])[:10]],
+            "attribution": None if o.attribution is None else
+            {"samples": self.config.keep_float.attribution_samples,
+             "tensors": [{"tensor": k, "kind": o.table.tensors[k].kind, "alone_db": round(v["alone_db"], 3),
+                          "float_gain_db": round(v["float_gain_db"], 3)} for k, v in o.attribution.items()]},
             "quantized_tensors": len(o.table.tensors),
             "seconds": {**{k: round(v, 2) for k, v in o.seconds.items()}, "total": round(self.quantize_seconds, 2)},
             "evaluation": self.evaluation.to_dict() if self.evaluation else None,
@@ -102,6 +106,12 @@ class QuantResult:
             tmp.replace(paths[key])
         self.out.table.save(paths["table"])
         data = self.to_dict()
+        if data["attribution"]:   # per-tensor error attribution: one bar per tensor, graph order
+            from qcal.report import attribution_png
+
+            paths["attribution"] = d / "attribution.png"
+            attribution_png(data["attribution"], paths["attribution"])
+            data["attribution"]["plot"] = paths["attribution"].name
         if self.augmenter is not None:   # MetaAug ran: x | T(x) | |T(x) - x| of a few calibration images
             paths["metaaug_samples"] = d / "metaaug_samples.png"
             data["metaaug_samples"] = self._metaaug_samples(paths["metaaug_samples"])

@@ -51,8 +51,13 @@ def config_from_args(args: argparse.Namespace) -> QuantConfig:
         base = changes.get("adaquant", cfg.adaquant)
         assert isinstance(base, AdaQuantConfig)
         changes["adaquant"] = dataclasses.replace(base, **recon)
+    kf = dict(cfg.keep_float.__dict__)
     if args.keep_float:
-        changes["keep_float"] = KeepFloatConfig(**{**cfg.keep_float.__dict__, "nodes": tuple(args.keep_float)})
+        kf["nodes"] = tuple(args.keep_float)
+    if getattr(args, "attribution", None):
+        kf["attribution_samples"] = args.attribution
+    if kf != cfg.keep_float.__dict__:
+        changes["keep_float"] = KeepFloatConfig(**kf)
     return cfg.replace(**changes)
 
 
@@ -88,6 +93,9 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--refine", type=int, default=4, metavar="K", help="--allocate: measure the integer program's K "
                    "best plans and the uniform ones jointly on the calibration set and keep the best measured "
                    "(default 4; 0: the integer program's optimum as is)")
+    p.add_argument("--attribution", type=int, nargs="?", const=1, metavar="N", help="per-tensor error attribution "
+                   "in the report, on N probe samples (default 1): each quantized tensor's output SQNR when only it "
+                   "is quantized and the gain when only it is left float (keep_float.attribution_samples)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 

@@ -46,6 +46,9 @@ class KeepFloatConfig:
         fall-detection YOLOv8s, local SQNR drops chose nodes that lowered fidelity (0.951 -> 0.937), hence the
         output check and the default.
     min_drop_db: a node is a candidate only if quantizing it loses at least this much SQNR against its inputs.
+    attribution_samples: probe samples of the per-tensor error attribution in the report (each quantized tensor's
+        output SQNR when only it is quantized, and the gain when only it is left float; 0 skips, the default:
+        on the fall-detection YOLOv8s at 640 one sample costs ~120 s on 2 cores; `qcal quantize --attribution`).
     """
 
     range_ratio: float = 16.0
@@ -53,14 +56,19 @@ class KeepFloatConfig:
     max_nodes: int = 0
     min_drop_db: float = 0.5
     min_gain_db: float = 0.2
+    attribution_samples: int = 0
     nodes: tuple[str, ...] = ()          # user-named nodes, always kept in float
     fp16_nodes: tuple[str, ...] = ()     # kept float AND computed in float16 in the QDQ model (allocation "fp16")
 
     def __post_init__(self) -> None:
         if self.range_ratio <= 1:
             raise ConfigError(f"keep_float.range_ratio={self.range_ratio}: must be > 1 (e.g. 16).")
-        if self.sensitivity_samples < 0 or self.max_nodes < 0:
-            raise ConfigError("keep_float.sensitivity_samples and keep_float.max_nodes must be >= 0.")
+        if self.sensitivity_samples < 0 or self.max_nodes < 0 or self.attribution_samples < 0:
+            raise ConfigError("keep_float.sensitivity_samples, max_nodes and attribution_samples must be >= 0.")
+        if self.attribution_samples > self.sensitivity_samples:
+            raise ConfigError(f"keep_float.attribution_samples={self.attribution_samples} is more than the "
+                              f"{self.sensitivity_samples} probe samples (keep_float.sensitivity_samples); lower it "
+                              "or raise sensitivity_samples.")
 
 
 class AdaQuantMode(str, enum.Enum):

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+from tqdm import tqdm
 
 from exporters import PROFILES, QdqProfile, QuantTable, TensorQuant, export_qdq
 from exporters.errors import ExporterError
@@ -40,6 +41,7 @@ class PipelineOutput:
     blend_search: dict[float, float] | None = None   # blend observer: alpha -> model-output SQNR (dB)
     blend_alpha: float | None = None                 # blend observer: the alpha used (the best single one)
     blend_groups: list[dict[str, Any]] | None = None  # blend_groups > 1: each group's tensors and chosen alpha
+    attribution: dict[str, dict[str, float]] | None = None   # tensor -> alone_db, float_gain_db (Probe.attribution)
 
 
 def resolve_profile(config: QuantConfig) -> QdqProfile:
@@ -130,8 +132,12 @@ def choose_blend(info: GraphInfo, stats: CalibrationStats, probe: Probe, decisio
     on the probe samples; ties go to the first alpha listed. With groups > 1, then one alpha per contiguous group
     of tensors (graph order), each group in turn, a change kept only when it raises the SQNR (coordinate search);
     the last value lists the groups: first/last tensor, size, alpha and the SQNR after choosing it."""
+    weights: dict[str, TensorQuant] = {}   # the weights do not depend on the ranges: quantized once
+
     def table(alpha: float | Mapping[str, float]) -> QuantTable:
-        return build_table(info, stats.blended(alpha), probe.profile, decisions, meta)
+        t = build_table(info, stats.blended(alpha), probe.profile, decisions, meta, weights)
+        weights.update((k, v) for k, v in t.tensors.items() if v.kind == "weight")
+        return t
 
     def score(alpha: float | Mapping[str, float]) -> float:
         return probe.output_sqnr(table(alpha))
@@ -230,9 +236,19 @@ def run(adapter: ModelAdapter, images: Iterable[np.ndarray], n_images: int, conf
         decisions += verified(info, stats, probe, decisions, candidates, meta, config.keep_float.min_gain_db)
     seconds["placement"] = time.perf_counter() - t0
 
+    table = build_table(info, stats, profile, decisions, meta)
+    attribution = None
+    if probe is not None and config.keep_float.attribution_samples > 0:
+        t0 = time.perf_counter()
+        n = config.keep_float.attribution_samples
+        runs = n * sum(t.kind in ("activation", "weight") for t in table.tensors.values())
+        with tqdm(total=runs, desc="per-tensor attribution", unit="run", disable=not progress,
+                  leave=False) as bar:
+            attribution = probe.attribution(table, n, lambda done, total: bar.update(done - bar.n))
+        seconds["attribution"] = time.perf_counter() - t0
+
     t0 = time.perf_counter()
     int8_path = workdir / "model.int8.onnx"
-    table = build_table(info, stats, profile, decisions, meta)
     try:
         export_qdq(info.model, table, profile, int8_path, metadata=metadata)
     except ExporterError as e:
@@ -247,7 +263,7 @@ def run(adapter: ModelAdapter, images: Iterable[np.ndarray], n_images: int, conf
             raise ExportError(f"FP16 conversion of keep_float.fp16_nodes failed: {e}") from e
     seconds["export_int8"] = time.perf_counter() - t0
     return PipelineOutput(fp32_path, int8_path, table, profile, decisions, drops, stats, seconds, search, alpha,
-                          group_alphas)
+                          group_alphas, attribution)
 
 
 __all__ = ["PipelineOutput", "run", "resolve_profile", "build_table", "sqnr_db"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 
@@ -97,6 +98,8 @@ def report_markdown(r: dict[str, Any]) -> str:
     if top:
         lines += ["", "## Per-node sensitivity (SQNR lost by the node's quantized output against its inputs)", "",
                   "| node | SQNR drop dB |", "|---|---|", *[f"| `{t['node']}` | {t['sqnr_drop_db']} |" for t in top]]
+    if "attribution" in r:
+        lines += attribution_lines(r["attribution"])
     lines += _metaaug_lines(r)
     lines += ["", "## Config", "", "```json", __import__("json").dumps(r["config"], indent=1), "```", ""]
     return "\n".join(lines)
@@ -123,3 +126,46 @@ def _metaaug_lines(r: dict[str, Any]) -> list[str]:
                   f"{img['samples']} calibration inputs, one per row: x, T(x) (same brightness mapping as x), "
                   f"|T(x) - x| amplified {img['diff_gain']:g}x."]
     return lines
+
+
+def attribution_lines(att: dict[str, Any] | None, top: int = 10) -> list[str]:
+    """The per-tensor error attribution: the tensors whose float version helps most, and those that hurt most alone."""
+    if not att or not att.get("tensors"):
+        return ["", "## Per-tensor error attribution", "", "Not computed: `qcal quantize --attribution` (or "
+                "`keep_float.attribution_samples = 1`) adds, for every quantized tensor, the output SQNR when only it "
+                "is quantized and the gain when only it is left float."]
+    rows = att["tensors"]
+    lines = ["", "## Per-tensor error attribution (simulated, output SQNR against FP32)", "",
+             f"On {att['samples']} probe sample(s): `left float` is how much the model's output SQNR rises when only "
+             "this tensor stays float; `alone` is the output SQNR when only this tensor is quantized (low: it "
+             "alone hurts). Read this first when a model collapses."]
+    if att.get("plot"):
+        lines += ["", f"![per-tensor attribution]({att['plot']})"]
+    lines += ["", "| tensor | kind | left float: gain dB | alone: SQNR dB |", "|---|---|---|---|"]
+    worst = sorted(rows, key=lambda t: -t["float_gain_db"])[:top]
+    worst += [t for t in sorted(rows, key=lambda t: t["alone_db"])[:top] if t not in worst]
+    lines += [f"| `{t['tensor']}` | {t['kind']} | {t['float_gain_db']:+.2f} | {t['alone_db']:.1f} |" for t in worst]
+    return lines
+
+
+def attribution_png(att: dict[str, Any], path: Path) -> None:
+    """Two bar charts in graph order: gain when left float, and SQNR when quantized alone (written atomically)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = att["tensors"]
+    colors = ["tab:blue" if t["kind"] == "activation" else "tab:orange" for t in rows]
+    fig, (a, b) = plt.subplots(2, 1, figsize=(12, 6), sharex=True)
+    a.bar(range(len(rows)), [t["float_gain_db"] for t in rows], color=colors)
+    a.set_ylabel("gain left float (dB)")
+    b.bar(range(len(rows)), [t["alone_db"] for t in rows], color=colors)
+    b.set_ylabel("SQNR quantized alone (dB)")
+    b.set_xlabel("quantized tensor (blue: activation, orange: weight), table order")
+    fig.suptitle(f"per-tensor error attribution ({att['samples']} probe sample(s))")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    tmp.replace(path)

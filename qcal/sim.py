@@ -24,7 +24,7 @@ import onnx
 from onnx import numpy_helper
 
 from exporters.profiles import PROFILES, QdqProfile
-from exporters.qdq import lower_qdq
+from exporters.qdq import Q_SUFFIX, lower_qdq
 from exporters.quant_table import QuantTable
 from qcal.errors import QcalError
 from qcal.quant.fakequant import dequantize_linear, quantize_linear
@@ -52,9 +52,13 @@ class TorchRunner:
             raise SimulationError("device 'cuda' was asked for but torch sees no CUDA GPU; use --device cpu.")
         self.device = torch.device(device)
         self.model = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model))
+        self._float: dict[str, Any] = {}   # the FP32 values of the table's weights and biases (`bypass`)
         if table is not None:
             if profile is None and table.target not in PROFILES:
                 raise SimulationError(f"the table's target {table.target!r} is not a profile; pass profile=.")
+            quantized = set(table.weights())
+            self._float = {i.name: torch.from_numpy(np.array(numpy_helper.to_array(i))).to(self.device)
+                           for i in self.model.graph.initializer if i.name in quantized}
             self.model = lower_qdq(self.model, table, profile or PROFILES[table.target])
         g = self.model.graph
         unknown = sorted({n.op_type for n in g.node} - set(_OPS))
@@ -137,21 +141,26 @@ class TorchRunner:
         frontier.update(o for o in self.outputs if o not in produced)
         return steps, {v for v in frontier if v not in self.values and v not in self.constants}
 
-    def run_except(self, feeds: dict[str, np.ndarray], skip: list[int], keep: set[str]) -> dict[str, Any]:
-        """A run that leaves out the steps `skip`; returns the values `keep` (a frontier from `downstream`)."""
+    def run_except(self, feeds: dict[str, np.ndarray], skip: list[int], keep: set[str],
+                   bypass: frozenset[str] = frozenset()) -> dict[str, Any]:
+        """A run that leaves out the steps `skip`; returns the values `keep` (a frontier from `downstream`).
+        `bypass`: table entries computed in float (an activation's Q/DQ pass it through, a weight keeps its FP32
+        value), the others quantized."""
         left = set(skip)
-        env = self._execute(self._start(feeds), [st for k, st in enumerate(self._steps) if k not in left])
+        env = self._execute(self._start(feeds, bypass), [st for k, st in enumerate(self._steps) if k not in left],
+                            bypass=bypass)
         return {n: env[n] for n in keep}
 
-    def run_from(self, frontier: dict[str, Any], steps: list[int]) -> list[np.ndarray]:
+    def run_from(self, frontier: dict[str, Any], steps: list[int],
+                 bypass: frozenset[str] = frozenset()) -> list[np.ndarray]:
         """The outputs when only `steps` run, on the current parameters, from `frontier` (from `run_except`):
         the same values a full run gives when the other steps' inputs are unchanged."""
-        env = self._execute({**self.values, **self.constants, **frontier}, [self._steps[k] for k in steps])
-        return [_numpy(env[o]) for o in self.outputs]
+        env = self._execute({**self._constants(bypass), **frontier}, [self._steps[k] for k in steps], bypass=bypass)
+        return [as_numpy(env[o]) for o in self.outputs]
 
     def run(self, output_names: list[str] | None, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         env = self._forward(feeds)
-        return [_numpy(env[o]) for o in (output_names or self.outputs)]
+        return [as_numpy(env[o]) for o in (output_names or self.outputs)]
 
     def run_capture(self, feeds: dict[str, np.ndarray], names: list[str]) -> dict[str, Any]:
         """The named tensors (graph outputs or intermediates) of one run, as torch tensors on the device."""
@@ -167,8 +176,11 @@ class TorchRunner:
         env = self._forward(feeds, pinned)
         return {n: env[n] for n in names}
 
-    def _start(self, feeds: dict[str, np.ndarray]) -> dict[str, Any]:
-        env = {**self.values, **self.constants}
+    def _constants(self, bypass: frozenset[str]) -> dict[str, Any]:
+        return {**self.values, **self.constants, **{k: v for k, v in self._float.items() if k in bypass}}
+
+    def _start(self, feeds: dict[str, np.ndarray], bypass: frozenset[str] = frozenset()) -> dict[str, Any]:
+        env = self._constants(bypass)
         for name in self.inputs:
             env[name] = self.torch.from_numpy(np.ascontiguousarray(feeds[name])).to(self.device)
         return env
@@ -177,10 +189,16 @@ class TorchRunner:
         return self._execute(self._start(feeds), self._steps, pinned)
 
     def _execute(self, env: dict[str, Any], steps: list[tuple[onnx.NodeProto, Callable[..., Any], dict[str, Any]]],
-                 pinned: dict[str, Any] | None = None) -> dict[str, Any]:
+                 pinned: dict[str, Any] | None = None, bypass: frozenset[str] = frozenset()) -> dict[str, Any]:
         pin = pinned or {}
         with self.torch.no_grad():
             for node, op, at in steps:
+                if bypass and node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+                    src = node.input[0].removesuffix(Q_SUFFIX)
+                    if src in bypass:   # a float activation: its DequantizeLinear output is the value itself
+                        if node.op_type == "DequantizeLinear":
+                            env[node.output[0]] = env[src]
+                        continue
                 args = [(pin[i] if i in pin else env[i]) if i else None for i in node.input]
                 outs = op(self.torch, args, at, node)
                 for o, v in zip(node.output, outs if isinstance(outs, list | tuple) else [outs], strict=False):
@@ -193,7 +211,7 @@ def _same(a: np.ndarray | None, b: np.ndarray) -> bool:
     return a is not None and a.shape == b.shape and bool(np.array_equal(a, b.astype(a.dtype, copy=False)))
 
 
-def _numpy(v: Any) -> np.ndarray:
+def as_numpy(v: Any) -> np.ndarray:
     return v.float().cpu().numpy() if v.is_floating_point() else v.cpu().numpy()
 
 

@@ -27,7 +27,8 @@ def _fall_checkpoint() -> Path:
 def test_yolov8n_from_yaml_end_to_end(tmp_path: Path) -> None:
     adapter = YoloAdapter.from_yaml("yolov8n.yaml", nc=3, imgsz=320)
     cfg = qcal.QuantConfig(imgsz=320, calib_size=4, keep_float=qcal.KeepFloatConfig(sensitivity_samples=2,
-                                                                                      max_nodes=2))
+                                                                                      max_nodes=2,
+                                                                                      attribution_samples=1))
     r = qcal.quantize(adapter, calib="bundled:vtest[0:30]", config=cfg, progress=False)
     paths = r.export(tmp_path)
     m = onnx.load(str(paths["int8"]))
@@ -36,6 +37,13 @@ def test_yolov8n_from_yaml_end_to_end(tmp_path: Path) -> None:
     for d in r.out.decisions:  # sensitivity picks survive only with a measured output gain
         assert d.rule != "sensitivity" or "raised the output SQNR" in d.reason
     assert r.out.node_sqnr_drop and r.to_dict()["sensitivity_top"]
+    # per-tensor attribution: every quantized activation and weight, in report.json, report.md and a plot
+    att = r.to_dict()["attribution"]
+    kinds = {k: v.kind for k, v in r.out.table.tensors.items() if v.kind in ("activation", "weight")}
+    assert att["samples"] == 1 and {t["tensor"]: t["kind"] for t in att["tensors"]} == kinds
+    assert paths["attribution"].stat().st_size > 10_000
+    worst = max(att["tensors"], key=lambda t: t["float_gain_db"])
+    assert f"`{worst['tensor']}`" in paths["report_md"].read_text() and "attribution.png" in paths["report_md"].read_text()
     rules = Counter(d.rule for d in r.out.decisions)
     assert rules["range_mismatch"] >= 1 and rules["no_compute_downstream"] >= 10
     meta = read_metadata(paths["int8"])

@@ -179,3 +179,24 @@ def test_partial_rerun_scores_equal_full_runs(tiny_conv_onnx: Path) -> None:
         partial = probe.output_sqnrs(table, cands)
         assert partial == [probe.output_sqnr(c) for c in cands]
         assert partial[0] != partial[1]
+
+
+def test_per_tensor_attribution_equals_tables_with_one_tensor_changed(tiny_conv_onnx: Path) -> None:
+    """Attribution by bypassing Q/DQ in the simulator gives the scores of the real tables: the table without the
+    tensor (left float) and the table of that tensor alone; one tensor alone hurts less than the whole table."""
+    import onnx
+
+    from qcal.probe import Probe
+
+    table = engine_table(tiny_conv_onnx, "ort-cpu")
+    probe = Probe(onnx.load(str(tiny_conv_onnx)), PROFILES["ort-cpu"], [{"input": _x(s)} for s in range(2)])
+    whole = probe.output_sqnr(table)
+    att = probe.attribution(table, samples=2)
+    assert set(att) == {k for k, v in table.tensors.items() if v.kind in ("activation", "weight")}
+    assert {v.kind for k, v in table.tensors.items() if k in att} == {"activation", "weight"}
+    for name in (next(iter(table.activations())), next(k for k, v in table.tensors.items() if v.kind == "weight")):
+        rest = table.replace(tensors={k: v for k, v in table.tensors.items() if k != name})
+        assert att[name]["float_gain_db"] == pytest.approx(probe.output_sqnr(rest) - whole, abs=1e-4)
+        alone = table.replace(tensors={name: table.tensors[name]}, float_nodes=())
+        assert att[name]["alone_db"] == pytest.approx(probe.output_sqnr(alone), abs=1e-4)
+        assert att[name]["alone_db"] > whole

@@ -59,7 +59,11 @@ def dequantize_linear(q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Te
 
 def _fits(buffer: torch.Tensor, operand: torch.Tensor | float) -> bool:
     """Whether `operand` can be applied to `buffer` in place (it broadcasts to the buffer's shape)."""
-    return not isinstance(operand, torch.Tensor) or torch.broadcast_shapes(buffer.shape, operand.shape) == buffer.shape
+    if not isinstance(operand, torch.Tensor) or operand.dim() == 0:
+        return True
+    if operand.dim() > buffer.dim():
+        return False
+    return all(o in (1, b) for o, b in zip(reversed(operand.shape), reversed(buffer.shape), strict=False))
 
 
 def fake_quant(x: torch.Tensor, scale: torch.Tensor, grid: IntGrid) -> torch.Tensor:
