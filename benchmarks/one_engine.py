@@ -9,7 +9,8 @@ YOLOv8s at 640:
     QuantizeLinear output; sim_vs_ort_exact_max_rel_err: max |output difference| / output range;
   * sim_vs_ort_kernels_sqnr_db: simulator outputs vs ONNX Runtime's fused int8 kernels (default session);
   * fidelity_clean_{before,after}: mAP50-95 of each INT8 model against FP32's own detections on the
-    robustness_peers evaluation frames (vtest 480-799, every 8th: 40 frames), clean;
+    robustness_peers evaluation frames (vtest 480-799, every 8th: 40 frames; --every 2: 160), clean, with a paired
+    bootstrap 95% interval of after - before (frames resampled);
   * quantize seconds of both (wall time of the whole `qcal quantize` process, measured by the caller).
 
     .venv/bin/python benchmarks/one_engine.py --before /tmp/before --after /tmp/after   # see --help
@@ -96,13 +97,31 @@ def params_equal(folder: Path) -> dict[str, bool]:
             "activations_in_table": sum(t.kind == "activation" for t in table.tensors.values())}
 
 
-def fidelity(adapter: Any, folder: Path, images: list[np.ndarray], fp32_dets: list[Any]) -> float:
-    from qcal.eval.detection import coco_map, pseudo_labels
+def int8_dets(adapter: Any, folder: Path, images: list[np.ndarray]) -> list[Any]:
     from qcal.evaluate import detect_all
 
-    dets = detect_all(adapter, folder / "model.int8.onnx", images, 2, False, "int8")
-    hw = [img.shape[:2] for img in images]
-    return round(coco_map([pseudo_labels(d) for d in fp32_dets], dets, hw, len(adapter.class_names)).map50_95, 4)
+    return detect_all(adapter, folder / "model.int8.onnx", images, 2, False, "int8")
+
+
+def fidelity(adapter: Any, dets: list[Any], images: list[np.ndarray], fp32_dets: list[Any],
+             frames: list[int] | None = None) -> float:
+    """mAP50-95 of `dets` against FP32's own detections (pseudo labels), on `frames` (indices; default all)."""
+    from qcal.eval.detection import coco_map, pseudo_labels
+
+    idx = list(range(len(images))) if frames is None else frames
+    return round(coco_map([pseudo_labels(fp32_dets[i]) for i in idx], [dets[i] for i in idx],
+                          [images[i].shape[:2] for i in idx], len(adapter.class_names)).map50_95, 4)
+
+
+def paired_interval(adapter: Any, before: list[Any], after: list[Any], images: list[np.ndarray],
+                    fp32_dets: list[Any], reps: int = 200) -> list[float]:
+    """95% interval of fidelity(after) - fidelity(before), frames resampled with replacement (paired)."""
+    rng = np.random.default_rng(0)
+    diffs = []
+    for _ in range(reps):
+        idx = [int(i) for i in rng.integers(0, len(images), len(images))]
+        diffs.append(fidelity(adapter, after, images, fp32_dets, idx) - fidelity(adapter, before, images, fp32_dets, idx))
+    return [round(float(np.percentile(diffs, 2.5)), 4), round(float(np.percentile(diffs, 97.5)), 4)]
 
 
 def main() -> None:
@@ -110,6 +129,8 @@ def main() -> None:
     ap.add_argument("--before", type=Path, required=True, help="folder with plain/ and robust/ qcal outputs + times.txt")
     ap.add_argument("--after", type=Path, required=True)
     ap.add_argument("--frames", type=int, default=4, help="frames for the simulator vs ORT comparison")
+    ap.add_argument("--every", type=int, default=8, help="evaluation frames: vtest 480-799, every Nth (8: 40 frames)")
+    ap.add_argument("--reps", type=int, default=200, help="bootstrap resamples of the fidelity difference")
     ap.add_argument("--note", default="", help="a remark stored with the results (e.g. a run that did not finish)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "one_engine")
     a = ap.parse_args()
@@ -119,7 +140,7 @@ def main() -> None:
     from qcal.models.yolo import YoloAdapter
 
     adapter = YoloAdapter.load(checkpoint(), trust_checkpoint=True)
-    images = [s.image for s in held_out(8)]
+    images = [s.image for s in held_out(a.every)]
     fp32_dets = detect_all(adapter, a.after / "plain" / "model.fp32.onnx", images, 2, False, "fp32")
     feeds = [adapter.prepare(img).feeds for img in images[: a.frames]]
     times = {k: {ln.split()[0]: float(ln.split()[1]) for ln in (a.__dict__[k] / "times.txt").read_text().splitlines()}
@@ -129,12 +150,16 @@ def main() -> None:
                            "plain_quantize_s_before": round(times["before"]["plain"], 1),
                            "robust_recipe_quantize_s": times["after"].get("robust"),
                            "robust_recipe_quantize_s_before": times["before"].get("robust"),
-                           "fidelity_clean_before": fidelity(adapter, a.before / "plain", images, fp32_dets),
-                           "fidelity_clean_after": fidelity(adapter, a.after / "plain", images, fp32_dets),
                            "eval_frames": len(images), "sim_frames": len(feeds)}
-    for k in ("before", "after"):
-        if (a.__dict__[k] / "robust" / "model.int8.onnx").is_file():
-            res[f"fidelity_clean_robust_{k}"] = fidelity(adapter, a.__dict__[k] / "robust", images, fp32_dets)
+    for recipe in ("plain", "robust"):
+        dets = {k: int8_dets(adapter, a.__dict__[k] / recipe, images) for k in ("before", "after")
+                if (a.__dict__[k] / recipe / "model.int8.onnx").is_file()}
+        tag = "" if recipe == "plain" else "_robust"
+        for k, d in dets.items():
+            res[f"fidelity_clean{tag}_{k}"] = fidelity(adapter, d, images, fp32_dets)
+        if len(dets) == 2 and a.reps > 0:
+            res[f"fidelity_clean{tag}_after_minus_before_95ci"] = paired_interval(
+                adapter, dets["before"], dets["after"], images, fp32_dets, a.reps)
     if a.note:
         res["note"] = a.note
     res["command"] = " ".join(["benchmarks/one_engine.py", *sys.argv[1:]])
