@@ -13,13 +13,10 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from calib_sets.errors import CalibSetError, SourceNotFoundError
 from calib_sets.hashing import HASH_VERSION, Param, set_hash
-
-if TYPE_CHECKING:
-    from calib_sets.sample import CalibSet
 
 
 @dataclass(frozen=True)
@@ -41,12 +38,6 @@ class Manifest:
     skipped: tuple[str, ...] = ()
     version: str = HASH_VERSION
     extra: Mapping[str, Any] = field(default_factory=dict)  # free-form notes (e.g. the command that built it)
-
-    @staticmethod
-    def from_set(cs: CalibSet) -> Manifest:
-        entries = tuple(ManifestEntry(it.key, it.source, it.index, it.condition, dict(it.params), it.digest(),
-                                      it.source_digest()) for it in cs.items())
-        return Manifest(cs.content_hash, cs.recipe, entries, tuple(cs.skipped))
 
     def __len__(self) -> int:
         return len(self.entries)

@@ -12,17 +12,14 @@ import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import lru_cache, partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import cv2
 import numpy as np
 
 from calib_sets.errors import CalibSetError
 from calib_sets.hashing import Param, set_hash
-
-if TYPE_CHECKING:
-    from calib_sets.manifest import Manifest
-
+from calib_sets.manifest import Manifest, ManifestEntry
 
 
 @dataclass(frozen=True)
@@ -177,9 +174,9 @@ class CalibSet:
 
     @property
     def manifest(self) -> Manifest:
-        from calib_sets.manifest import Manifest
-
-        return Manifest.from_set(self)
+        entries = tuple(ManifestEntry(it.key, it.source, it.index, it.condition, dict(it.params), it.digest(),
+                                      it.source_digest()) for it in self._items)
+        return Manifest(self.content_hash, self.recipe, entries, tuple(self.skipped))
 
 
 def _rekey(s: Sample, key: str) -> Sample:
