@@ -8,12 +8,14 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
-from dataclasses import InitVar, dataclass, field, fields
+from dataclasses import InitVar, dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import tomllib
 
+from qcal.config.llm import Activations, LLMConfig, Offload, Scheme
+from qcal.config.plain import dump_toml, from_plain, to_plain
 from qcal.errors import ConfigError
 from qcal.machine import MachineInfo, machine_info
 
@@ -175,79 +177,6 @@ class AdaQuantConfig:
 ReconstructConfig = AdaQuantConfig   # the issue's name for the one reconstruction pass's config
 
 
-class Scheme(str, enum.Enum):
-    """LLM schemes (the YOLO path is always W8A8 static)."""
-
-    W8A8 = "w8a8"      # int8 per-channel weights, int8 activations (per-token dynamic or per-tensor static)
-    W4A16 = "w4a16"    # 4-bit group-wise weights, float activations
-
-
-class Activations(str, enum.Enum):
-    PER_TOKEN = "per-token"     # dynamic: one scale per token, computed at run time
-    PER_TENSOR = "per-tensor"   # static: one scale per tensor, from calibration
-
-
-class Offload(str, enum.Enum):
-    """Where the LLM's weights live during calibration (qcal/llm_offload.py)."""
-
-    NONE = "none"        # the whole model in memory (qcal/llm.py)
-    LAYERS = "layers"    # one decoder layer at a time from memory-mapped safetensors; peak ~ one layer
-
-
-@dataclass(frozen=True)
-class LLMConfig:
-    """Options of the LLM path (`qcal.quantize` on a Hugging Face causal LM).
-
-    seq_len: tokens per calibration window. group_size: input channels per 4-bit weight group (w4a16).
-    ignore: Linear module names (or name suffixes) left in float, e.g. lm_head.
-    smoothquant_alpha: migration strength of the smoothquant pass (0..1).
-    keep_float_ratio: a Linear whose quantization noise (output noise-to-signal on calibration tokens) exceeds
-        this multiple of the median layer's is kept in float, at most keep_float_max of them, worst first; 0 turns
-        the automatic decision off. Every decision is reported.
-    gptq_damp, gptq_block, gptq_act_order: the gptq pass (qcal.passes.gptq): Hessian dampening as a fraction of
-        its mean diagonal, columns per lazy-update block, and quantizing columns in order of decreasing input
-        energy (desc_act; group grids fixed from the original weights so the exported format is unchanged).
-    gptq_weighted_clip: the 4-bit group ranges' clipping search weighs each input channel's error by its input
-        energy (diag of the Hessian) instead of equally.
-    gptq_scale_search: before each decoder layer's GPTQ solve, an AWQ-style per-channel scale search folded into
-        the norms / up_proj (qcal.passes.awq); w4a16 only.
-    offload: "layers" calibrates one decoder layer at a time from memory-mapped safetensors (a model larger
-        than memory) and writes the quantized weights layer by layer; same result as "none" (the default).
-    """
-
-    activations: Activations = Activations.PER_TOKEN
-    seq_len: int = 512
-    group_size: int = 128
-    ignore: tuple[str, ...] = ("lm_head",)
-    smoothquant_alpha: float = 0.5
-    keep_float_ratio: float = 8.0
-    keep_float_max: int = 4
-    sensitivity_windows: int = 2
-    gptq_damp: float = 0.01
-    gptq_block: int = 128
-    gptq_act_order: bool = True
-    gptq_weighted_clip: bool = True
-    gptq_scale_search: bool = False
-    offload: Offload = Offload.NONE
-
-    def __post_init__(self) -> None:
-        if isinstance(self.offload, str) and not isinstance(self.offload, Offload):
-            try:
-                object.__setattr__(self, "offload", Offload(self.offload))
-            except ValueError:
-                raise ConfigError(f"llm.offload={self.offload!r}: choose one of {[m.value for m in Offload]}.") from None
-        if self.seq_len < 2 or self.group_size < 8 or self.group_size % 8:
-            raise ConfigError(f"llm: seq_len={self.seq_len} must be >= 2 and group_size={self.group_size} a "
-                              "positive multiple of 8 (e.g. 128).")
-        if not 0.0 <= self.smoothquant_alpha <= 1.0:
-            raise ConfigError(f"llm.smoothquant_alpha={self.smoothquant_alpha}: must be in [0, 1], e.g. 0.5.")
-        if self.keep_float_ratio < 0 or self.keep_float_max < 0 or self.sensitivity_windows < 1:
-            raise ConfigError("llm: keep_float_ratio and keep_float_max must be >= 0, sensitivity_windows >= 1.")
-        if self.gptq_damp <= 0 or self.gptq_block < 1:
-            raise ConfigError(f"llm: gptq_damp={self.gptq_damp} must be > 0 (e.g. 0.01) and gptq_block="
-                              f"{self.gptq_block} >= 1 (e.g. 128).")
-
-
 @dataclass(frozen=True)
 class QuantConfig:
     """Everything that decides the quantized model. Two runs with equal configs and calibration sets agree."""
@@ -384,90 +313,6 @@ class QuantConfig:
         return hashlib.sha256(json.dumps(plain, sort_keys=True).encode()).hexdigest()[:16]
 
 
-T = TypeVar("T")
-
-
-def to_plain(obj: Any) -> Any:
-    """A frozen config dataclass as plain dicts/lists/scalars (enums by value, None fields left out)."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_plain(getattr(obj, f.name)) for f in fields(obj) if getattr(obj, f.name) is not None}
-    if isinstance(obj, enum.Enum):
-        return obj.value
-    if isinstance(obj, tuple | list):
-        return [to_plain(v) for v in obj]
-    return obj
-
-
-def from_plain(cls: type[T], data: Any, where: str) -> T:
-    """The dataclass `cls` from plain data, types coerced; unknown keys are a ConfigError naming `where`."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a table, got {type(data).__name__}.")
-    known = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(data) - set(known))
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed keys are {sorted(known)}.")
-    hints = _resolved_hints(cls)
-    kwargs: dict[str, Any] = {}
-    for name, value in data.items():
-        kwargs[name] = _coerce(hints[name], value, f"{where}.{name}")
-    try:
-        return cls(**kwargs)
-    except TypeError as e:
-        raise ConfigError(f"{where}: {e}") from e
-
-
-def _resolved_hints(cls: type) -> dict[str, Any]:
-    import typing
-
-    return typing.get_type_hints(cls)
-
-
-def _coerce(hint: Any, value: Any, where: str) -> Any:
-    import typing
-
-    origin = typing.get_origin(hint)
-    if isinstance(hint, type) and issubclass(hint, enum.Enum):
-        try:
-            return hint(value)
-        except ValueError:
-            raise ConfigError(f"{where}={value!r}: choose one of {[m.value for m in hint]}.") from None
-    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
-        return from_plain(hint, value, where)
-    if origin is tuple:
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"{where}: expected a list, got {value!r}.")
-        return tuple(value)
-    args = typing.get_args(hint)
-    if type(None) in args:  # Optional[...]
-        inner = [a for a in args if a is not type(None)]
-        return None if value is None else _coerce(inner[0], value, where)
-    if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(hint, type) and not isinstance(value, hint):
-        raise ConfigError(f"{where}={value!r}: expected {hint.__name__}.")
-    return value
-
-
-def dump_toml(data: dict[str, Any]) -> str:
-    """A small TOML writer for the shapes our configs have: scalars, lists of scalars, nested tables."""
-
-    def scalar(v: Any) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, int | float):
-            return repr(v)
-        if isinstance(v, str):
-            return json.dumps(v)
-        if isinstance(v, list):
-            return "[" + ", ".join(scalar(x) for x in v) + "]"
-        raise ConfigError(f"cannot write {v!r} to TOML")
-
-    def table(d: dict[str, Any], prefix: str) -> list[str]:
-        lines = [f"{k} = {scalar(v)}" for k, v in d.items() if not isinstance(v, dict)]
-        for k, v in d.items():
-            if isinstance(v, dict):
-                name = f"{prefix}.{k}" if prefix else k
-                lines += ["", f"[{name}]", *table(v, name)]
-        return lines
-
-    return "\n".join(table(data, "")) + "\n"
+__all__ = ["Activations", "AdaQuantConfig", "AdaQuantMode", "Granularity", "KeepFloatConfig", "LLMConfig",
+           "MetaAugConfig", "Observer", "Offload", "QuantConfig", "Rounding", "Scheme", "Target", "dump_toml",
+           "from_plain", "to_plain"]
