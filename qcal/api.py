@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from exporters.quant_table import QuantTable, atomic_write_text
+from exporters.outset import OutputSet
+from exporters.quant_table import QuantTable
 from qcal.config import QuantConfig, Target
 from qcal.diagnostics import coverage, range_stability
 from qcal.errors import CalibrationError
@@ -42,6 +43,11 @@ class QuantResult:
     @property
     def calib_hash(self) -> str:
         return str(self.calib.content_hash)
+
+    @property
+    def skipped(self) -> list[dict[str, str]]:
+        """Calibration items the stream skipped (undecodable), each {"key", "reason"}."""
+        return [{"key": str(k), "reason": str(r)} for k, r in getattr(self.calib, "skipped", ())]
 
     @property
     def table(self) -> QuantTable:
@@ -90,40 +96,52 @@ class QuantResult:
 
         return summary_table(self.to_dict())
 
-    def export(self, directory: str | Path) -> dict[str, Path]:
-        """Write model.fp32.onnx, model.int8.onnx, quant_table.json, report.json and report.md atomically; for
-        target tensorrt also calib.cache and ort_trt/calibration.flatbuffers (each with a .qcal.json stamp); when
-        MetaAug ran, metaaug_samples.png (x | T(x) | amplified |T(x) - x|, shown in report.md)."""
+    def export(self, directory: str | Path | OutputSet, *, extra: dict[str, str] | None = None) -> dict[str, Path]:
+        """Write model.fp32.onnx, model.int8.onnx, quant_table.json, report.json and report.md as one whole set
+        (exporters.outset: staged beside `directory`, manifest qcal-set.json last, then switched in; a failure
+        leaves the previous set as it was); for target tensorrt also calib.cache and ort_trt/calibration.flatbuffers
+        (each with a .qcal.json stamp); when MetaAug ran, metaaug_samples.png. `extra`: more text files of the
+        set (name -> content). `directory` may be an OutputSet already opened (and locked) before the work."""
+        from qcal.output import open_output, write_set
+
+        if isinstance(directory, OutputSet):
+            return write_set(directory, lambda s: self._write(s, extra or {}))
+        with open_output(directory, expected_bytes=3 * self.out.fp32_path.stat().st_size) as s:
+            return write_set(s, lambda s: self._write(s, extra or {}))
+
+    def _write(self, s: OutputSet, extra: dict[str, str]) -> dict[str, str]:
+        """Write every artifact into the staging folder of `s`; the names of the set, by role."""
         from qcal.report import report_markdown
 
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        paths = {"fp32": d / "model.fp32.onnx", "int8": d / "model.int8.onnx", "table": d / "quant_table.json",
-                 "report_json": d / "report.json", "report_md": d / "report.md"}
-        for key, src in (("fp32", self.out.fp32_path), ("int8", self.out.int8_path)):
-            tmp = paths[key].with_name(f".{paths[key].name}.tmp")
-            shutil.copyfile(src, tmp)
-            tmp.replace(paths[key])
-        self.out.table.save(paths["table"])
+        names = {"fp32": "model.fp32.onnx", "int8": "model.int8.onnx", "table": "quant_table.json",
+                 "report_json": "report.json", "report_md": "report.md"}
+        shutil.copyfile(self.out.fp32_path, s.path(names["fp32"]))
+        shutil.copyfile(self.out.int8_path, s.path(names["int8"]))
+        self.out.table.save(s.path(names["table"]))
         data = self.to_dict()
+        data["skipped"] = self.skipped
         if data["attribution"]:   # per-tensor error attribution: one bar per tensor, graph order
             from qcal.report import attribution_png
 
-            paths["attribution"] = d / "attribution.png"
-            attribution_png(data["attribution"], paths["attribution"])
-            data["attribution"]["plot"] = paths["attribution"].name
+            names["attribution"] = "attribution.png"
+            attribution_png(data["attribution"], s.path(names["attribution"]))
+            data["attribution"]["plot"] = names["attribution"]
         if self.augmenter is not None:   # MetaAug ran: x | T(x) | |T(x) - x| of a few calibration images
-            paths["metaaug_samples"] = d / "metaaug_samples.png"
-            data["metaaug_samples"] = self._metaaug_samples(paths["metaaug_samples"])
-        atomic_write_text(paths["report_json"], json.dumps(data, indent=1))
-        atomic_write_text(paths["report_md"], report_markdown(data))
+            names["metaaug_samples"] = "metaaug_samples.png"
+            data["metaaug_samples"] = self._metaaug_samples(s.path(names["metaaug_samples"]))
+        s.path(names["report_json"]).write_text(json.dumps(data, indent=1))
+        s.path(names["report_md"]).write_text(report_markdown(data))
+        for name, text in extra.items():
+            names[name] = name
+            s.path(name).write_text(text)
         if self.config.target is Target.TENSORRT:   # calib.cache + ort_trt/calibration.flatbuffers, stamped
             from qcal.deploy import write_caches
 
-            paths.update(write_caches(self.out.table, d, paths["fp32"], calib_hash=self.calib_hash,
-                                      config_hash=self.config.hash(), model_sha256=self.adapter.model_hash(),
-                                      calib_size=self.config.calib_size))
-        return paths
+            written = write_caches(self.out.table, s.path("."), s.path(names["fp32"]), calib_hash=self.calib_hash,
+                                   config_hash=self.config.hash(), model_sha256=self.adapter.model_hash(),
+                                   calib_size=self.config.calib_size)
+            names.update({k: os.path.relpath(v, s.path(".")) for k, v in written.items()})
+        return names
 
     def _metaaug_samples(self, path: Path, n: int = 4) -> dict[str, Any]:
         """Write the first n calibration inputs as x | T(x) | amplified |T(x) - x| (qcal.augment.samples)."""
@@ -183,7 +201,9 @@ def quantize(model: Any, calib: Any = None, *, target: str | Target | None = Non
         from qcal.passes.apply import refine
 
         adapter, reports = refine(adapter, (s.image for s in cs), cfg, progress=progress)
-    workdir = tempfile.TemporaryDirectory(prefix="qcal-")
+    from qcal.output import workdir as new_workdir
+
+    workdir = new_workdir()
     metadata = {"qcal.version": __version__, "qcal.config": json.dumps(cfg.resolved().to_dict(), sort_keys=True),
                 "qcal.config_hash": cfg.hash(), "qcal.calib_hash": cs.content_hash,
                 "qcal.model_sha256": adapter.model_hash(), "qcal.target": cfg.target.value}

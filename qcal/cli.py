@@ -7,6 +7,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from calib_sets.errors import CalibSetError
+from exporters.errors import ExporterError
 from qcal.alloc import Allocation
 from qcal.config import AdaQuantConfig, KeepFloatConfig, Observer, QuantConfig, Target
 from qcal.errors import QcalError
@@ -132,6 +134,13 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("config", help="print the default config as TOML (edit it and pass --config)")
     c.add_argument("--config", help="print this config after validation instead")
     args = ap.parse_args(argv)
+    from qcal.output import sigterm_as_exit
+
+    with sigterm_as_exit():   # a SIGTERM unwinds like Ctrl-C: staging and work folders are removed
+        return _dispatch(args, argv)
+
+
+def _dispatch(args: argparse.Namespace, argv: list[str] | None) -> int:
     try:
         if args.cmd == "config":
             cfg = QuantConfig.load(args.config) if args.config else QuantConfig()
@@ -145,38 +154,55 @@ def main(argv: list[str] | None = None) -> int:
             return run_lint(args) if args.cmd == "lint" else run_engine(args)
         if args.cmd == "bench":
             return _run_bench(args, argv)
-        from qcal.api import quantize
-
         cfg = config_from_args(args)
         if args.cmd == "quantize" and _is_llm(args):
             return _run_llm(args, cfg)
-        if args.cmd == "demo":
-            result = quantize(demo_checkpoint(), calib=DEMO_CALIB, config=cfg, trust_checkpoint=True,
-                              eval=DEMO_EVAL, progress=not args.no_progress)
-        else:
-            plan = None
-            if args.allocate:
-                cfg, plan = _allocate(args, cfg)
-            result = quantize(args.checkpoint, calib=args.calib, config=cfg, trust_checkpoint=args.trust_checkpoint,
-                              eval=args.eval, progress=not args.no_progress)
-            if plan is not None:
-                import json
-
-                from exporters.quant_table import atomic_write_text
-
-                plan.measured["quantized_float_nodes"] = sorted(result.table.float_nodes)
-                if result.evaluation is not None:   # measured beside the plan's predicted cost ratio
-                    plan.measured["evaluation"] = result.evaluation.to_dict()
-                atomic_write_text(Path(args.out) / "allocation.json", json.dumps(plan.to_dict(), indent=1))
-                print(f"allocation: {len(plan.measured['float_nodes'])} layer(s) kept float, predicted "
-                      f"{plan.budget.kind} {plan.cost_ratio:.3f} of FP32 -> {Path(args.out) / 'allocation.json'}")
-        paths = result.export(args.out)
-        print(result.summary())
-        print(f"\nwrote {', '.join(str(p) for p in paths.values())}")
-        return 0
-    except QcalError as e:
+        return _run_quantize(args, cfg)
+    except (QcalError, ExporterError, CalibSetError) as e:
         print(f"qcal: error: {e}", file=sys.stderr)
         return 2
+
+
+def _run_quantize(args: argparse.Namespace, cfg: QuantConfig) -> int:
+    """quantize / demo: the output folder is checked and locked before the work and written whole after it; an
+    --eval that fails after quantizing still leaves the quantized set in -o (exit 2 names the eval problem)."""
+    import json
+
+    from qcal.api import quantize
+    from qcal.output import estimate_bytes, open_output
+
+    demo = args.cmd == "demo"
+    checkpoint = demo_checkpoint() if demo else args.checkpoint
+    calib, eval_set = (DEMO_CALIB, DEMO_EVAL) if demo else (args.calib, args.eval)
+    with open_output(args.out, expected_bytes=estimate_bytes(checkpoint)) as outset:
+        plan = None
+        if args.allocate:
+            cfg, plan = _allocate(args, cfg)
+        result = quantize(checkpoint, calib=calib, config=cfg, trust_checkpoint=demo or args.trust_checkpoint,
+                          progress=not args.no_progress)
+        eval_error: QcalError | None = None
+        if eval_set is not None:
+            try:
+                result.evaluate(eval_set, progress=not args.no_progress)
+            except QcalError as e:   # keep the quantized result: it is written below, the error reported after
+                eval_error = e
+        extra = {}
+        if plan is not None:
+            plan.measured["quantized_float_nodes"] = sorted(result.table.float_nodes)
+            if result.evaluation is not None:   # measured beside the plan's predicted cost ratio
+                plan.measured["evaluation"] = result.evaluation.to_dict()
+            extra["allocation.json"] = json.dumps(plan.to_dict(), indent=1)
+        paths = result.export(outset, extra=extra)
+    print(result.summary())
+    if plan is not None:
+        print(f"allocation: {len(plan.measured['float_nodes'])} layer(s) kept float, predicted "
+              f"{plan.budget.kind} {plan.cost_ratio:.3f} of FP32 -> {paths['allocation.json']}")
+    print(f"\nwrote {', '.join(str(p) for p in paths.values())}")
+    if eval_error is not None:
+        print(f"qcal: error: --eval {eval_set}: {eval_error} (the quantized model above was written; only the "
+              "evaluation failed)", file=sys.stderr)
+        return 2
+    return 0
 
 
 def _allocate(args: argparse.Namespace, cfg: QuantConfig) -> tuple[QuantConfig, Allocation]:
@@ -208,12 +234,15 @@ def _run_llm(args: argparse.Namespace, cfg: QuantConfig) -> int:
         cfg = cfg.replace(llm=dataclasses.replace(cfg.llm or LLMConfig(), offload=args.offload))
     if cfg.llm is not None and cfg.llm.offload.value == "layers":
         return _run_llm_offloaded(args, cfg)
-    result = quantize_llm(args.checkpoint, args.calib, cfg, trust_checkpoint=args.trust_checkpoint,
-                          progress=not args.no_progress)
-    print(result.summary())
-    if args.eval:
-        print(robustness_llm(result, args.eval, progress=not args.no_progress).summary())
-    paths = result.export(args.out)
+    from qcal.output import open_output
+
+    with open_output(args.out) as outset:
+        result = quantize_llm(args.checkpoint, args.calib, cfg, trust_checkpoint=args.trust_checkpoint,
+                              progress=not args.no_progress)
+        print(result.summary())
+        if args.eval:
+            print(robustness_llm(result, args.eval, progress=not args.no_progress).summary())
+        paths = result.export(outset)
     print(f"\nwrote {', '.join(str(p) for p in paths.values())}")
     return 0
 
@@ -225,9 +254,12 @@ def _run_llm_offloaded(args: argparse.Namespace, cfg: QuantConfig) -> int:
     if args.eval:
         raise ConfigError("--eval with --offload layers: perplexity needs the whole model in memory; evaluate the "
                           "quantized folder separately, or drop --offload.")
-    result = quantize_llm_offloaded(args.checkpoint, args.calib, cfg, workdir=Path(args.out) / ".qcal-partial",
-                                    progress=not args.no_progress)
-    paths = result.export(args.out)
+    from qcal.output import open_output
+
+    with open_output(args.out) as outset:   # the shards are written straight into the staging folder
+        result = quantize_llm_offloaded(args.checkpoint, args.calib, cfg, workdir=outset.path("."),
+                                        progress=not args.no_progress)
+        paths = result.export(outset)
     print(result.summary())
     print(f"\nwrote {len(paths)} files to {args.out} (quant_table.json, report.json, one shard per decoder layer)")
     return 0

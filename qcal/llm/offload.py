@@ -28,6 +28,7 @@ that layer's input Hessian, accumulated from the same hidden states while the la
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -81,7 +82,7 @@ def quantize_llm_offloaded(model: Any, calib: Any, config: QuantConfig, *, workd
     run = _Calibration(skel, cfg, weight_bits, act, smooth_on)
     seconds = {"load": time.perf_counter() - t0}
 
-    out = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="qcal-ooc-"))
+    out = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix=f"qcal-{os.getpid()}-ooc-"))
     out.mkdir(parents=True, exist_ok=True)
     t = time.perf_counter()
     hidden = skel.embed(windows, out / EMBED)                       # (1, T, H) each, FP32; embedding shard written

