@@ -187,11 +187,13 @@ def quantize(model: Any, calib: Any = None, *, target: str | Target | None = Non
     if target is not None:
         cfg = cfg.replace(target=Target(target))
     t0 = time.perf_counter()
-    adapter = load_model(model, trust_checkpoint=trust_checkpoint, imgsz=cfg.imgsz, example_input=example_input)
-    try:
+    try:   # the data is described (not decoded) before the model loads: a bad path fails in a second
         cs = calib_sets.load(calib if calib is not None else "bundled:vtest")
+        if eval is not None:
+            calib_sets.load(eval)
     except calib_sets.CalibSetError as e:
         raise CalibrationError(str(e)) from e
+    adapter = load_model(model, trust_checkpoint=trust_checkpoint, imgsz=cfg.imgsz, example_input=example_input)
     if len(cs) > cfg.calib_size:
         cs = cs.take(cfg.calib_size)
     if len(cs) == 0:

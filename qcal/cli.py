@@ -36,7 +36,7 @@ def config_from_args(args: argparse.Namespace) -> QuantConfig:
         changes["target"] = Target(args.target)
     if args.observer:
         changes["observer"] = Observer(args.observer)
-    if args.calib_size:
+    if args.calib_size is not None:
         changes["calib_size"] = args.calib_size
     if getattr(args, "passes", None):
         changes["passes"] = tuple(p for arg in args.passes for p in arg.split(",") if p)
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     add_common_args(d)
     _add_bench(sub)
     _add_check(sub)
-    from qcal.deploy import add_engine, add_lint
+    from qcal.deploy_cli import add_engine, add_lint
 
     add_lint(sub)
     add_engine(sub)
@@ -149,7 +149,7 @@ def _dispatch(args: argparse.Namespace, argv: list[str] | None) -> int:
         if args.cmd == "check":
             return _run_check(args)
         if args.cmd in ("lint", "engine"):
-            from qcal.deploy import run_engine, run_lint
+            from qcal.deploy_cli import run_engine, run_lint
 
             return run_lint(args) if args.cmd == "lint" else run_engine(args)
         if args.cmd == "bench":
@@ -168,13 +168,26 @@ def _run_quantize(args: argparse.Namespace, cfg: QuantConfig) -> int:
     --eval that fails after quantizing still leaves the quantized set in -o (exit 2 names the eval problem)."""
     import json
 
-    from qcal.api import quantize
+    import calib_sets
+    from qcal.models import preflight
     from qcal.output import estimate_bytes, open_output
 
     demo = args.cmd == "demo"
     checkpoint = demo_checkpoint() if demo else args.checkpoint
     calib, eval_set = (DEMO_CALIB, DEMO_EVAL) if demo else (args.calib, args.eval)
+    preflight(checkpoint, trust_checkpoint=demo or args.trust_checkpoint)   # before torch is even imported
+    for flag, spec in (("--calib", calib), ("--eval", eval_set)):   # described, not decoded: fails in a second
+        if spec is None:
+            continue
+        try:
+            n = len(calib_sets.load(spec))
+        except CalibSetError as e:
+            raise QcalError(f"{flag} {spec}: {e}") from None
+        if n == 0:
+            raise QcalError(f"{flag} {spec}: the set is empty; give a folder of images or a video.")
     with open_output(args.out, expected_bytes=estimate_bytes(checkpoint)) as outset:
+        from qcal.api import quantize
+
         plan = None
         if args.allocate:
             cfg, plan = _allocate(args, cfg)
@@ -266,7 +279,7 @@ def _run_llm_offloaded(args: argparse.Namespace, cfg: QuantConfig) -> int:
 
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from qcal.bench.spec import DEFAULT_PRECISIONS
+    from qcal.config import BENCH_PRECISIONS as DEFAULT_PRECISIONS
 
     b = sub.add_parser(
         "bench", help="the robustness matrix: every precision under every degradation, with a report",
@@ -331,8 +344,8 @@ _SWEEP_OWNS = {"calib": None, "eval": None, "config": None, "conditions": "qrid"
 
 
 def _run_sweep(args: argparse.Namespace, cmd: str) -> int:
-    from qcal.bench.spec import DEFAULT_PRECISIONS
     from qcal.bench.sweep import Sweep, run_sweep
+    from qcal.config import BENCH_PRECISIONS as DEFAULT_PRECISIONS
     from qcal.errors import ConfigError
 
     given = [k for k, v in {**_SWEEP_OWNS, "precisions": DEFAULT_PRECISIONS}.items() if getattr(args, k) != v]

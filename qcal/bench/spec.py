@@ -24,10 +24,11 @@ import tomllib
 import calib_sets
 from calib_sets.degrade import Condition
 from calib_sets.presets import QRID, named_condition
+from qcal.config import BENCH_PRECISIONS
 from qcal.errors import ConfigError
 
 KINDS = ("fp32", "fp16", "dynamic", "static", "onnx")
-DEFAULT_PRECISIONS = "fp32,fp16,int8-dynamic,int8-clean,int8-mixed"
+DEFAULT_PRECISIONS = BENCH_PRECISIONS
 
 
 @dataclass(frozen=True)

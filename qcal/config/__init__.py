@@ -312,7 +312,10 @@ class QuantConfig:
         plain = self.resolved(machine).to_dict()
         return hashlib.sha256(json.dumps(plain, sort_keys=True).encode()).hexdigest()[:16]
 
+# The precisions `qcal bench` measures unless told otherwise (here, not in qcal.bench, so the CLI can show it in
+# --help without importing the bench machinery).
+BENCH_PRECISIONS = "fp32,fp16,int8-dynamic,int8-clean,int8-mixed"
 
-__all__ = ["Activations", "AdaQuantConfig", "AdaQuantMode", "Granularity", "KeepFloatConfig", "LLMConfig",
+__all__ = ["BENCH_PRECISIONS", "Activations", "AdaQuantConfig", "AdaQuantMode", "Granularity", "KeepFloatConfig", "LLMConfig",
            "MetaAugConfig", "Observer", "Offload", "QuantConfig", "Rounding", "Scheme", "Target", "dump_toml",
            "from_plain", "to_plain"]

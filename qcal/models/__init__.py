@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from qcal.errors import CheckpointError
+from qcal.errors import CheckpointError, UntrustedCheckpointError
 from qcal.models.base import Detections, ModelAdapter, Prepared
 
 
@@ -16,6 +16,7 @@ def load_model(model: Any, *, trust_checkpoint: bool = False, imgsz: int = 640,
     if hasattr(model, "export_onnx") and hasattr(model, "prepare"):
         return model  # type: ignore[no-any-return]
     if isinstance(model, str | Path):
+        preflight(model, trust_checkpoint=trust_checkpoint)
         p = Path(model)
         if p.suffix == ".pt":
             from qcal.models.yolo import YoloAdapter
@@ -37,4 +38,22 @@ def load_model(model: Any, *, trust_checkpoint: bool = False, imgsz: int = 640,
     raise CheckpointError(f"cannot quantize a {type(model).__name__}: pass a YOLO .pt path or a torch.nn.Module.")
 
 
-__all__ = ["Detections", "ModelAdapter", "Prepared", "load_model"]
+def preflight(model: str | Path, *, trust_checkpoint: bool = False) -> None:
+    """The checks of a checkpoint path that need neither torch nor the file's contents: it exists, is a file with
+    bytes, and a pickle (.pt) is loaded only when trusted. The CLI runs it before anything heavy is imported."""
+    p = Path(model)
+    if not p.exists():
+        raise CheckpointError(f"checkpoint {p} does not exist. Pass the path of a YOLO .pt file.")
+    if p.suffix == ".pt":
+        if not p.is_file():
+            raise CheckpointError(f"checkpoint {p} is a folder, not a .pt file; pass the .pt file inside it.")
+        if p.stat().st_size == 0:
+            raise CheckpointError(f"checkpoint {p} is empty (0 bytes): the copy or download did not finish; "
+                                  "copy it again.")
+        if not trust_checkpoint:
+            raise UntrustedCheckpointError(
+                f"{p} is a pickle: loading it runs code from the file. If you trust it, pass "
+                "trust_checkpoint=True (CLI: --trust-checkpoint); otherwise export it to ONNX where you trust it.")
+
+
+__all__ = ["Detections", "ModelAdapter", "Prepared", "load_model", "preflight"]

@@ -1,0 +1,74 @@
+"""The `qcal lint` and `qcal engine` subcommands: their parsers (light: built for every `qcal` call) and runners
+(which import the TensorRT/ONNX machinery of qcal.deploy only when run)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def add_lint(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("lint", help="check a Q/DQ ONNX model against TensorRT's explicit-quantization rules",
+                       description="Rule-by-rule conformance (rule id, source in NVIDIA's docs, offending node, fix). "
+                       "Exit 0: conforming; 1: violations; 2: the model cannot be read.")
+    p.add_argument("model", help="the Q/DQ ONNX file")
+    p.add_argument("--target", default="tensorrt", choices=["tensorrt"], help="rule set (only tensorrt)")
+    p.add_argument("--json", help="also write the full result as JSON here")
+    p.add_argument("--limit", type=int, default=50, help="violations printed (all go to --json)")
+
+
+def run_lint(args: argparse.Namespace) -> int:
+    from exporters.errors import ExporterError
+    from exporters.quant_table import atomic_write_text
+    from exporters.trt_lint import lint_tensorrt
+
+    try:
+        res = lint_tensorrt(args.model)
+    except (ExporterError, OSError) as e:
+        print(f"qcal: error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # onnx raises DecodeError & co. on a file that is not a model
+        print(f"qcal: error: {args.model} is not a readable ONNX model: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        atomic_write_text(Path(args.json), json.dumps(res.to_dict(), indent=1))
+    print(res.summary(limit=args.limit))
+    return 0 if res.ok else 1
+
+
+def add_engine(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("engine", help="build a TensorRT engine (or print the trtexec line where TensorRT is absent)",
+                       description="Explicit: MODEL is the Q/DQ ONNX (linted first). Implicit (TensorRT <= 10): "
+                       "MODEL is the FP32 ONNX, --cache the calibration cache qcal wrote and --calib the set it was "
+                       "made from; a cache whose stamp does not match is refused. The engine is named "
+                       "<out stem>.<content hash>.engine; <engine>.build.json records the trtexec line.")
+    p.add_argument("model", help="Q/DQ ONNX (explicit) or FP32 ONNX with --cache (implicit)")
+    p.add_argument("-o", "--out", required=True, help="engine path (the content hash is added to its name)")
+    p.add_argument("--fp16-fallback", action="store_true", help="allow FP16 for layers left in float")
+    p.add_argument("--workspace-mb", type=int, default=1024, help="builder workspace limit in MiB (default 1024)")
+    p.add_argument("--timing-cache", help="timing cache file (read if present, written after the build)")
+    p.add_argument("--cache", help="native TensorRT calibration cache (implicit INT8)")
+    p.add_argument("--calib", help="the calibration set the cache must come from (required with --cache)")
+    p.add_argument("--config", help="the qcal config TOML the cache must come from (checked when given)")
+    p.add_argument("--no-lint", action="store_true", help="build a Q/DQ model even if it breaks lint rules")
+
+
+def run_engine(args: argparse.Namespace) -> int:
+    from exporters.tensorrt import EngineOptions
+    from qcal.config import QuantConfig
+    from qcal.deploy import engine
+
+    cfg_hash = QuantConfig.load(args.config).hash() if args.config else None
+    opts = EngineOptions(fp16=args.fp16_fallback, workspace_mb=args.workspace_mb, timing_cache=args.timing_cache)
+    rep = engine(args.model, args.out, options=opts, cache=args.cache, calib=args.calib, config_hash=cfg_hash,
+                 lint=not args.no_lint)
+    print(f"mode: {rep.mode}; TensorRT: {rep.trt_version or 'not installed'}")
+    if rep.cache_stamp:
+        print(f"cache stamp matches: calibration set {rep.cache_stamp['calib_hash'][:12]}, "
+              f"FP32 ONNX {rep.cache_stamp.get('onnx_sha256', '?')[:12]}")
+    print(("built " + rep.engine) if rep.built else rep.note)
+    print(f"trtexec equivalent:\n  {rep.trtexec}")
+    print(f"report: {rep.engine}.build.json")
+    return 0
