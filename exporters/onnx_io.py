@@ -9,6 +9,8 @@ from pathlib import Path
 
 import onnx
 
+from exporters.errors import ExporterError
+
 
 def stamp_metadata(model: onnx.ModelProto, values: Mapping[str, str]) -> onnx.ModelProto:
     """Set (replace) metadata_props entries; ONNX Runtime exposes them as custom_metadata_map."""
@@ -22,8 +24,14 @@ def stamp_metadata(model: onnx.ModelProto, values: Mapping[str, str]) -> onnx.Mo
 
 
 def read_metadata(path_or_model: str | Path | onnx.ModelProto) -> dict[str, str]:
-    m = path_or_model if isinstance(path_or_model, onnx.ModelProto) else onnx.load(str(path_or_model),
-                                                                                     load_external_data=False)
+    if isinstance(path_or_model, onnx.ModelProto):
+        m = path_or_model
+    else:
+        try:
+            m = onnx.load(str(path_or_model), load_external_data=False)
+        except Exception as e:   # DecodeError & co. on a file that is not a model
+            raise ExporterError(f"{path_or_model} is not a readable ONNX model ({type(e).__name__}: {e}); pass "
+                                "the .onnx file qcal (or your exporter) wrote.") from None
     return {p.key: p.value for p in m.metadata_props}
 
 

@@ -275,3 +275,33 @@ def verify(directory: str | Path, *, require: Iterable[str] = ()) -> dict[str, A
             raise IncompleteSetError(f"{d}: {name} does not match {MANIFEST} (missing, or changed after the run "
                                      f"wrote it); run qcal again with -o {d}.")
     return dict(manifest)
+
+
+def write_manifest(directory: str | Path, names: Iterable[str], meta: dict[str, Any] | None = None) -> Path:
+    """A manifest for files written in place (a folder that also holds caches, like `qcal bench`'s cells/):
+    call `drop_manifest` before rewriting any listed file and this after the last one, so a kill in between leaves
+    a folder that `verify` refuses rather than a mix it accepts."""
+    d = Path(directory)
+    files = {n: {"bytes": (d / n).stat().st_size, "sha256": file_sha256(d / n)} for n in sorted(names)}
+    data = {"schema": SCHEMA, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **(meta or {}), "files": files}
+    tmp = d / f".{MANIFEST}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, d / MANIFEST)
+    return d / MANIFEST
+
+
+def drop_manifest(directory: str | Path) -> None:
+    (Path(directory) / MANIFEST).unlink(missing_ok=True)
+
+
+def verify_member(path: str | Path, *, written_by_qcal: bool) -> dict[str, Any] | None:
+    """For a reader given one file: when its folder has a manifest, the file must be listed in it and match;
+    when it has none, the file is refused only if qcal wrote it (`written_by_qcal`: e.g. its ONNX metadata says
+    so), since then the run that wrote it did not finish. A file of the user's own is fine."""
+    p = Path(path)
+    if (p.parent / MANIFEST).is_file() or written_by_qcal:
+        return verify(p.parent, require=[p.name])
+    return None

@@ -82,6 +82,13 @@ def engine(onnx_path: str | Path, out: str | Path, *, options: EngineOptions | N
     src = Path(onnx_path)
     if not src.is_file():
         raise ExportError(f"model {src} does not exist: pass the ONNX file `qcal quantize` wrote.")
+    try:   # a model from a qcal set must come from a whole one (its run finished, nothing changed since)
+        from exporters.onnx_io import read_metadata
+        from exporters.outset import verify_member
+
+        verify_member(src, written_by_qcal="qcal.version" in read_metadata(src))
+    except ExporterError as e:
+        raise ExportError(str(e)) from e
     stamp = None
     lint_res = None
     if cache is not None:

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 import calib_sets
+from exporters.outset import drop_manifest, write_manifest
 from exporters.quant_table import atomic_write_text
 from qcal.bench.cells import CellStore
 from qcal.bench.classify import compare_classifier, score_classifier
@@ -167,9 +168,11 @@ def write_report(data: dict[str, Any], out: str | Path) -> dict[str, Path]:
     d = Path(out)
     d.mkdir(parents=True, exist_ok=True)
     paths = {"json": d / "report.json", "md": d / "report.md", "html": d / "report.html"}
+    drop_manifest(d)   # until the manifest is back, readers (qcal check) refuse the folder: never old + new
     atomic_write_text(paths["json"], json.dumps(data, indent=1))
     atomic_write_text(paths["md"], report_markdown(data))
     atomic_write_text(paths["html"], report_html(data))
+    write_manifest(d, [p.name for p in paths.values()], {"qcal_version": data.get("qcal_version", "")})
     return paths
 
 
