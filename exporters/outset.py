@@ -101,14 +101,6 @@ class OutputSet:
         return self.target.parent / f".{self.target.name}.qcal-{kind}-{os.getpid() if pid is None else pid}"
 
     def open(self) -> OutputSet:
-        t = self.target
-        if t.exists() and not t.is_dir():
-            raise OutputSetError(f"-o {t}: is a file, not a folder; give a folder path (it is created if missing).")
-        try:
-            t.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise OutputSetError(f"-o {t}: cannot create its parent folder {t.parent} ({e.strerror}); choose a "
-                                 "folder you can write to.") from None
         self._lock()
         try:
             self._recover()
@@ -122,22 +114,7 @@ class OutputSet:
         return self
 
     def _lock(self) -> None:
-        lock = self.target.parent / f".{self.target.name}.qcal.lock"
-        try:
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as e:
-            raise OutputSetError(f"-o {self.target}: its folder {self.target.parent} is not writable "
-                                 f"({e.strerror}); choose a folder you can write to.") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise OutputLockedError(f"-o {self.target}: another qcal run is writing it (lock {lock}, held by "
-                                    f"{holder}); wait for it to finish or choose another -o.") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode(), 0)
-        self._lock_fd = fd
+        self._lock_fd = _acquire(self.target)
 
     def _recover(self) -> None:
         """Under the lock no other writer is live: restore a previous set a kill left between the two renames,
@@ -237,6 +214,52 @@ class OutputSet:
 
     def __exit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
         self.close()
+
+
+def _acquire(target: Path) -> int:
+    """Check that `target` can be a folder we write, and take its writer lock (an fd holding a flock)."""
+    if target.exists() and not target.is_dir():
+        raise OutputSetError(f"-o {target}: is a file, not a folder; give a folder path (it is created if missing).")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputSetError(f"-o {target}: cannot create its parent folder {target.parent} ({e.strerror}); choose "
+                             "a folder you can write to.") from None
+    lock = target.parent / f".{target.name}.qcal.lock"
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise OutputSetError(f"-o {target}: its folder {target.parent} is not writable ({e.strerror}); choose a "
+                             "folder you can write to.") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise OutputLockedError(f"-o {target}: another qcal run is writing it (lock {lock}, held by {holder}); "
+                                "wait for it to finish or choose another -o.") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode(), 0)
+    return fd
+
+
+class FolderLock:
+    """The writer lock alone, for a folder written in place (`qcal bench`'s report folder and its caches):
+    `with FolderLock(out):` refuses a second concurrent writer and a path that cannot be a writable folder."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self.target = Path(directory).absolute()
+        self._fd: int | None = None
+
+    def __enter__(self) -> FolderLock:
+        if self._fd is None:   # entering an acquired lock again keeps it (no second flock on a new fd)
+            self._fd = _acquire(self.target)
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 def _umask() -> int:

@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 
 import calib_sets
-from exporters.outset import drop_manifest, write_manifest
+from exporters.errors import ExporterError
+from exporters.outset import FolderLock, drop_manifest, write_manifest
 from exporters.quant_table import atomic_write_text
 from qcal.bench.cells import CellStore
 from qcal.bench.classify import compare_classifier, score_classifier
@@ -42,7 +43,7 @@ from qcal.bench.spec import (
     parse_precisions,
 )
 from qcal.config import QuantConfig
-from qcal.errors import CalibrationError
+from qcal.errors import CalibrationError, ExportError
 from qcal.eval.detection import pseudo_labels
 from qcal.machine import machine_info
 from qcal.models import load_model
@@ -80,85 +81,90 @@ def robustness(model: Any, *, eval: Any, calib: str | None = None, conditions: s
 
     executor "ray" runs the cells as Ray tasks, on a local Ray or the cluster at `address` (HOST:PORT); the report
     is the same as the serial one's except timing fields (see qcal.bench.executors)."""
-    cfg = config or QuantConfig()
-    ex = make_executor(executor, address=address, threads=threads, device=device) if isinstance(executor, str) \
-        else executor
-    seconds: dict[str, float] = {}
-    log = (lambda msg: print(f"qcal bench: {msg}", file=sys.stderr)) if progress else (lambda msg: None)
-    precs = parse_precisions(precisions, calib)
-    conds = parse_conditions(conditions)
-    adapter = load_model(model, trust_checkpoint=trust_checkpoint, imgsz=cfg.imgsz)
-    imgsz = int(getattr(adapter, "input_size", cfg.imgsz))   # a torch module's own input size, else the config's
-    try:
-        es = calib_sets.load(eval).resized(imgsz)
-        samples = list(es)
-    except calib_sets.CalibSetError as e:
-        raise CalibrationError(f"evaluation set {eval!r}: {e}") from e
-    if not samples:
-        raise CalibrationError(f"evaluation set {eval!r} is empty.")
-    images = [s.image for s in samples]
-    hw = [img.shape[:2] for img in images]
-    store = CellStore(out)
+    try:   # the report folder is checked and locked before any work; a second run into it is refused
+        lock = FolderLock(out).__enter__()
+    except ExporterError as e:
+        raise ExportError(str(e)) from None
+    with lock:
+        cfg = config or QuantConfig()
+        ex = make_executor(executor, address=address, threads=threads, device=device) if isinstance(executor, str) \
+            else executor
+        seconds: dict[str, float] = {}
+        log = (lambda msg: print(f"qcal bench: {msg}", file=sys.stderr)) if progress else (lambda msg: None)
+        precs = parse_precisions(precisions, calib)
+        conds = parse_conditions(conditions)
+        adapter = load_model(model, trust_checkpoint=trust_checkpoint, imgsz=cfg.imgsz)
+        imgsz = int(getattr(adapter, "input_size", cfg.imgsz))   # a torch module's own input size, else the config's
+        try:
+            es = calib_sets.load(eval).resized(imgsz)
+            samples = list(es)
+        except calib_sets.CalibSetError as e:
+            raise CalibrationError(f"evaluation set {eval!r}: {e}") from e
+        if not samples:
+            raise CalibrationError(f"evaluation set {eval!r} is empty.")
+        images = [s.image for s in samples]
+        hw = [img.shape[:2] for img in images]
+        store = CellStore(out)
 
-    done = timed(seconds, "models")
-    models = build_models(adapter, precs, store, cfg, es, progress=progress, threads=threads, log=log, imgsz=imgsz)
-    done()
-    labelled = all(s.labels is not None for s in samples)
-    done = timed(seconds, "cells")
-    need_fp32 = not labelled and "fp32" not in models
-    run_models = {**models, **({"fp32": {"file": str(store.model_path("fp32")),
-                                         "sha256": store.model_info("fp32")["sha256"]}} if need_fp32 else {})}
-    rt = runtime or ("ort" if device == "cpu" else "torch")
-    cells = run_cells(adapter, run_models, conds, images, es.content_hash, store, threads=threads, progress=progress,
-                      runtime=rt, device=device, executor=ex)
-    done()
-    done = timed(seconds, "metrics")
-    if getattr(adapter, "task", "") == "classify":
-        labels = np.array([int(s.labels[0, 0]) for s in samples]) if labelled else None  # type: ignore[index]
-        metrics, correct = score_classifier(cells, labels)
-        if need_fp32:
-            metrics.pop("fp32")
-        comparisons = compare_classifier(correct, precs, bootstrap)
-        reference_info: dict[str, Any] = {"classes_seen": int(len(np.unique(labels))) if labels is not None else None}
-        primary = "top1"
-    else:
-        det_cells: dict[str, dict[str, list[Detections]]] = cells  # type: ignore[assignment]
-        if labelled:
-            reference = [labels_to_detections(s.labels, h) for s, h in zip(samples, hw, strict=True)]  # type: ignore[arg-type]
+        done = timed(seconds, "models")
+        models = build_models(adapter, precs, store, cfg, es, progress=progress, threads=threads, log=log, imgsz=imgsz)
+        done()
+        labelled = all(s.labels is not None for s in samples)
+        done = timed(seconds, "cells")
+        need_fp32 = not labelled and "fp32" not in models
+        run_models = {**models, **({"fp32": {"file": str(store.model_path("fp32")),
+                                             "sha256": store.model_info("fp32")["sha256"]}} if need_fp32 else {})}
+        rt = runtime or ("ort" if device == "cpu" else "torch")
+        cells = run_cells(adapter, run_models, conds, images, es.content_hash, store, threads=threads, progress=progress,
+                          runtime=rt, device=device, executor=ex)
+        done()
+        done = timed(seconds, "metrics")
+        if getattr(adapter, "task", "") == "classify":
+            labels = np.array([int(s.labels[0, 0]) for s in samples]) if labelled else None  # type: ignore[index]
+            metrics, correct = score_classifier(cells, labels)
+            if need_fp32:
+                metrics.pop("fp32")
+            comparisons = compare_classifier(correct, precs, bootstrap)
+            reference_info: dict[str, Any] = {"classes_seen": int(len(np.unique(labels))) if labels is not None else None}
+            primary = "top1"
         else:
-            reference = [pseudo_labels(d) for d in det_cells["fp32"]["clean"]]
-        if need_fp32:
-            det_cells.pop("fp32")
-        nc = max(len(adapter.class_names), 1)
-        metrics, evals = score_cells(det_cells, reference, hw, nc)
-        comparisons = compare_calibrations(evals, precs, bootstrap)
-        reference_info = {"reference_boxes": int(sum(len(r) for r in reference))}
-        primary = "map50_95"
-    done()
-    done = timed(seconds, "latency")
-    latency = measure(adapter, models, images[0], runs=latency_runs, threads=threads)
-    done()
-    data = {
-        "schema": SCHEMA,
-        "qcal_version": __version__,
-        "command": command,
-        "model": {"source": adapter.source, "family": adapter.family, "sha256": adapter.model_hash()},
-        "config": cfg.resolved().to_dict(), "config_hash": cfg.hash(),
-        "task": "classify" if primary == "top1" else "detect", "primary_metric": primary,
-        "metric": "labels" if labelled else "fidelity",
-        "eval": {"spec": str(eval), "set_hash": es.content_hash, "images": len(images), **reference_info},
-        "conditions": [condition_dict(c) for c in conds],
-        "precisions": [{"name": k, **v} for k, v in models.items()],
-        "cells": metrics,
-        "latency_ms": latency,
-        "size_mb": {k: v["size_mb"] for k, v in models.items()},
-        "comparisons": comparisons,
-        "machine": {**machine_info().to_dict(), "threads": threads},
-        "runtime": {"cells": rt, "device": device},   # the executor is left out: reports are executor-independent
-        "seconds": seconds,
-    }
-    paths = write_report(data, out)
-    return RobustnessReport(data, paths)
+            det_cells: dict[str, dict[str, list[Detections]]] = cells  # type: ignore[assignment]
+            if labelled:
+                reference = [labels_to_detections(s.labels, h) for s, h in zip(samples, hw, strict=True)]  # type: ignore[arg-type]
+            else:
+                reference = [pseudo_labels(d) for d in det_cells["fp32"]["clean"]]
+            if need_fp32:
+                det_cells.pop("fp32")
+            nc = max(len(adapter.class_names), 1)
+            metrics, evals = score_cells(det_cells, reference, hw, nc)
+            comparisons = compare_calibrations(evals, precs, bootstrap)
+            reference_info = {"reference_boxes": int(sum(len(r) for r in reference))}
+            primary = "map50_95"
+        done()
+        done = timed(seconds, "latency")
+        latency = measure(adapter, models, images[0], runs=latency_runs, threads=threads)
+        done()
+        data = {
+            "schema": SCHEMA,
+            "qcal_version": __version__,
+            "command": command,
+            "model": {"source": adapter.source, "family": adapter.family, "sha256": adapter.model_hash()},
+            "config": cfg.resolved().to_dict(), "config_hash": cfg.hash(),
+            "task": "classify" if primary == "top1" else "detect", "primary_metric": primary,
+            "metric": "labels" if labelled else "fidelity",
+            "eval": {"spec": str(eval), "set_hash": es.content_hash, "images": len(images), **reference_info},
+            "conditions": [condition_dict(c) for c in conds],
+            "precisions": [{"name": k, **v} for k, v in models.items()],
+            "cells": metrics,
+            "latency_ms": latency,
+            "size_mb": {k: v["size_mb"] for k, v in models.items()},
+            "comparisons": comparisons,
+            "machine": {**machine_info().to_dict(), "threads": threads},
+            "runtime": {"cells": rt, "device": device},   # the executor is left out: reports are executor-independent
+            "seconds": seconds,
+        }
+        paths = write_report(data, out)
+        return RobustnessReport(data, paths)
 
 
 def write_report(data: dict[str, Any], out: str | Path) -> dict[str, Path]:

@@ -63,3 +63,22 @@ def test_bench_reports_carry_a_manifest_that_is_dropped_while_rewriting(tmp_path
     assert json.loads((d / "report.json").read_text())["rows"] == [1]   # new json beside the old md ...
     with pytest.raises(IncompleteSetError, match="missing"):           # ... which no reader accepts
         verify(d)
+
+
+def test_bench_checks_and_locks_its_folder_before_the_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    import qcal.bench
+    from exporters.outset import FolderLock
+
+    def refuse(*a: object, **k: object) -> None:
+        raise AssertionError("the model was loaded although the report folder was unusable")
+
+    monkeypatch.setattr(qcal.bench, "load_model", refuse)
+    f = tmp_path / "file"
+    f.write_text("x")
+    argv = ["bench", "model.pt", "--trust-checkpoint", "--eval", "bundled:vtest[400:404]", "--no-progress"]
+    assert main([*argv, "-o", str(f)]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+    with FolderLock(tmp_path / "rep"):
+        assert main([*argv, "-o", str(tmp_path / "rep")]) == 2
+    assert "another qcal run is writing it" in capsys.readouterr().err
