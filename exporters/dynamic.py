@@ -8,6 +8,7 @@ MatMulInteger); YOLO's decode stays float because it has no Conv/MatMul.
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -33,7 +34,7 @@ def export_dynamic(fp32_model: str | Path, out_path: str | Path, *, op_types: Se
     level = root.level
     root.setLevel(logging.ERROR)   # ORT warns about pre-processing on every call; restored below
     try:
-        with tempfile.TemporaryDirectory(prefix="qcal-dyn-") as tmp:
+        with tempfile.TemporaryDirectory(prefix=f"qcal-{os.getpid()}-dyn-") as tmp:
             out_tmp = Path(tmp) / "dyn.onnx"
             quantize_dynamic(str(src), str(out_tmp), op_types_to_quantize=list(op_types),
                              nodes_to_exclude=list(exclude_nodes), weight_type=wt)

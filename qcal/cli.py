@@ -175,7 +175,11 @@ def _run_quantize(args: argparse.Namespace, cfg: QuantConfig) -> int:
     demo = args.cmd == "demo"
     checkpoint = demo_checkpoint() if demo else args.checkpoint
     calib, eval_set = (DEMO_CALIB, DEMO_EVAL) if demo else (args.calib, args.eval)
-    preflight(checkpoint, trust_checkpoint=demo or args.trust_checkpoint)   # before torch is even imported
+    if args.allocate:   # arguments first, then files: each fails before torch is even imported
+        from qcal.alloc import Budget
+
+        Budget.parse(args.allocate)
+    preflight(checkpoint, trust_checkpoint=demo or args.trust_checkpoint)
     for flag, spec in (("--calib", calib), ("--eval", eval_set)):   # described, not decoded: fails in a second
         if spec is None:
             continue

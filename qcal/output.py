@@ -50,10 +50,11 @@ def write_set(s: OutputSet, write: Callable[[OutputSet], dict[str, str]]) -> dic
     return {k: s.final(v) for k, v in names.items()}
 
 
-def workdir() -> tempfile.TemporaryDirectory[str]:
-    """A temporary work folder named after this process, after removing those of processes that no longer run."""
+def workdir(tag: str = "") -> tempfile.TemporaryDirectory[str]:
+    """A temporary work folder named after this process (`qcal-PID-TAG-*`), after removing those of processes that
+    no longer run."""
     sweep_workdirs()
-    return tempfile.TemporaryDirectory(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-")
+    return tempfile.TemporaryDirectory(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-{tag + '-' if tag else ''}")
 
 
 def sweep_workdirs(root: str | Path | None = None) -> list[Path]:

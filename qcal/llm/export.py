@@ -10,7 +10,6 @@ The legacy TorchScript exporter is used with eager attention: it handles the HF 
 from __future__ import annotations
 
 import json
-import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +23,7 @@ from exporters.errors import ExporterError
 from exporters.llm_onnx import quantize_linears
 from exporters.quant_table import QuantTable, arrays_path, atomic_write_text
 from qcal.errors import ExportError
+from qcal.output import workdir
 from qcal.quant.llm_schemes import QuantLinear
 
 
@@ -77,7 +77,7 @@ def export_llm(fp32_model: nn.Module, qmodel: nn.Module, table: QuantTable, repo
         export_decoder(fp32_model, paths["fp32"])
     plain = _swap_plain(qmodel)
     try:
-        with tempfile.TemporaryDirectory(prefix="qcal-llm-") as tmp:
+        with workdir("llm") as tmp:
             sim = Path(tmp) / "sim.onnx"
             export_decoder(qmodel, sim)
             counts = quantize_linears(sim, paths["quantized"], table)

@@ -11,7 +11,6 @@ keep_float.fp16_nodes, which the pipeline converts to float16 inside the QDQ gra
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from onnx import numpy_helper
 from qcal.alloc import Allocation, AllocationError, Budget, LayerCost, allocate, candidates
 from qcal.alloc import refine as refine_plans
 from qcal.config import KeepFloatConfig, QuantConfig
+from qcal.output import workdir
 from qcal.quant.fakequant import Precision
 from qcal.quant.qmodules import QuantModel, torch_layer_costs
 
@@ -117,7 +117,7 @@ def allocate_bits(model: Any, calib: Any = None, *, budget: Budget, choices: Seq
         if measure_on == "torch" else None
     sens = measure(bank, x, opts, base_p, loss=joint, progress=progress) if joint is not None else {}
     costs = torch_layer_costs(bank[base_p], x[:1])
-    with tempfile.TemporaryDirectory(prefix="qcal-alloc-") as tmp:
+    with workdir("alloc") as tmp:
         fp32_path = Path(tmp) / "model.fp32.onnx"
         refined = adapter.with_module(fp.float_module(), "alloc")
         refined.export_onnx(fp32_path, opset=cfg.opset)

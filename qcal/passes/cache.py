@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from qcal.output import workdir
+
 
 class _Stop(Exception):
     """Raised by the capture hook once the wanted tensor is seen: the rest of the forward pass is skipped."""
@@ -31,7 +33,7 @@ class ActivationCache:
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         if self.on_disk:
             if folder is None:
-                self._tmp = tempfile.TemporaryDirectory(prefix="qcal-actcache-")
+                self._tmp = workdir("actcache")
                 folder = Path(self._tmp.name)
             fd, path = tempfile.mkstemp(dir=folder, suffix=".f32")
             os.close(fd)
