@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 import qcal.api
+import qcal.errors
 from exporters.outset import verify
 from qcal.cli import main
 from qcal.errors import CalibrationError
@@ -80,3 +81,41 @@ def test_eval_failing_after_quantizing_keeps_the_new_set(tmp_path: Path, yolo_ch
     second = verify(out)   # the new set (3 calibration samples), whole
     assert second["files"]["report.json"] != first["files"]["report.json"]
     assert json.loads((out / "report.json").read_text())["calibration"]["samples"] == 3
+
+
+@pytest.mark.slow
+def test_a_crash_at_every_stage_of_the_real_export_leaves_the_previous_set(tmp_path: Path, yolo_checkpoint: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from exporters.outset import OutputSet
+
+    result = qcal.api.quantize(yolo_checkpoint, calib=CALIB, trust_checkpoint=True, progress=False)
+    out = tmp_path / "out"
+    real_path = OutputSet.path
+    writes: list[str] = []
+
+    def counting(self: OutputSet, name: str) -> Path:
+        writes.append(name)
+        return real_path(self, name)
+
+    monkeypatch.setattr(OutputSet, "path", counting)
+    first = result.export(out)
+    monkeypatch.setattr(OutputSet, "path", real_path)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    stages = len(writes)   # every file the export writes (quant_table.json brings its .arrays.npz)
+    assert stages >= 5 and set(writes) <= set(verify(out)["files"])
+    for stage in range(stages):
+        calls = {"n": 0}
+
+        def crashing(self: OutputSet, name: str, calls: dict[str, int] = calls, stage: int = stage) -> Path:
+            calls["n"] += 1
+            if calls["n"] > stage:
+                raise OSError(28, "No space left on device", name)
+            return real_path(self, name)
+
+        monkeypatch.setattr(OutputSet, "path", crashing)
+        with pytest.raises(qcal.errors.ExportError, match="disk is full"):
+            result.export(out)
+        monkeypatch.setattr(OutputSet, "path", real_path)
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == before, f"stage {stage}"
+        assert sorted(p.name for p in tmp_path.iterdir()) == [".out.qcal.lock", "out"]
+    assert sorted(first) == sorted(result.export(out))
