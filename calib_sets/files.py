@@ -61,8 +61,10 @@ def checked_items(paths: Sequence[Path], source: str, check: Check, root: Path |
         items.append(image_item(p, key, source, indices[i] if indices is not None else i,
                                 labels(p) if labels is not None else None))
     if skipped:
-        warnings.warn(f"{source}: skipped {len(skipped)} unreadable image(s) (truncated or not images), e.g. "
-                      f"{skipped[0]}; the list is in manifest.skipped", SkippedFilesWarning, stacklevel=3)
+        shown = ", ".join(skipped[:10]) + (f" and {len(skipped) - 10} more" if len(skipped) > 10 else "")
+        warnings.warn(f"{source}: skipped {len(skipped)} unreadable image(s) (truncated or not images): {shown}; "
+                      "they are listed in CalibSet.skipped (and qcal's report.json 'skipped')", SkippedFilesWarning,
+                      stacklevel=3)
     return items, skipped
 
 

@@ -7,6 +7,7 @@ A frame's digest is the file's sha256 plus the frame number: hashing the set nev
 
 from __future__ import annotations
 
+import warnings
 from functools import partial
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import numpy as np
 
 from calib_sets.decode import file_digest
 from calib_sets.errors import EmptyCalibSetError, SourceNotFoundError, UndecodableImageError
+from calib_sets.files import SkippedFilesWarning
 from calib_sets.sample import CalibSet, Item, Sample, memo, sha256_text
 
 VIDEO_EXTS = frozenset({".avi", ".mp4", ".mkv", ".mov", ".webm", ".mpg", ".mpeg", ".m4v", ".wmv"})
@@ -62,6 +64,29 @@ def frame_count(path: Path) -> int:
         cap.release()
 
 
+def _reads_at(path: Path, index: int) -> bool:
+    cap = cv2.VideoCapture(str(path))
+    try:
+        cap.set(cv2.CAP_PROP_POS_FRAMES, index)
+        return bool(cap.read()[0])
+    finally:
+        cap.release()
+
+
+def decodable_count(path: Path, listed: int) -> int:
+    """How many frames really decode: the header's count when its last frame reads (one seek), else found by
+    bisection over seeks (~log2(n) reads): a truncated file keeps the header of the whole one."""
+    if listed <= 0 or _reads_at(path, listed - 1):
+        return max(listed, 0)
+    if not _reads_at(path, 0):
+        return 0
+    lo, hi = 0, listed - 1   # frame lo reads, frame hi does not
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if _reads_at(path, mid) else (lo, mid)
+    return hi
+
+
 def _load(reader: _VideoReader, index: int, key: str, source: str) -> Sample:
     return Sample(reader.frame(index), key, source, index)
 
@@ -80,6 +105,18 @@ def video_set(path: str | Path, *, every: int = 1, start: int = 0, stop: int | N
     if not frames:
         raise EmptyCalibSetError(f"video {p}: the filter start={start}, stop={stop}, every={every} selects no "
                                  f"frame of its {n} frames.")
+    skipped = []
+    if not _reads_at(p, frames[-1]):   # the header lies (a truncated file): keep the frames that decode
+        real = decodable_count(p, n)
+        skipped.append(f"{p}#frame={real}..{n - 1} (the header lists {n} frames, {real} decode)")
+        frames = range(start, min(frames.stop, real), every)
+        if not frames:
+            raise EmptyCalibSetError(f"video {p}: only its first {real} of {n} listed frames decode (truncated or "
+                                     f"corrupt), and start={start}, stop={stop}, every={every} selects none of "
+                                     "them; re-encode or re-copy the file, or choose frames that exist.")
+        warnings.warn(f"video {p}: the header lists {n} frames but only {real} decode (truncated?); using the "
+                      f"{len(frames)} selected frames among them (CalibSet.skipped)", SkippedFilesWarning,
+                      stacklevel=2)
     reader = _VideoReader(p)
     file_sha = memo(partial(file_digest, p))
     items = []
@@ -87,4 +124,4 @@ def video_set(path: str | Path, *, every: int = 1, start: int = 0, stop: int | N
         key = f"{p.name}#frame={i}"
         items.append(Item(key, str(p), i, partial(_load, reader, i, key, str(p)),
                           memo(partial(lambda j: sha256_text(f"{file_sha()}#frame={j}"), i))))
-    return CalibSet(items)
+    return CalibSet(items, skipped=skipped)

@@ -45,9 +45,10 @@ class QuantResult:
         return str(self.calib.content_hash)
 
     @property
-    def skipped(self) -> list[dict[str, str]]:
-        """Calibration items the stream skipped (undecodable), each {"key", "reason"}."""
-        return [{"key": str(k), "reason": str(r)} for k, r in getattr(self.calib, "skipped", ())]
+    def skipped(self) -> list[str]:
+        """The calibration inputs the set left out as unreadable (calib_sets.CalibSet.skipped: each names the file
+        or the frames, and why)."""
+        return [str(x) for x in getattr(self.calib, "skipped", ())]
 
     @property
     def table(self) -> QuantTable:
@@ -76,6 +77,7 @@ class QuantResult:
                              "groups": o.blend_groups}},
             "range_stability": range_stability(o.calibration),
             "coverage": coverage(self.calib),
+            "skipped": self.skipped,
             "kept_in_float": [{"node": d.node, "op": d.op_type, "rule": d.rule, "reason": d.reason}
                               for d in o.decisions],
             "sensitivity_top": [{"node": k, "sqnr_drop_db": round(v, 2)} for k, v in
@@ -119,7 +121,6 @@ class QuantResult:
         shutil.copyfile(self.out.int8_path, s.path(names["int8"]))
         self.out.table.save(s.path(names["table"]))
         data = self.to_dict()
-        data["skipped"] = self.skipped
         if data["attribution"]:   # per-tensor error attribution: one bar per tensor, graph order
             from qcal.report import attribution_png
 

@@ -16,7 +16,7 @@ from qcal.cli import main
 from qcal.errors import CalibrationError
 from qcal.output import open_output
 
-CALIB = "bundled:vtest[0:8]"   # 4 bundled frames (every other one)
+CALIB = "bundled:vtest[0:8]"   # 3 bundled frames (every third one)
 
 
 @pytest.fixture
@@ -75,12 +75,12 @@ def test_eval_failing_after_quantizing_keeps_the_new_set(tmp_path: Path, yolo_ch
         raise CalibrationError("frame 17 of eval.avi is undecodable")
 
     monkeypatch.setattr(qcal.api.QuantResult, "evaluate", broken)
-    assert main([*argv, "--calib-size", "3", "--eval", "bundled:vtest[400:404]"]) == 2
+    assert main([*argv, "--calib-size", "2", "--eval", "bundled:vtest[400:404]"]) == 2
     err = capsys.readouterr().err
     assert "--eval bundled:vtest[400:404]: frame 17 of eval.avi is undecodable" in err and "was written" in err
-    second = verify(out)   # the new set (3 calibration samples), whole
+    second = verify(out)   # the new set (2 calibration samples), whole
     assert second["files"]["report.json"] != first["files"]["report.json"]
-    assert json.loads((out / "report.json").read_text())["calibration"]["samples"] == 3
+    assert json.loads((out / "report.json").read_text())["calibration"]["samples"] == 2
 
 
 @pytest.mark.slow
@@ -119,3 +119,30 @@ def test_a_crash_at_every_stage_of_the_real_export_leaves_the_previous_set(tmp_p
         assert {p.name: p.read_bytes() for p in out.iterdir()} == before, f"stage {stage}"
         assert sorted(p.name for p in tmp_path.iterdir()) == [".out.qcal.lock", "out"]
     assert sorted(first) == sorted(result.export(out))
+
+
+@pytest.mark.slow
+def test_skipped_calibration_images_are_in_the_summary_and_report(tmp_path: Path, yolo_checkpoint: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    import cv2
+
+    import calib_sets
+    from calib_sets.files import SkippedFilesWarning
+
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for i, s in enumerate(calib_sets.load(CALIB)):
+        cv2.imwrite(str(calib / f"f{i}.jpg"), cv2.cvtColor(s.image, cv2.COLOR_RGB2BGR))
+    (calib / "zero.jpg").write_bytes(b"")
+    (calib / "text.png").write_text("not an image")
+    (calib / "cut.jpg").write_bytes((calib / "f0.jpg").read_bytes()[:500])
+    out = tmp_path / "out"
+    with pytest.warns(SkippedFilesWarning):
+        assert main(["quantize", str(yolo_checkpoint), "--trust-checkpoint", "--calib", str(calib), "-o", str(out),
+                     "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    bad = sorted(str(calib / n) for n in ("cut.jpg", "text.png", "zero.jpg"))
+    assert "skipped 3 unreadable calibration input(s)" in printed and all(b in printed for b in bad)
+    report = json.loads((out / "report.json").read_text())
+    assert sorted(report["skipped"]) == bad and report["calibration"]["samples"] == 3
+    assert all(b in (out / "report.md").read_text() for b in bad)
