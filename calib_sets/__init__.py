@@ -12,10 +12,10 @@ from calib_sets.errors import (
     DegradationParamError,
     EmptyCalibSetError,
     RecipeError,
+    SkippedFilesWarning,
     SourceNotFoundError,
     UndecodableImageError,
 )
-from calib_sets.files import SkippedFilesWarning
 from calib_sets.manifest import Manifest, ManifestEntry
 from calib_sets.mix import DegradationMix
 from calib_sets.overlap import Overlap, overlap

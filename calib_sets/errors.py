@@ -23,3 +23,7 @@ class DegradationParamError(CalibSetError, ValueError):
 
 class RecipeError(CalibSetError, ValueError):
     """A TOML recipe is malformed: unknown key, wrong type, or a value out of range."""
+
+
+class SkippedFilesWarning(UserWarning):
+    """Some inputs of a source were unreadable and left out (they are listed in CalibSet.skipped)."""

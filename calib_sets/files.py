@@ -16,15 +16,11 @@ from typing import Literal
 import numpy as np
 
 from calib_sets.decode import IMAGE_EXTS, decode_image, file_digest, looks_complete
-from calib_sets.errors import UndecodableImageError
+from calib_sets.errors import SkippedFilesWarning, UndecodableImageError
 from calib_sets.sample import Item, Sample, memo
 
 Check = Literal["header", "full", "none"]
 LabelReader = Callable[[], "np.ndarray | None"]
-
-
-class SkippedFilesWarning(UserWarning):
-    """Some files of a source were unreadable and left out (they are listed in the manifest)."""
 
 
 def load_image(path: Path, key: str, source: str, index: int, labels: LabelReader | None = None) -> Sample:

@@ -3,12 +3,18 @@
 A CalibSet holds `Item`s: a description of each sample (key, source, index, condition) plus two callables,
 `load()` (decode + transform the pixels) and `digest()` (a content hash computed from the source bytes and the
 transforms, without decoding). Iterating decodes one sample at a time, so memory does not grow with the set.
+
+A stream can meet a bad item only when it decodes it (a corrupt frame mid-video, a file that changed after it
+was listed): iteration then skips that item, warns once, and records it in `skipped` (a list that every set
+derived by take/subset/map/repeat shares, so the set a caller holds sees what a pass met). Only when not one
+item decodes does iteration raise.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import lru_cache, partial
@@ -17,7 +23,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from calib_sets.errors import CalibSetError
+from calib_sets.errors import CalibSetError, EmptyCalibSetError, SkippedFilesWarning, UndecodableImageError
 from calib_sets.hashing import Param, set_hash
 from calib_sets.manifest import Manifest, ManifestEntry
 
@@ -86,7 +92,8 @@ class CalibSet:
     def __init__(self, items: Sequence[Item], recipe: str = "", skipped: Sequence[str] = ()) -> None:
         self._items = tuple(items)
         self.recipe = recipe
-        self.skipped: list[str] = list(skipped)
+        # a list passed in is shared, not copied: derived sets and their parent record skips in one place
+        self.skipped: list[str] = skipped if isinstance(skipped, list) else list(skipped)
         self._hash: str | None = None
 
     # --- sequence protocol -------------------------------------------------------------------------------
@@ -94,8 +101,26 @@ class CalibSet:
         return len(self._items)
 
     def __iter__(self) -> Iterator[Sample]:
+        yielded = 0
         for it in self._items:
-            yield it.load()
+            try:
+                sample = it.load()
+            except UndecodableImageError as e:
+                self._skip(it, e)
+                continue
+            yielded += 1
+            yield sample
+        if self._items and not yielded:
+            raise EmptyCalibSetError(f"not one of the {len(self._items)} samples decodes (first: "
+                                     f"{self.skipped[0] if self.skipped else self._items[0].key}); check the "
+                                     "files (re-copy or re-encode them) or give another source.")
+
+    def _skip(self, it: Item, e: Exception) -> None:
+        why = f"{it.key}: {e}"
+        if why not in self.skipped:
+            self.skipped.append(why)
+            warnings.warn(f"skipped an input that does not decode: {why} (CalibSet.skipped; in qcal's "
+                          "report.json: 'skipped' or 'evaluation.skipped')", SkippedFilesWarning, stacklevel=3)
 
     def __getitem__(self, i: int) -> Sample:
         return self._items[i].load()

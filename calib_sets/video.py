@@ -15,8 +15,12 @@ import cv2
 import numpy as np
 
 from calib_sets.decode import file_digest
-from calib_sets.errors import EmptyCalibSetError, SourceNotFoundError, UndecodableImageError
-from calib_sets.files import SkippedFilesWarning
+from calib_sets.errors import (
+    EmptyCalibSetError,
+    SkippedFilesWarning,
+    SourceNotFoundError,
+    UndecodableImageError,
+)
 from calib_sets.sample import CalibSet, Item, Sample, memo, sha256_text
 
 VIDEO_EXTS = frozenset({".avi", ".mp4", ".mkv", ".mov", ".webm", ".mpg", ".mpeg", ".m4v", ".wmv"})

@@ -6,7 +6,7 @@ import json
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -168,9 +168,13 @@ class QuantResult:
         if shared:
             raise CalibrationError(f"{len(shared)} evaluation image(s) are also in the calibration set "
                                    f"(e.g. {shared[0].key_b}); evaluate on images the calibration never saw.")
-        images = [s.image for s in es]
-        self.evaluation = evaluate_detector(self.adapter, self.out.fp32_path, self.out.int8_path, images,
-                                            latency_runs=latency_runs, threads=threads, progress=progress)
+        try:   # a frame that does not decode is skipped and named (es.skipped); none decoding is an error
+            images = [s.image for s in es]
+        except calib_sets.CalibSetError as e:
+            raise CalibrationError(f"evaluation set {eval_set!r}: {e}") from e
+        ev = evaluate_detector(self.adapter, self.out.fp32_path, self.out.int8_path, images,
+                               latency_runs=latency_runs, threads=threads, progress=progress)
+        self.evaluation = replace(ev, skipped=tuple(es.skipped))
         return self.evaluation
 
 

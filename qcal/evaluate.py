@@ -26,10 +26,11 @@ class Evaluation:
     accuracy: dict[str, dict[str, float]]   # precision -> {"map50_95": .., "map50": ..}
     latency_ms: dict[str, dict[str, float]]  # precision -> {"median_ms": .., "p90_ms": ..}
     size_mb: dict[str, float]
+    skipped: tuple[str, ...] = ()             # evaluation inputs that did not decode (named, with why)
 
     def to_dict(self) -> dict[str, Any]:
         return {"metric": self.metric, "images": self.images, "accuracy": self.accuracy,
-                "latency_ms": self.latency_ms, "size_mb": self.size_mb}
+                "latency_ms": self.latency_ms, "size_mb": self.size_mb, "skipped": list(self.skipped)}
 
 
 def detect_all(adapter: ModelAdapter, model_path: Path, images: list[np.ndarray], threads: int,

@@ -10,11 +10,12 @@ def _fmt(v: Any, spec: str = ".3f") -> str:
     return "n/a" if v is None else format(v, spec)
 
 
-def _skipped_lines(skipped: list[str], show: int = 10) -> list[str]:
+def _skipped_lines(skipped: list[str], what: str = "calibration", key: str = "skipped",
+                   show: int = 10) -> list[str]:
     if not skipped:
         return []
-    more = [f"  ... and {len(skipped) - show} more (report.json 'skipped')"] if len(skipped) > show else []
-    return [f"skipped {len(skipped)} unreadable calibration input(s):", *(f"  {x}" for x in skipped[:show]), *more]
+    more = [f"  ... and {len(skipped) - show} more (report.json {key!r})"] if len(skipped) > show else []
+    return [f"skipped {len(skipped)} unreadable {what} input(s):", *(f"  {x}" for x in skipped[:show]), *more]
 
 
 def summary_table(r: dict[str, Any]) -> str:
@@ -45,6 +46,7 @@ def summary_table(r: dict[str, Any]) -> str:
             f"calibration samples | set {r['calibration']['set_hash'][:12]}",
             _stability_line(r.get("range_stability", {})),
             *_skipped_lines(r.get("skipped") or []),
+            *_skipped_lines(ev.get("skipped") or [], "evaluation", "evaluation.skipped"),
             f"kept in float: {len(kept)} node(s) " + ", ".join(f"{v} by {k}" for k, v in rules.items()),
             f"quantize time {r['seconds']['total']:.1f} s | CPU {m.get('cpu_model', '?')} "
             f"flags {' '.join(m.get('flags', []))}"]
@@ -85,6 +87,9 @@ def report_markdown(r: dict[str, Any]) -> str:
              f"- timings (s): {r['seconds']}", *_blend_lines(r['calibration'].get("blend_search")), "",
              *(["## Calibration inputs skipped as unreadable", "",
                 *(f"- `{x}`" for x in r["skipped"]), ""] if r.get("skipped") else []),
+             *(["## Evaluation inputs skipped as unreadable", "",
+                *(f"- `{x}`" for x in r["evaluation"]["skipped"]), ""]
+               if (r.get("evaluation") or {}).get("skipped") else []),
              "## Nodes kept in float, and why", "", "| node | op | rule | reason |", "|---|---|---|---|"]
     for k in r.get("kept_in_float", []):
         lines.append(f"| `{k['node']}` | {k['op']} | {k['rule']} | {k['reason']} |")

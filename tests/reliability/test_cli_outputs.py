@@ -124,10 +124,21 @@ def test_a_crash_at_every_stage_of_the_real_export_leaves_the_previous_set(tmp_p
 @pytest.mark.slow
 def test_skipped_calibration_images_are_in_the_summary_and_report(tmp_path: Path, yolo_checkpoint: Path,
                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """Three unreadable calibration files (known up front) and a corrupt frame mid-way through the --eval video
+    (met only while evaluating): each is skipped, named in the summary, report.json and report.md."""
     import cv2
 
     import calib_sets
     from calib_sets.files import SkippedFilesWarning
+    from tests.reliability.test_streams import zero_frame
+
+    video = tmp_path / "eval.avi"
+    frames = [cv2.cvtColor(s.image, cv2.COLOR_RGB2BGR) for s in calib_sets.load("bundled:vtest[400:418]")]
+    w = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, frames[0].shape[1::-1])
+    for f in frames:
+        w.write(f)
+    w.release()
+    zero_frame(video, tmp_path / "evbad.avi", 2)
 
     calib = tmp_path / "calib"
     calib.mkdir()
@@ -139,10 +150,14 @@ def test_skipped_calibration_images_are_in_the_summary_and_report(tmp_path: Path
     out = tmp_path / "out"
     with pytest.warns(SkippedFilesWarning):
         assert main(["quantize", str(yolo_checkpoint), "--trust-checkpoint", "--calib", str(calib), "-o", str(out),
-                     "--no-progress"]) == 0
+                     "--eval", str(tmp_path / "evbad.avi"), "--no-progress"]) == 0
     printed = capsys.readouterr().out
     bad = sorted(str(calib / n) for n in ("cut.jpg", "text.png", "zero.jpg"))
     assert "skipped 3 unreadable calibration input(s)" in printed and all(b in printed for b in bad)
     report = json.loads((out / "report.json").read_text())
     assert sorted(report["skipped"]) == bad and report["calibration"]["samples"] == 3
     assert all(b in (out / "report.md").read_text() for b in bad)
+    assert report["evaluation"]["images"] == 5 and len(report["evaluation"]["skipped"]) == 1
+    assert report["evaluation"]["skipped"][0].startswith("evbad.avi#frame=2: ")
+    assert "skipped 1 unreadable evaluation input(s):" in printed and "evbad.avi#frame=2" in printed
+    assert "## Evaluation inputs skipped as unreadable" in (out / "report.md").read_text()

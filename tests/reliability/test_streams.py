@@ -78,3 +78,45 @@ def test_every_unreadable_image_is_named(tmp_path: Path) -> None:
     assert len(cs) == 8 and sorted(cs.skipped) == bad
     assert all(b in msg for b in bad) and "skipped 3 unreadable" in msg and "manifest.skipped" not in msg
     assert sorted(json.loads(json.dumps(cs.manifest.to_dict()))["skipped"]) == bad
+
+
+def zero_frame(src: Path, dst: Path, frame: int) -> Path:
+    """A copy of an MJPG AVI whose `frame`-th JPEG has its data zeroed: the header and the frames after it
+    stay intact, so only reading that frame fails (a corrupt frame mid-stream)."""
+    b = bytearray(src.read_bytes())
+    soi = [i for i in range(len(b) - 1) if b[i] == 0xFF and b[i + 1] == 0xD8]
+    b[soi[frame]: soi[frame + 1] - 8] = bytes(soi[frame + 1] - 8 - soi[frame])
+    dst.write_bytes(bytes(b))
+    return dst
+
+
+def test_a_corrupt_frame_mid_video_is_skipped_named_and_reported_once(tmp_path: Path) -> None:
+    v = zero_frame(write_video(tmp_path / "v.avi", 20), tmp_path / "bad.avi", 10)
+    cs = calib_sets.load(str(v))
+    assert len(cs) == 20 and cs.skipped == []        # the last frame decodes: nothing is known up front
+    derived = cs.take(15)
+    with pytest.warns(SkippedFilesWarning, match=r"bad\.avi#frame=10"):
+        got = [s.key for s in derived]
+    assert got == [f"bad.avi#frame={i}" for i in range(15) if i != 10]
+    assert len(cs.skipped) == 1 and cs.skipped[0].startswith("bad.avi#frame=10: ")   # shared with the parent
+    assert [s.key for s in derived][-1] == "bad.avi#frame=14" and len(cs.skipped) == 1   # a second pass: once
+
+
+def test_a_file_that_breaks_after_it_was_listed_is_skipped(tmp_path: Path) -> None:
+    rng = np.random.default_rng(2)
+    for i in range(4):
+        cv2.imwrite(str(tmp_path / f"im{i}.png"), rng.integers(0, 255, (32, 32, 3), dtype=np.uint8))
+    cs = calib_sets.load(str(tmp_path))
+    data = (tmp_path / "im2.png").read_bytes()
+    (tmp_path / "im2.png").write_bytes(data[:40] + bytes(len(data) - 40))   # header kept, pixels gone
+    with pytest.warns(SkippedFilesWarning):
+        assert len(list(cs)) == 3
+    assert len(cs.skipped) == 1 and "im2.png" in cs.skipped[0]
+
+
+def test_a_set_where_nothing_decodes_is_a_typed_error(tmp_path: Path) -> None:
+    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((16, 16, 3), np.uint8))
+    cs = calib_sets.load(str(tmp_path))
+    (tmp_path / "a.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64))
+    with pytest.warns(SkippedFilesWarning), pytest.raises(EmptyCalibSetError, match="not one of the 1 samples"):
+        list(cs)
