@@ -7,13 +7,19 @@ OpenCV decodes (fast, 16-bit aware); Pillow only reads the EXIF orientation tag,
 from __future__ import annotations
 
 import hashlib
+import re
 import warnings
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from calib_sets.errors import UndecodableImageError
+
 IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+# 134 Mpx: decoding one takes ~400 MB as 8-bit RGB (an 8K frame is 33 Mpx). A "decompression bomb" (a small
+# PNG whose header claims 50000 x 50000) is refused from its header, before anything is allocated.
+MAX_PIXELS = 2**27
 
 
 class ConversionWarning(UserWarning):
@@ -71,12 +77,44 @@ def _to_uint8(img: np.ndarray, path: Path) -> np.ndarray:
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
+def too_large(path: Path) -> str | None:
+    """Why the image is too large to decode (from its header alone), or None when it is not (or the header is
+    not one Pillow reads: the decode then decides)."""
+    try:
+        from PIL import Image
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")   # Pillow's DecompressionBombWarning: the limit here is qcal's own
+            with Image.open(path) as im:
+                w, h = im.size
+    except ImportError:
+        return None
+    except Exception as e:   # Pillow refuses > 179 Mpx itself; its message carries the pixel count
+        m = re.search(r"\((\d+) pixels\)", str(e))
+        if type(e).__name__ != "DecompressionBombError" or not m:
+            return None
+        return _above(f"{int(m.group(1)) / 1e6:.0f} Mpx")
+    return _above(f"{w} x {h} = {w * h / 1e6:.0f} Mpx") if w * h > MAX_PIXELS else None
+
+
+def _above(size: str) -> str:
+    return (f"its header says {size}, above the limit of {MAX_PIXELS / 1e6:.0f} Mpx (a decompression bomb or a "
+            "huge scan): downscale it")
+
+
 def decode_image(path: Path | str) -> np.ndarray | None:
     """RGB uint8 HxWx3 with EXIF orientation applied, or None when the file does not decode.
-    Grey, alpha and 16-bit/float images are converted with a `ConversionWarning`."""
+    Grey, alpha and 16-bit/float images are converted with a `ConversionWarning`; an image above MAX_PIXELS
+    raises UndecodableImageError before anything is allocated."""
     path = Path(path)
+    big = too_large(path)
+    if big:
+        raise UndecodableImageError(f"{path}: {big}.")
     data = np.fromfile(str(path), dtype=np.uint8)
-    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    try:
+        img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    except cv2.error:   # OpenCV refuses what it cannot allocate or parse: that is "does not decode"
+        img = None
     if img is None:
         return None
     img = _to_uint8(img, path)

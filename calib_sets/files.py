@@ -15,7 +15,7 @@ from typing import Literal
 
 import numpy as np
 
-from calib_sets.decode import IMAGE_EXTS, decode_image, file_digest, looks_complete
+from calib_sets.decode import IMAGE_EXTS, decode_image, file_digest, looks_complete, too_large
 from calib_sets.errors import SkippedFilesWarning, UndecodableImageError
 from calib_sets.sample import Item, Sample, memo
 
@@ -51,14 +51,15 @@ def checked_items(paths: Sequence[Path], source: str, check: Check, root: Path |
     """Items for the files that pass `check`; the others are returned as skipped (with a warning)."""
     items, skipped = [], []
     for i, (p, key) in enumerate(zip(paths, _keys_for(paths, root), strict=True)):
-        if check != "none" and not looks_complete(p, full=check == "full"):
-            skipped.append(str(p))
+        big = too_large(p) if check != "none" else None
+        if big or (check != "none" and not looks_complete(p, full=check == "full")):
+            skipped.append(f"{p} ({big})" if big else str(p))
             continue
         items.append(image_item(p, key, source, indices[i] if indices is not None else i,
                                 labels(p) if labels is not None else None))
     if skipped:
         shown = ", ".join(skipped[:10]) + (f" and {len(skipped) - 10} more" if len(skipped) > 10 else "")
-        warnings.warn(f"{source}: skipped {len(skipped)} unreadable image(s) (truncated or not images): {shown}; "
+        warnings.warn(f"{source}: skipped {len(skipped)} unreadable image(s) (truncated, too large or not images): {shown}; "
                       "they are listed in CalibSet.skipped (and qcal's report.json 'skipped')", SkippedFilesWarning,
                       stacklevel=3)
     return items, skipped

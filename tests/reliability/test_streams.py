@@ -120,3 +120,38 @@ def test_a_set_where_nothing_decodes_is_a_typed_error(tmp_path: Path) -> None:
     (tmp_path / "a.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64))
     with pytest.warns(SkippedFilesWarning), pytest.raises(EmptyCalibSetError, match="not one of the 1 samples"):
         list(cs)
+
+
+def png_bomb(path: Path, w: int = 50000, h: int = 50000) -> Path:
+    """A 1 kB PNG whose header claims w x h pixels (the IDAT holds a few compressed zero rows)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(bytes(4096)))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+def test_a_decompression_bomb_is_refused_from_its_header(tmp_path: Path) -> None:
+    import tracemalloc
+
+    from calib_sets.decode import decode_image
+    from calib_sets.errors import UndecodableImageError
+
+    bomb = png_bomb(tmp_path / "bomb.png")
+    tracemalloc.start()
+    with pytest.raises(UndecodableImageError, match=r"header says 2500 Mpx, above the limit of 134 Mpx"):
+        decode_image(bomb)
+    with pytest.raises(UndecodableImageError, match=r"says 12000 x 12000 = 144 Mpx, above the limit of 134"):
+        decode_image(png_bomb(tmp_path / "big.png", 12000, 12000))
+    assert tracemalloc.get_traced_memory()[1] < 8 * 2**20
+    tracemalloc.stop()
+    (tmp_path / "big.png").unlink()
+    cv2.imwrite(str(tmp_path / "good.png"), np.zeros((32, 32, 3), np.uint8))
+    with pytest.warns(SkippedFilesWarning, match="too large"):
+        cs = calib_sets.load(str(tmp_path))
+    assert len(cs) == 1 and len(cs.skipped) == 1 and "bomb.png (its header says 2500 Mpx" in cs.skipped[0]
