@@ -149,13 +149,8 @@ class OutputSet:
                                  "those files away.")
 
     def _check_space(self) -> None:
-        if self.expected_bytes <= 0:
-            return
-        free = shutil.disk_usage(self.target.parent).free
-        if free < self.expected_bytes:
-            raise OutputSetError(f"-o {self.target}: {free / 2**20:.0f} MiB free on its disk, the new set needs "
-                                 f"about {self.expected_bytes / 2**20:.0f} MiB (written beside the previous set "
-                                 "before it is replaced); free some space or choose another -o.")
+        check_space(self.target, self.expected_bytes, "the new set needs about {need} MiB (written beside the "
+                    "previous set before it is replaced)")
 
     # --- write ----------------------------------------------------------------------------------------------
     def path(self, name: str) -> Path:
@@ -243,17 +238,42 @@ def _acquire(target: Path) -> int:
     return fd
 
 
+def check_space(target: Path, expected_bytes: float, needs: str) -> None:
+    """Refuse before the work when the disk holding `target` has less than `expected_bytes` free; `needs` says
+    what the bytes are for, with `{need}` where the MiB go."""
+    if expected_bytes <= 0:
+        return
+    free = shutil.disk_usage(target if target.is_dir() else target.parent).free
+    if free < expected_bytes:
+        raise OutputSetError(f"-o {target}: {free / 2**20:.0f} MiB free on its disk, "
+                             + needs.format(need=f"{expected_bytes / 2**20:.0f}")
+                             + "; free some space or choose another -o.")
+
+
+def _folder_bytes(d: Path) -> int:
+    return sum(p.stat().st_size for p in d.rglob("*") if p.is_file()) if d.is_dir() else 0
+
+
 class FolderLock:
     """The writer lock alone, for a folder written in place (`qcal bench`'s report folder and its caches):
-    `with FolderLock(out):` refuses a second concurrent writer and a path that cannot be a writable folder."""
+    `with FolderLock(out, expected_bytes=n):` refuses a second concurrent writer, a path that cannot be a
+    writable folder, and a disk without room for what is not yet in the folder (a resumed run needs less)."""
 
-    def __init__(self, directory: str | Path) -> None:
+    def __init__(self, directory: str | Path, *, expected_bytes: float = 0) -> None:
         self.target = Path(directory).absolute()
+        self.expected_bytes = expected_bytes
         self._fd: int | None = None
 
     def __enter__(self) -> FolderLock:
         if self._fd is None:   # entering an acquired lock again keeps it (no second flock on a new fd)
-            self._fd = _acquire(self.target)
+            fd = _acquire(self.target)
+            try:
+                check_space(self.target, self.expected_bytes - _folder_bytes(self.target),
+                            "the report's models and cells need about {need} MiB more")
+            except OutputSetError:
+                os.close(fd)
+                raise
+            self._fd = fd
         return self
 
     def __exit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:

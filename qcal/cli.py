@@ -325,13 +325,23 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 def _run_bench(args: argparse.Namespace, argv: list[str] | None) -> int:
     import shlex
 
-    from qcal.bench import robustness
-
     cmd = "qcal " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     if args.checkpoint.endswith(".toml"):
         return _run_sweep(args, cmd)
     if not args.eval:
         raise QcalError("qcal bench CHECKPOINT needs --eval (evaluation images), or give a sweep file (.toml).")
+    for flag, v, lo in (("--threads", args.threads, 1), ("--latency-runs", args.latency_runs, 0),
+                        ("--bootstrap", args.bootstrap, 0)):   # before torch is imported: an answer in a second
+        if v < lo:
+            raise QcalError(f"{flag} {v}: must be >= {lo}" + (" (ONNX Runtime threads per session)." if lo else
+                                                               " (0 skips it)."))
+    if args.address and args.executor != "ray":
+        raise QcalError(f"--address {args.address} needs --executor ray (the serial executor runs here).")
+    from qcal.models import preflight
+
+    preflight(args.checkpoint, trust_checkpoint=args.trust_checkpoint)
+    from qcal.bench import robustness
+
     cfg = QuantConfig.load(args.config) if args.config else QuantConfig()
     report = robustness(args.checkpoint, eval=args.eval, calib=args.calib, conditions=args.conditions,
                         precisions=args.precisions, out=args.out, config=cfg,

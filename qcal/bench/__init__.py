@@ -43,7 +43,7 @@ from qcal.bench.spec import (
     parse_precisions,
 )
 from qcal.config import QuantConfig
-from qcal.errors import CalibrationError, ExportError
+from qcal.errors import CalibrationError, ConfigError, ExportError
 from qcal.eval.detection import pseudo_labels
 from qcal.machine import machine_info
 from qcal.models import load_model
@@ -67,6 +67,25 @@ class RobustnessReport:
         return summary_table(self.data)
 
 
+def check_counts(*, threads: int, latency_runs: int, bootstrap: int) -> None:
+    """The counts of a bench run, checked before anything is loaded (ConfigError naming the flag)."""
+    for flag, v, lo in (("--threads", threads, 1), ("--latency-runs", latency_runs, 0), ("--bootstrap", bootstrap, 0)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+            raise ConfigError(f"{flag} {v!r}: must be an integer >= {lo}"
+                              + (" (ONNX Runtime threads per session)" if lo else " (0 skips it)") + ".")
+
+
+def _expected_bytes(model: Any, precisions: str | Sequence[str]) -> float:
+    """About what the report folder holds when done: an FP32 ONNX (~2x a half-precision .pt) and one model per
+    other precision (<= 2x each), plus 16 MiB of cells and reports; 0 (no check) for a module."""
+    n = len(precisions.split(",")) if isinstance(precisions, str) else len(precisions)
+    try:
+        ckpt = Path(model).stat().st_size
+    except (OSError, TypeError):
+        return 0.0
+    return float(2 * (n + 1) * ckpt + 16 * 2**20)
+
+
 def robustness(model: Any, *, eval: Any, calib: str | None = None, conditions: str | Sequence[str] | None = "qrid",
                precisions: str | Sequence[str] = DEFAULT_PRECISIONS, out: str | Path = "report",
                config: QuantConfig | None = None, trust_checkpoint: bool = False, latency_runs: int = 30,
@@ -81,8 +100,9 @@ def robustness(model: Any, *, eval: Any, calib: str | None = None, conditions: s
 
     executor "ray" runs the cells as Ray tasks, on a local Ray or the cluster at `address` (HOST:PORT); the report
     is the same as the serial one's except timing fields (see qcal.bench.executors)."""
+    check_counts(threads=threads, latency_runs=latency_runs, bootstrap=bootstrap)
     try:   # the report folder is checked and locked before any work; a second run into it is refused
-        lock = FolderLock(out).__enter__()
+        lock = FolderLock(out, expected_bytes=_expected_bytes(model, precisions)).__enter__()
     except ExporterError as e:
         raise ExportError(str(e)) from None
     with lock:

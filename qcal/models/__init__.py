@@ -45,8 +45,11 @@ def preflight(model: str | Path, *, trust_checkpoint: bool = False) -> None:
     if not p.exists():
         raise CheckpointError(f"checkpoint {p} does not exist. Pass the path of a YOLO .pt file.")
     if p.suffix == ".pt":
-        if not p.is_file():
+        if p.is_dir():
             raise CheckpointError(f"checkpoint {p} is a folder, not a .pt file; pass the .pt file inside it.")
+        if not p.is_file():
+            raise CheckpointError(f"checkpoint {p} is not a regular file (a pipe, socket or device); copy the "
+                                  "checkpoint to a file and pass that.")
         if p.stat().st_size == 0:
             raise CheckpointError(f"checkpoint {p} is empty (0 bytes): the copy or download did not finish; "
                                   "copy it again.")
