@@ -23,3 +23,8 @@ class DegradationParamError(CalibSetError, ValueError):
 
 class RecipeError(CalibSetError, ValueError):
     """A TOML recipe is malformed: unknown key, wrong type, or a value out of range."""
+
+
+class SetTooLargeError(RecipeError):
+    """An operation that visits every item (a manifest, items(), the content hash) met a lazy set too large to
+    visit, e.g. `repeat = 1000000000000`; take the first items first."""
