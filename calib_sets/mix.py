@@ -101,7 +101,7 @@ class DegradationMix:
         counts = self.counts(n)
         conds: list[Condition | None] = [None, *(c for c, _ in self.weights)]
         ends = list(np.cumsum([counts["clean"], *(counts[c.name] for c, _ in self.weights)]).tolist())
-        order = _permutation(n, seed)
+        order = permutation_of(n, seed)
         return lambda i: conds[bisect.bisect_right(ends, order(i))]
 
     def apply(self, cs: CalibSet, seed: int = 0) -> CalibSet:
@@ -193,7 +193,7 @@ class _Mixed(LazyItems):
         return (base if self._clean else set()) | self._conds
 
 
-def _permutation(n: int, seed: int) -> Callable[[int], int]:
+def permutation_of(n: int, seed: int) -> Callable[[int], int]:
     """A seeded bijection of range(n): numpy's permutation up to PERMUTATION_LIMIT, a Feistel network beyond."""
     ss = np.random.SeedSequence([seed, 0x6D6978])
     if n <= PERMUTATION_LIMIT:

@@ -126,7 +126,7 @@ class Recipe:
         if self.select is not None:
             sel = self.select
             if sel.strategy == "diverse" and cs.lazy and len(cs) > EVERY_ITEM_LIMIT:
-                raise SetTooLargeError(f"recipe {self.path or self.name!r}: [select] strategy='diverse' decodes "
+                raise SetTooLargeError(f"recipe {self.path or repr(self.name)}: [select] strategy='diverse' decodes "
                                        f"every sample, and the sources hold {len(cs)} (a nested repeat); at most "
                                        f"{EVERY_ITEM_LIMIT}. Lower that repeat or use strategy='random'.")
             cs = select(cs, sel.n, strategy=sel.strategy, seed=sel.seed, by=sel.by)  # type: ignore[arg-type]
