@@ -101,6 +101,9 @@ class DegradationMix:
         counts = self.counts(n)
         conds: list[Condition | None] = [None, *(c for c, _ in self.weights)]
         ends = list(np.cumsum([counts["clean"], *(counts[c.name] for c, _ in self.weights)]).tolist())
+        if n and ends[-1] != n:  # float rounding in largest_remainder, only conceivable near 2**53 samples
+            raise DegradationParamError(f"DegradationMix: the counts {counts} add up to {ends[-1]}, not {n}; "
+                                        "use fewer samples (a smaller repeat).")
         order = permutation_of(n, seed)
         return lambda i: conds[bisect.bisect_right(ends, order(i))]
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import operator
+import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import lru_cache, partial
@@ -166,7 +167,7 @@ class Sliced(LazyItems):
         return self.base[self.r[i]]
 
     def names(self) -> set[str]:
-        return {it.condition for it in self} if len(self) <= EVERY_ITEM_LIMIT else self.base.names()
+        return {it.condition for it in self} if len(self) <= 4096 else self.base.names()
 
 
 class Concat(LazyItems):
@@ -259,8 +260,9 @@ class CalibSet:
             count = operator.index(n)
         except TypeError:
             count = -1
-        if isinstance(n, bool) or count < 0:
-            raise CalibSetError(f"repeat({n!r}): n must be a non-negative integer (how many items to cycle to).")
+        if isinstance(n, bool) or not 0 <= count <= sys.maxsize:
+            raise CalibSetError(f"repeat({n!r}): n must be an integer from 0 to {sys.maxsize} (how many items to "
+                                "cycle to).")
         return CalibSet(Repeated(self._items, count), self.recipe, self.skipped)
 
     def map(self, fn: Callable[[Sample], Sample], tag: str) -> CalibSet:

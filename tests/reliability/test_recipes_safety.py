@@ -181,6 +181,8 @@ def test_whole_set_operations_on_a_huge_repeat_are_refused_by_name(tmp_path: Pat
         with pytest.raises(SetTooLargeError, match=rf"holds {BIG} \(repeat={BIG}\); at most {EVERY_ITEM_LIMIT}"):
             op()
     assert isinstance(SetTooLargeError("x"), RecipeError)
+    with pytest.raises(calib_sets.CalibSetError, match="n must be an integer from 0 to"):
+        cs.repeat(10**20)  # beyond what len() can return
     assert len(cs.take(EVERY_ITEM_LIMIT + 1)) == EVERY_ITEM_LIMIT + 1  # taking is lazy too
     assert "conditions=['clean']" in repr(cs)
 
