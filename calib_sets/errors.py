@@ -27,3 +27,8 @@ class RecipeError(CalibSetError, ValueError):
 
 class SkippedFilesWarning(UserWarning):
     """Some inputs of a source were unreadable and left out (they are listed in CalibSet.skipped)."""
+
+
+class SetTooLargeError(RecipeError):
+    """An operation that visits every item (a manifest, items(), the content hash) met a lazy set too large to
+    visit, e.g. `repeat = 1000000000000`; take the first items first."""

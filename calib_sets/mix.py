@@ -3,12 +3,17 @@
 Counts are exact (largest remainder), not sampled: a 512-sample mix with clean=0.5 has exactly 256 clean
 samples. Which sample gets which condition is a permutation drawn from the seed, and each degraded sample's
 noise comes from its own seed SeedSequence([seed, position]), recorded in Sample.params["seed"].
+
+A mix of a lazy set (a repeat) is lazy too: position i's condition and seed are computed when item i is asked
+for. Up to PERMUTATION_LIMIT positions the permutation is numpy's (one array); beyond, where an array would not
+fit, it is a keyed Feistel bijection of range(n) evaluated per position (same exact counts, O(1) memory).
 """
 
 from __future__ import annotations
 
+import bisect
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -18,7 +23,10 @@ from calib_sets import toml_io
 from calib_sets.degrade import Condition
 from calib_sets.errors import DegradationParamError, EmptyCalibSetError, RecipeError
 from calib_sets.presets import LADDER, LEVELS, QRID, ladder_condition, named_condition
-from calib_sets.sample import CalibSet, Item, Sample, canonical
+from calib_sets.sample import CalibSet, Item, LazyItems, Sample, canonical
+
+PERMUTATION_LIMIT = 1 << 20  # positions up to which the mix's permutation is a numpy array
+_M64 = (1 << 64) - 1
 
 
 def largest_remainder(total: int, weights: Sequence[float]) -> list[int]:
@@ -84,21 +92,30 @@ class DegradationMix:
 
     def assignment(self, n: int, seed: int) -> list[Condition | None]:
         """Condition of each position (None = clean), a seeded permutation of the exact counts."""
+        at = self.condition_at(n, seed)
+        return [at(i) for i in range(n)]
+
+    def condition_at(self, n: int, seed: int) -> Callable[[int], Condition | None]:
+        """position -> its condition (None = clean) without listing all n: slot order[i] of the exact counts
+        laid out clean first, then each condition in weight order."""
         counts = self.counts(n)
-        slots: list[Condition | None] = [None] * counts["clean"]
-        for c, _ in self.weights:
-            slots += [c] * counts[c.name]
-        order = np.random.default_rng(np.random.SeedSequence([seed, 0x6D6978])).permutation(n)
-        return [slots[i] for i in order]
+        conds: list[Condition | None] = [None, *(c for c, _ in self.weights)]
+        ends = list(np.cumsum([counts["clean"], *(counts[c.name] for c, _ in self.weights)]).tolist())
+        if n and ends[-1] != n:  # float rounding in largest_remainder, only conceivable near 2**53 samples
+            raise DegradationParamError(f"DegradationMix: the counts {counts} add up to {ends[-1]}, not {n}; "
+                                        "use fewer samples (a smaller repeat).")
+        order = permutation_of(n, seed)
+        return lambda i: conds[bisect.bisect_right(ends, order(i))]
 
     def apply(self, cs: CalibSet, seed: int = 0) -> CalibSet:
-        """A lazy CalibSet: each sample is degraded when it is loaded, never before."""
+        """A lazy CalibSet: each sample is degraded when it is loaded, never before. The items of a lazy set
+        (a repeat) are made on access too; those of a source are listed up front, as the source's are."""
         if len(cs) == 0:
             raise EmptyCalibSetError("DegradationMix.apply: the calibration set is empty; nothing to degrade.")
-        items: list[Item] = []
-        for pos, (it, cond) in enumerate(zip(cs.items(), self.assignment(len(cs), seed), strict=True)):
-            items.append(it if cond is None else _degraded(it, cond, sample_seed(seed, pos)))
+        base = cs.items_view()
+        view = _Mixed(base, self, seed)
         recipe = canonical({"mix": self.to_dict(), "seed": seed})
+        items: Sequence[Item] = view if isinstance(base, LazyItems) else tuple(view)
         return CalibSet(items, "|".join(r for r in (cs.recipe, recipe) if r), cs.skipped)
 
     # --- serialisation -------------------------------------------------------------------------------------
@@ -157,3 +174,53 @@ def _degraded(it: Item, cond: Condition, seed: int) -> Item:
 
     return it.transformed(fn, f"{cond.name}:{canonical(cond.to_dict())}:seed={seed}", key=key,
                           condition=cond.name, params=params)
+
+
+class _Mixed(LazyItems):
+    """Item i of base, degraded by the mix's condition at position i with seed sample_seed(seed, i)."""
+
+    def __init__(self, base: Sequence[Item], mix: DegradationMix, seed: int) -> None:
+        super().__init__(len(base), base.origin if isinstance(base, LazyItems) else "")
+        self.base, self.seed = base, seed
+        self.at = mix.condition_at(len(base), seed)
+        counts = mix.counts(len(base))
+        self._conds = {c.name for c, _ in mix.weights if counts[c.name]}
+        self._clean = counts["clean"] > 0
+
+    def _at(self, i: int) -> Item:
+        it, cond = self.base[i], self.at(i)
+        return it if cond is None else _degraded(it, cond, sample_seed(self.seed, i))
+
+    def names(self) -> set[str]:
+        base = self.base.names() if isinstance(self.base, LazyItems) else {it.condition for it in self.base}
+        return (base if self._clean else set()) | self._conds
+
+
+def permutation_of(n: int, seed: int) -> Callable[[int], int]:
+    """A seeded bijection of range(n): numpy's permutation up to PERMUTATION_LIMIT, a Feistel network beyond."""
+    ss = np.random.SeedSequence([seed, 0x6D6978])
+    if n <= PERMUTATION_LIMIT:
+        order = np.random.default_rng(ss).permutation(n)
+        return lambda i: int(order[i])
+    half = ((n - 1).bit_length() + 1) // 2
+    mask = (1 << half) - 1
+    keys = [int(k) for k in np.random.SeedSequence([seed, 0x6D6978, 1]).generate_state(6, dtype=np.uint64)]
+
+    def perm(i: int) -> int:
+        x = i
+        while True:  # cycle-walk: the network permutes range(4**half) >= n; walk until back inside range(n)
+            left, right = x >> half, x & mask
+            for k in keys:
+                left, right = right, left ^ (_splitmix(right ^ k) & mask)
+            x = (left << half) | right
+            if x < n:
+                return x
+
+    return perm
+
+
+def _splitmix(z: int) -> int:
+    z = (z + 0x9E3779B97F4A7C15) & _M64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
+    return z ^ (z >> 31)

@@ -8,22 +8,35 @@ A stream can meet a bad item only when it decodes it (a corrupt frame mid-video,
 was listed): iteration then skips that item, warns once, and records it in `skipped` (a list that every set
 derived by take/subset/map/repeat shares, so the set a caller holds sees what a pass met). Only when not one
 item decodes does iteration raise.
+
+Sources hold their items in a tuple. `repeat(n)` (and a mix, a map or a slice of a repeated set) holds a
+`LazyItems` view instead: item i is made when it is asked for, so `repeat(10**12)` costs no memory and
+`take(calib_size)` reads only the first items. What needs every item (a manifest, `items()`, the content hash)
+refuses a view of more than EVERY_ITEM_LIMIT items with a RecipeError (SetTooLargeError) naming the repeat.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import operator
+import sys
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import lru_cache, partial
-from typing import Any
+from typing import Any, overload
 
 import cv2
 import numpy as np
 
-from calib_sets.errors import CalibSetError, EmptyCalibSetError, SkippedFilesWarning, UndecodableImageError
+from calib_sets.errors import (
+    CalibSetError,
+    EmptyCalibSetError,
+    SetTooLargeError,
+    SkippedFilesWarning,
+    UndecodableImageError,
+)
 from calib_sets.hashing import Param, set_hash
 from calib_sets.manifest import Manifest, ManifestEntry
 
@@ -82,6 +95,112 @@ class Item:
                        params=self.params if params is None else params)
 
 
+EVERY_ITEM_LIMIT = 100_000  # most items of a lazy view that items(), keys(), a manifest or the hash visit (~3 kB each)
+
+
+class LazyItems(Sequence[Item]):
+    """A read-only sequence of Items made on access (`_at(i)`), so its length costs no memory.
+    `origin` names what made it large (e.g. 'repeat=1000000000000') for error messages."""
+
+    def __init__(self, n: int, origin: str) -> None:
+        self._n = n
+        self.origin = origin
+
+    def _at(self, i: int) -> Item:  # 0 <= i < len(self)
+        raise NotImplementedError
+
+    def names(self) -> set[str]:
+        """The conditions its items can have, without visiting them."""
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return self._n
+
+    @overload
+    def __getitem__(self, i: int) -> Item: ...
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[Item]: ...
+
+    def __getitem__(self, i: int | slice) -> Item | Sequence[Item]:
+        if isinstance(i, slice):
+            return Sliced(self, range(self._n)[i])
+        j = operator.index(i)
+        j = j + self._n if j < 0 else j
+        if not 0 <= j < self._n:
+            raise IndexError(f"item {i} of a set of {self._n}")
+        return self._at(j)
+
+    def __iter__(self) -> Iterator[Item]:
+        for j in range(self._n):
+            yield self._at(j)
+
+
+class Repeated(LazyItems):
+    """base cycled to n items; repeats get '#rep=r' keys and digests that chain 'rep=r'."""
+
+    def __init__(self, base: Sequence[Item], n: int) -> None:
+        super().__init__(n, f"repeat={n}")
+        self.base = base
+
+    def _at(self, i: int) -> Item:
+        rep, k = divmod(i, len(self.base))
+        it = self.base[k]
+        if rep == 0:
+            return it
+        key = f"{it.key}#rep={rep}"
+        return it.transformed(partial(_rekey, key=key), f"rep={rep}", key=key)
+
+    def names(self) -> set[str]:
+        return _names(self.base)
+
+
+class Mapped(LazyItems):
+    """it.transformed(fn, tag) of every item of base."""
+
+    def __init__(self, base: LazyItems, fn: Callable[[Sample], Sample], tag: str) -> None:
+        super().__init__(len(base), base.origin)
+        self.base, self.fn, self.tag = base, fn, tag
+
+    def _at(self, i: int) -> Item:
+        return self.base[i].transformed(self.fn, self.tag)
+
+    def names(self) -> set[str]:
+        return self.base.names()
+
+
+class Sliced(LazyItems):
+    """base[r] for a range r of its positions."""
+
+    def __init__(self, base: LazyItems, r: range) -> None:
+        super().__init__(len(r), base.origin)
+        self.base, self.r = base, r
+
+    def _at(self, i: int) -> Item:
+        return self.base[self.r[i]]
+
+    def names(self) -> set[str]:
+        return {it.condition for it in self} if len(self) <= 4096 else self.base.names()
+
+
+class Concat(LazyItems):
+    """a followed by b."""
+
+    def __init__(self, a: Sequence[Item], b: Sequence[Item]) -> None:
+        origins = [s.origin for s in (a, b) if isinstance(s, LazyItems)]
+        super().__init__(len(a) + len(b), " | ".join(origins))
+        self.a, self.b = a, b
+
+    def _at(self, i: int) -> Item:
+        return self.a[i] if i < len(self.a) else self.b[i - len(self.a)]
+
+    def names(self) -> set[str]:
+        return _names(self.a) | _names(self.b)
+
+
+def _names(items: Sequence[Item]) -> set[str]:
+    return items.names() if isinstance(items, LazyItems) else {it.condition for it in items}
+
+
 class CalibSet:
     """Items are described up front; pixels are decoded only while iterating, one sample at a time.
 
@@ -90,11 +209,21 @@ class CalibSet:
     """
 
     def __init__(self, items: Sequence[Item], recipe: str = "", skipped: Sequence[str] = ()) -> None:
-        self._items = tuple(items)
+        self._items: Sequence[Item] = items if isinstance(items, LazyItems) else tuple(items)
         self.recipe = recipe
         # a list passed in is shared, not copied: derived sets and their parent record skips in one place
         self.skipped: list[str] = skipped if isinstance(skipped, list) else list(skipped)
         self._hash: str | None = None
+
+    def _every(self, what: str) -> Sequence[Item]:
+        """The items, for an operation that visits every one; a lazy view above the limit is refused."""
+        its = self._items
+        if isinstance(its, LazyItems) and len(its) > EVERY_ITEM_LIMIT:
+            raise SetTooLargeError(
+                f"{what} visits every item, and this set holds {len(its)} ({its.origin}); at most "
+                f"{EVERY_ITEM_LIMIT} items of a repeated set are visited. Lower repeat, or take(n) first (calibration "
+                "uses only the first calib_size items).")
+        return its
 
     # --- sequence protocol -------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -126,14 +255,20 @@ class CalibSet:
         return self._items[i].load()
 
     def __repr__(self) -> str:
-        conds = sorted({it.condition for it in self._items})
-        return f"CalibSet({len(self)} samples, conditions={conds}, skipped={len(self.skipped)})"
+        return f"CalibSet({len(self)} samples, conditions={sorted(_names(self._items))}, skipped={len(self.skipped)})"
 
     def __or__(self, other: CalibSet) -> CalibSet:
         if not isinstance(other, CalibSet):
             return NotImplemented
         recipe = "|".join(r for r in (self.recipe, other.recipe) if r)
-        return CalibSet(self._items + other._items, recipe, self.skipped + other.skipped)
+        a, b = self._items, other._items
+        items = Concat(a, b) if isinstance(a, LazyItems) or isinstance(b, LazyItems) else (*a, *b)
+        return CalibSet(items, recipe, self.skipped + other.skipped)
+
+    @property
+    def lazy(self) -> bool:
+        """True when items are made on access (a repeat, or a mix / map / slice of one)."""
+        return isinstance(self._items, LazyItems)
 
     # --- derived sets (all lazy) ---------------------------------------------------------------------------
     def take(self, n: int) -> CalibSet:
@@ -149,23 +284,23 @@ class CalibSet:
 
     def repeat(self, n: int) -> CalibSet:
         """Cycle the set to exactly n items (repeats get '#rep=r' keys), e.g. a 512-sample mix from 480 frames;
-        each repeat can then receive a different degradation."""
+        each repeat can then receive a different degradation. Lazy: no item is made before it is asked for."""
         if not self._items:
             raise CalibSetError("repeat: the set is empty.")
-        out = []
-        for j in range(n):
-            it = self._items[j % len(self._items)]
-            rep = j // len(self._items)
-            if rep == 0:
-                out.append(it)
-                continue
-            key = f"{it.key}#rep={rep}"
-            out.append(it.transformed(partial(_rekey, key=key), f"rep={rep}", key=key))
-        return CalibSet(out, self.recipe, self.skipped)
+        try:
+            count = operator.index(n)
+        except TypeError:
+            count = -1
+        if isinstance(n, bool) or not 0 <= count <= sys.maxsize:
+            raise CalibSetError(f"repeat({n!r}): n must be an integer from 0 to {sys.maxsize} (how many items to "
+                                "cycle to).")
+        return CalibSet(Repeated(self._items, count), self.recipe, self.skipped)
 
     def map(self, fn: Callable[[Sample], Sample], tag: str) -> CalibSet:
         """Apply a deterministic per-sample transform lazily; `tag` must describe it fully (it is hashed)."""
-        return CalibSet([it.transformed(fn, tag) for it in self._items], self.recipe, self.skipped)
+        its = self._items
+        items = Mapped(its, fn, tag) if isinstance(its, LazyItems) else [it.transformed(fn, tag) for it in its]
+        return CalibSet(items, self.recipe, self.skipped)
 
     def augment(self, aug: Any) -> CalibSet:
         """`aug.apply(self)`: e.g. a learned transformation, cs.augment(calib_sets.Learned("metaaug.safetensors"))."""
@@ -180,13 +315,17 @@ class CalibSet:
 
     # --- inspection ------------------------------------------------------------------------------------------
     def keys(self) -> list[str]:
-        return [it.key for it in self._items]
+        return [it.key for it in self._every("keys()")]
+
+    def items_view(self) -> Sequence[Item]:
+        """The items without listing them: a tuple, or for a lazy set a LazyItems view (made on access)."""
+        return self._items
 
     def items(self) -> list[Item]:
-        return list(self._items)
+        return list(self._every("items()"))
 
     def conditions(self) -> list[str]:
-        return [it.condition for it in self._items]
+        return [it.condition for it in self._every("conditions()")]
 
     @property
     def content_hash(self) -> str:
@@ -194,13 +333,13 @@ class CalibSet:
         video file + frame number) and the transforms, never from paths, so the hash is the same on every
         machine and changes when a pixel, a degradation parameter, a seed or the order changes."""
         if self._hash is None:
-            self._hash = set_hash(self.recipe, (it.digest() for it in self._items))
+            self._hash = set_hash(self.recipe, (it.digest() for it in self._every("the content hash")))
         return self._hash
 
     @property
     def manifest(self) -> Manifest:
         entries = tuple(ManifestEntry(it.key, it.source, it.index, it.condition, dict(it.params), it.digest(),
-                                      it.source_digest()) for it in self._items)
+                                      it.source_digest()) for it in self._every("the manifest"))
         return Manifest(self.content_hash, self.recipe, entries, tuple(self.skipped))
 
 
