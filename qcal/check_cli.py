@@ -28,7 +28,9 @@ def junit_target(path: str | Path, *, inputs: Sequence[str | Path] = ()) -> Path
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise ReportError(f"its folder {printable(str(parent))} cannot be created ({e.strerror}); give a path in "
+        why = "a part of it is a file, not a folder" if isinstance(e, (FileExistsError, NotADirectoryError)) \
+            else e.strerror
+        raise ReportError(f"its folder {printable(str(parent))} cannot be created ({why}); give a path in "
                           "a folder you can write to.", None, p, "--junit") from None
     try:   # the real test: root passes os.access on a read-only file system
         fd, probe = tempfile.mkstemp(dir=parent, prefix=f".{p.name}.", suffix=".probe")
@@ -73,7 +75,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                    "repeatable")
     k.add_argument("--baseline", help="an earlier report.json of the same model: fail when a slice is worse by "
                    "more than --tolerance")
-    k.add_argument("--tolerance", type=float, default=0.0, help="allowed mAP50-95 loss vs --baseline (absolute, "
+    k.add_argument("--tolerance", default="0", help="allowed mAP50-95 loss vs --baseline (absolute, "
                    ">= 0)")
     k.add_argument("--allow-other-model", action="store_true", help="accept a --baseline measured on another "
                    "model (a different sha256 in its report), e.g. to hold a retrained model to the old numbers")
@@ -87,9 +89,13 @@ def run(args: argparse.Namespace) -> int:
     inputs = [x for x in (args.report, args.baseline) if x]
     junit = junit_target(args.junit, inputs=inputs) if args.junit else None
     try:
+        try:   # parsed here, not by argparse, so a bad value is exit 2 with the JUnit file written too
+            tolerance = float(args.tolerance)
+        except ValueError:
+            raise ReportError(f"--tolerance {printable(repr(args.tolerance))}: expected a number, e.g. 0.01.") from None
         result = check(args.report, max_drop=Thresholds.parse(args.max_drop, "max-drop") if args.max_drop else None,
                        min_map=Thresholds.parse(args.min_map, "min-map") if args.min_map else None,
-                       baseline=args.baseline, tolerance=args.tolerance, allow_other_model=args.allow_other_model,
+                       baseline=args.baseline, tolerance=tolerance, allow_other_model=args.allow_other_model,
                        precisions=[p.strip() for p in args.precisions.split(",")] if args.precisions else None)
     except ReportError as e:
         if junit is not None:
