@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from exporters.errors import ExporterError
-from exporters.outset import MANIFEST, verify_member
+from exporters.outset import verify_member
 from qcal.check_junit import junit_xml
 from qcal.errors import QcalError
 
@@ -134,12 +134,12 @@ class CheckResult:
 
 
 # --- reading and validating a report -----------------------------------------------------------------------
-def _manifest_expected(p: Path, data: Any) -> bool:
-    """A report written by a qcal bench that writes output-set manifests: the report says so, or the bench's
-    writer lock lies beside its folder. Reports without either (older, hand-made, copied elsewhere) need none."""
+def _manifest_expected(p: Path) -> bool:
+    """A report in a folder `qcal bench` wrote, which it only does with a manifest: the bench's writer lock lies
+    beside the folder. Reports without it (older, hand-made, a report.json copied elsewhere, such as a baseline
+    fetched from main) need no manifest; a marker inside report.json would refuse exactly those copies."""
     d = p.absolute().parent
-    return (isinstance(data, dict) and data.get("output_set") == MANIFEST) or \
-        (d.parent / f".{d.name}.qcal.lock").is_file()
+    return (d.parent / f".{d.name}.qcal.lock").is_file()
 
 
 def _read(path: str | Path, role: str) -> dict[str, Any]:
@@ -152,16 +152,14 @@ def _read(path: str | Path, role: str) -> dict[str, Any]:
         text = p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise ReportError(f"cannot be read ({e}); pass the report.json `qcal bench` wrote.", None, p, role) from None
-    try:
-        data, bad = json.loads(text), None
-    except json.JSONDecodeError as e:
-        data, bad = None, e
     try:   # a report from a qcal output set must come from a whole one (its run finished, nothing changed since)
-        verify_member(p, written_by_qcal=_manifest_expected(p, data))
+        verify_member(p, written_by_qcal=_manifest_expected(p))
     except ExporterError as e:
-        raise ReportError(f"its output set is not whole: {printable(str(e))}", MANIFEST, p, role) from None
-    if bad is not None:
-        raise ReportError(f"is not valid JSON ({bad}); was it truncated? Re-run `qcal bench`.", None, p, role)
+        raise ReportError(f"its output set is not whole: {printable(str(e))}", None, p, role) from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ReportError(f"is not valid JSON ({e}); was it truncated? Re-run `qcal bench`.", None, p, role) from None
     if not isinstance(data, dict):
         raise ReportError(f"is a JSON {type(data).__name__}, not a qcal robustness report (an object with 'schema': "
                           f"'{SCHEMA_PREFIX}N'); pass the report.json written by `qcal bench`.", None, p, role)
