@@ -51,7 +51,7 @@ class ReportError(QcalError):
         self.source = None if source is None else str(source)
         where = " ".join(x for x in (role if source is not None else "", printable(self.source or "")) if x)
         parts = [p for p in (where, field) if p]
-        super().__init__(": ".join([*parts, problem]))
+        super().__init__(printable(": ".join([*parts, problem])))   # one line, whatever the names hold
 
 
 def _show(v: Any) -> str:
@@ -158,8 +158,8 @@ def _read(path: str | Path, role: str) -> dict[str, Any]:
         raise ReportError(f"its output set is not whole: {printable(str(e))}", None, p, role) from None
     try:
         data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ReportError(f"is not valid JSON ({e}); was it truncated? Re-run `qcal bench`.", None, p, role) from None
+    except (ValueError, RecursionError) as e:   # JSONDecodeError, a 5000-digit number, nesting too deep
+        raise ReportError(f"is not valid JSON ({printable(str(e))[:200]}); was it truncated? Re-run `qcal bench`.", None, p, role) from None
     if not isinstance(data, dict):
         raise ReportError(f"is a JSON {type(data).__name__}, not a qcal robustness report (an object with 'schema': "
                           f"'{SCHEMA_PREFIX}N'); pass the report.json written by `qcal bench`.", None, p, role)
@@ -208,8 +208,8 @@ def _validate(data: Mapping[str, Any], src: str, role: str) -> dict[str, Any]:
             if isinstance(v, bool) or not isinstance(v, (int, float)):
                 raise err(f"is {_show(v)} (a {type(v).__name__}); expected a number in [0, 1].",
                           "cells", prec, cond, key)
-            if not math.isfinite(v) or not 0 <= v <= 1:
-                raise err(f"is {v}; a {key} is a fraction in [0, 1].", "cells", prec, cond, key)
+            if not 0 <= v <= 1:   # nan and inf too (no int -> float conversion: 10**400 would overflow)
+                raise err(f"is {_show(v)}; a {key} is a finite fraction in [0, 1].", "cells", prec, cond, key)
     return dict(data)
 
 

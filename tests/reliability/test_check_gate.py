@@ -84,6 +84,7 @@ def missing_metric() -> dict[str, Any]:
 
 
 FIELD = "cells.int8.noise_medium.map50_95"
+HEAD = '{"schema": "qcal.robustness/1", "cells": {"int8": {"clean": {"map50_95": '
 
 
 @pytest.mark.parametrize("content, needles", [
@@ -112,6 +113,12 @@ FIELD = "cells.int8.noise_medium.map50_95"
     ('{"schema": "qcal.robustness/1", "cells": {', ["not valid JSON"]),
     ("[1, 2]", ["a JSON list", "not a qcal robustness report"]),
     ('{"schema": "qcal.robustness/1", "cells": {"int8": {"clean": {"map50_95": NaN}}}}', ["is nan"]),
+    ('{"schema": "qcal.robustness/1", "cells": {"int8": {"clean": {"map50_95": 1e999}}}}', ["is inf"]),
+    (HEAD + "1" + "0" * 400 + "}}}}",
+     ["cells.int8.clean.map50_95", "[0, 1]"]),
+    (HEAD + "1" + "0" * 5000 + "}}}}",
+     ["not valid JSON"]),
+    ("[" * 100000 + "]" * 100000, ["not valid JSON"]),
 ])
 def test_malformed_report_is_exit_2_named_with_junit(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                       content: Any, needles: list[str]) -> None:
@@ -125,6 +132,14 @@ def test_malformed_report_is_exit_2_named_with_junit(tmp_path: Path, capsys: pyt
     assert ei.value.source == str(p) and ei.value.problem in str(ei.value)
     if needles[0].startswith(("cells", "schema", "conditions", "model", "primary")):
         assert ei.value.field == needles[0]
+
+
+def test_a_report_that_is_not_utf8_is_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    p = tmp_path / "r.json"
+    p.write_bytes(b'\xff\xfe{"schema": 1}')
+    j = tmp_path / "junit.xml"
+    rc, _, err = run(capsys, str(p), "--max-drop", "0.5", "--junit", str(j))
+    assert_unusable(rc, err, j, "cannot be read", "utf-8")
 
 
 def test_malformed_baseline_is_exit_2_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
