@@ -376,34 +376,15 @@ def _run_sweep(args: argparse.Namespace, cmd: str) -> int:
 
 
 def _add_check(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    k = sub.add_parser(
-        "check", help="CI gate: fail when a slice of a robustness report passes its threshold",
-        description="Check a report.json from `qcal bench`. Exit 0: every check passed; 1: a slice failed (the "
-        "reason is printed); 2: the report is missing or malformed. Rules apply to every precision except fp32 "
-        "unless --precisions names them.",
-        epilog="example: qcal check report/report.json --max-drop 0.02 --max-drop noise_medium=0.05 "
-        "--baseline main-report.json --tolerance 0.01 --junit junit.xml")
-    k.add_argument("report", help="report.json written by `qcal bench`")
-    k.add_argument("--max-drop", action="append", metavar="[COND=]X", help="max relative mAP50-95 drop vs FP32 "
-                   "on the same condition (0.02 = 2%%); COND=X overrides one condition; repeatable")
-    k.add_argument("--min-map", action="append", metavar="[COND=]X", help="minimum absolute mAP50-95; repeatable")
-    k.add_argument("--baseline", help="an earlier report.json: fail when a slice is worse by more than --tolerance")
-    k.add_argument("--tolerance", type=float, default=0.0, help="allowed mAP50-95 loss vs --baseline (absolute)")
-    k.add_argument("--precisions", help="comma list of precisions to gate (default: all but fp32)")
-    k.add_argument("--junit", help="write JUnit XML here (one test case per rule, precision and condition)")
+    from qcal.check_cli import add_parser
+
+    add_parser(sub)
 
 
 def _run_check(args: argparse.Namespace) -> int:
-    from qcal.check import Thresholds, check, write_junit
+    from qcal.check_cli import run
 
-    result = check(args.report, max_drop=Thresholds.parse(args.max_drop, "max-drop") if args.max_drop else None,
-                   min_map=Thresholds.parse(args.min_map, "min-map") if args.min_map else None,
-                   baseline=args.baseline, tolerance=args.tolerance,
-                   precisions=[p.strip() for p in args.precisions.split(",")] if args.precisions else None)
-    if args.junit:
-        write_junit(result, args.junit)
-    print(result.summary())
-    return 0 if result.passed else 1
+    return run(args)
 
 
 if __name__ == "__main__":
