@@ -101,6 +101,15 @@ def run(args: argparse.Namespace) -> int:
         if junit is not None:
             write_error_junit(e, junit)
         raise
+    except Exception as e:   # a bug in check itself must not read as a regression (1) nor leave CI without JUnit
+        import traceback
+
+        traceback.print_exc()
+        err = ReportError(f"internal error in qcal check ({type(e).__name__}: {printable(str(e))}); the report could "
+                          "not be gated. Please report this with the report file.")
+        if junit is not None:
+            write_error_junit(err, junit)
+        raise err from None
     if junit is not None:
         write_junit(result, junit)
     print(result.summary())

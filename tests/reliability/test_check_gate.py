@@ -333,3 +333,20 @@ def test_a_file_beside_a_set_but_not_in_it_is_refused(tmp_path: Path, capsys: py
     stray = write(p.parent / "old-report.json", report())
     rc, _, err = run(capsys, str(p), "--baseline", str(stray))
     assert rc == 2 and "baseline" in err and "the set has no old-report.json" in err
+
+
+def test_a_bug_inside_check_is_exit_2_with_a_junit_file_not_a_regression(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import qcal.check_cli
+    from qcal.cli import main
+
+    def broken(*a: object, **k: object) -> None:
+        raise KeyError("boom")
+
+    monkeypatch.setattr(qcal.check_cli, "check", broken)
+    report = tmp_path / "r.json"
+    report.write_text("{}")
+    junit = tmp_path / "j.xml"
+    assert main(["check", str(report), "--max-drop", "0.02", "--junit", str(junit)]) == 2
+    root = ET.parse(junit).getroot()
+    assert "internal error in qcal check (KeyError" in ET.tostring(root, encoding="unicode")
