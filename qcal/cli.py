@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from calib_sets.errors import CalibSetError
 from exporters.errors import ExporterError
@@ -91,6 +92,8 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allocate", metavar="KIND=RATIO", help="choose int8 or float per layer by integer "
                    "programming under a budget relative to FP32: latency=0.7, size=0.5 or bops=0.3; the float "
                    "layers stay float in the QDQ model (allocation.json lists them)")
+    p.add_argument("--allow-outside-recipe-root", action="store_true", help="let paths written inside a .toml "
+                   "recipe point outside the recipe's folder (only for recipes you trust)")
     p.add_argument("--choices", default="int8,fp16", help="precision choices for --allocate (default int8,fp16)")
     p.add_argument("--refine", type=int, default=4, metavar="K", help="--allocate: measure the integer program's K "
                    "best plans and the uniform ones jointly on the calibration set and keep the best measured "
@@ -180,21 +183,23 @@ def _run_quantize(args: argparse.Namespace, cfg: QuantConfig) -> int:
 
         Budget.parse(args.allocate)
     preflight(checkpoint, trust_checkpoint=demo or args.trust_checkpoint)
+    sets = {}
     for flag, spec in (("--calib", calib), ("--eval", eval_set)):   # described, not decoded: fails in a second
         if spec is None:
             continue
         try:
-            n = len(calib_sets.load(spec))
+            sets[flag] = calib_sets.load(spec, allow_outside_root=getattr(args, "allow_outside_recipe_root", False))
         except CalibSetError as e:
             raise QcalError(f"{flag} {spec}: {e}") from None
-        if n == 0:
+        if len(sets[flag]) == 0:
             raise QcalError(f"{flag} {spec}: the set is empty; give a folder of images or a video.")
+    calib, eval_set = sets.get("--calib", calib), sets.get("--eval", eval_set)
     with open_output(args.out, expected_bytes=estimate_bytes(checkpoint)) as outset:
         from qcal.api import quantize
 
         plan = None
         if args.allocate:
-            cfg, plan = _allocate(args, cfg)
+            cfg, plan = _allocate(args, cfg, calib)
         result = quantize(checkpoint, calib=calib, config=cfg, trust_checkpoint=demo or args.trust_checkpoint,
                           progress=not args.no_progress)
         eval_error: QcalError | None = None
@@ -222,11 +227,11 @@ def _run_quantize(args: argparse.Namespace, cfg: QuantConfig) -> int:
     return 0
 
 
-def _allocate(args: argparse.Namespace, cfg: QuantConfig) -> tuple[QuantConfig, Allocation]:
+def _allocate(args: argparse.Namespace, cfg: QuantConfig, calib: Any) -> tuple[QuantConfig, Allocation]:
     from qcal.alloc import Budget
     from qcal.passes.allocate import allocate_bits
 
-    plan = allocate_bits(args.checkpoint, args.calib, budget=Budget.parse(args.allocate),
+    plan = allocate_bits(args.checkpoint, calib, budget=Budget.parse(args.allocate),
                          choices=[c.strip() for c in args.choices.split(",")], config=cfg,
                          trust_checkpoint=args.trust_checkpoint, refine=args.refine, progress=not args.no_progress)
     assert isinstance(plan.export_config, QuantConfig)
@@ -320,6 +325,8 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     b.add_argument("--address", help="with --executor ray: join the Ray cluster at HOST:PORT (`ray start --head` "
                    "there; -o must be on a path every node can read) instead of starting a local Ray")
     b.add_argument("--no-progress", action="store_true", help="no progress bars")
+    b.add_argument("--allow-outside-recipe-root", action="store_true", help="let paths written inside a .toml "
+                   "recipe (--calib, --eval) point outside the recipe's folder (only for recipes you trust)")
 
 
 def _run_bench(args: argparse.Namespace, argv: list[str] | None) -> int:
@@ -347,7 +354,8 @@ def _run_bench(args: argparse.Namespace, argv: list[str] | None) -> int:
                         precisions=args.precisions, out=args.out, config=cfg,
                         trust_checkpoint=args.trust_checkpoint, latency_runs=args.latency_runs,
                         bootstrap=args.bootstrap, threads=args.threads, progress=not args.no_progress, command=cmd,
-                        device=args.device, runtime=args.runtime, executor=args.executor, address=args.address)
+                        device=args.device, runtime=args.runtime, executor=args.executor, address=args.address,
+                        allow_outside_root=args.allow_outside_recipe_root)
     print(report.summary())
     print(f"\nwrote {', '.join(str(p) for p in report.paths.values())}")
     return 0

@@ -91,7 +91,8 @@ def robustness(model: Any, *, eval: Any, calib: str | None = None, conditions: s
                config: QuantConfig | None = None, trust_checkpoint: bool = False, latency_runs: int = 30,
                bootstrap: int = 1000, threads: int = 2, progress: bool = True,
                command: str | None = None, device: str = "cpu", runtime: str | None = None,
-               executor: str | Executor = "serial", address: str | None = None) -> RobustnessReport:
+               executor: str | Executor = "serial", address: str | None = None,
+               allow_outside_root: bool = False) -> RobustnessReport:
     """Evaluate every precision under every condition; write report.json/.md/.html into `out`.
 
     device "cuda" (or runtime "torch") runs the cells with qcal.sim's torch execution of the same ONNX files:
@@ -99,7 +100,9 @@ def robustness(model: Any, *, eval: Any, calib: str | None = None, conditions: s
     Latency is always ONNX Runtime on CPU.
 
     executor "ray" runs the cells as Ray tasks, on a local Ray or the cluster at `address` (HOST:PORT); the report
-    is the same as the serial one's except timing fields (see qcal.bench.executors)."""
+    is the same as the serial one's except timing fields (see qcal.bench.executors).
+
+    allow_outside_root lets paths written inside a .toml recipe (--calib, --eval) leave the recipe's folder."""
     check_counts(threads=threads, latency_runs=latency_runs, bootstrap=bootstrap)
     try:   # the report folder is checked and locked before any work; a second run into it is refused
         lock = FolderLock(out, expected_bytes=_expected_bytes(model, precisions)).__enter__()
@@ -116,7 +119,7 @@ def robustness(model: Any, *, eval: Any, calib: str | None = None, conditions: s
         adapter = load_model(model, trust_checkpoint=trust_checkpoint, imgsz=cfg.imgsz)
         imgsz = int(getattr(adapter, "input_size", cfg.imgsz))   # a torch module's own input size, else the config's
         try:
-            es = calib_sets.load(eval).resized(imgsz)
+            es = calib_sets.load(eval, allow_outside_root=allow_outside_root).resized(imgsz)
             samples = list(es)
         except calib_sets.CalibSetError as e:
             raise CalibrationError(f"evaluation set {eval!r}: {e}") from e
@@ -127,7 +130,8 @@ def robustness(model: Any, *, eval: Any, calib: str | None = None, conditions: s
         store = CellStore(out)
 
         done = timed(seconds, "models")
-        models = build_models(adapter, precs, store, cfg, es, progress=progress, threads=threads, log=log, imgsz=imgsz)
+        models = build_models(adapter, precs, store, cfg, es, progress=progress, threads=threads, log=log, imgsz=imgsz,
+                              allow_outside_root=allow_outside_root)
         done()
         labelled = all(s.labels is not None for s in samples)
         done = timed(seconds, "cells")

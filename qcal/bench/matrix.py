@@ -54,7 +54,8 @@ def static_model_key(model_hash: str, cfg: QuantConfig, calib_hash: str) -> str:
 
 def build_models(adapter: ModelAdapter, precisions: Sequence[Precision], store: CellStore, cfg: QuantConfig,
                  eval_set: calib_sets.CalibSet, *, progress: bool, threads: int,
-                 log: Callable[[str], None], imgsz: int | None = None) -> dict[str, dict[str, Any]]:
+                 log: Callable[[str], None], imgsz: int | None = None,
+                 allow_outside_root: bool = False) -> dict[str, dict[str, Any]]:
     """Every precision's ONNX file (built once, reused on resume) -> {name: info}. Calibration images are resized
     to `imgsz` (default: the config's)."""
     from qcal.api import quantize
@@ -81,7 +82,7 @@ def build_models(adapter: ModelAdapter, precisions: Sequence[Precision], store: 
                 store.record_model(p.name, key)
             info = store.model_info(p.name)
         elif p.kind == "static":
-            cs = calibration_set(p, imgsz or cfg.imgsz)
+            cs = calibration_set(p, imgsz or cfg.imgsz, allow_outside_root=allow_outside_root)
             shared = calib_sets.overlap(cs, eval_set, by="both")
             if shared:
                 raise CalibrationError(f"{p.name}: {len(shared)} evaluation image(s) are also in its calibration "

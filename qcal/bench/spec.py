@@ -83,9 +83,10 @@ def _has_mix(calib: str) -> bool:
     return calib_sets.Recipe.read(calib).mix is not None
 
 
-def calibration_set(p: Precision, imgsz: int) -> calib_sets.CalibSet:
+def calibration_set(p: Precision, imgsz: int, *, allow_outside_root: bool = False) -> calib_sets.CalibSet:
     """The calibration set of a static precision, resized to the model's input size before any degradation
-    (so blur sigma and noise are in model pixels, as the presets assume)."""
+    (so blur sigma and noise are in model pixels, as the presets assume). Paths written in a recipe stay under
+    the recipe's folder unless allow_outside_root."""
     if p.calib is None:
         raise ConfigError(f"precision {p.name} has no calibration set: pass --calib.")
     try:
@@ -95,8 +96,8 @@ def calibration_set(p: Precision, imgsz: int) -> calib_sets.CalibSet:
                 recipe = dataclasses.replace(recipe, mix=None)
             if recipe.imgsz is None:
                 recipe = dataclasses.replace(recipe, imgsz=imgsz)
-            return recipe.build()
-        cs = calib_sets.load(p.calib).resized(imgsz)
+            return recipe.build(allow_outside_root=allow_outside_root)
+        cs = calib_sets.load(p.calib, allow_outside_root=allow_outside_root).resized(imgsz)
         return calib_sets.DegradationMix.qrid().apply(cs, seed=0) if p.degrade else cs
     except calib_sets.CalibSetError as e:
         raise ConfigError(f"calibration set of {p.name}: {e}") from e

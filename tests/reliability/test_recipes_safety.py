@@ -243,3 +243,29 @@ def test_a_nested_huge_repeat_can_be_sampled_but_not_diversified(tmp_path: Path)
     recipe(tmp_path / "top.toml", 'source = "big.toml"\n[select]\nn = 4\nstrategy = "diverse"\n')
     with pytest.raises(SetTooLargeError, match=rf"top\.toml: \[select\] strategy='diverse' decodes every sample.*hold {BIG}"):
         calib_sets.load(top)
+
+
+def test_the_cli_refuses_an_escaping_recipe_in_a_second_and_takes_the_flag(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch,
+                                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    import qcal.api
+    from qcal.cli import main
+
+    images(tmp_path / "outside")
+    r = recipe(tmp_path / "proj" / "r.toml", 'source = "../outside"\n')
+    ckpt = tmp_path / "m.pt"
+    ckpt.write_bytes(b"x")
+    argv = ["quantize", str(ckpt), "--trust-checkpoint", "--calib", str(r), "-o", str(tmp_path / "out")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--calib" in err and "../outside" in err and "--allow-outside-recipe-root" in err
+    seen = {}
+
+    def fake_quantize(model: object, calib: object = None, **kw: object) -> None:   # stop before the real work
+        seen["calib"] = calib
+        raise qcal.errors.CalibrationError("stop here")
+
+    monkeypatch.setattr(qcal.api, "quantize", fake_quantize)
+    assert main([*argv, "--allow-outside-recipe-root"]) == 2
+    assert isinstance(seen["calib"], calib_sets.CalibSet) and len(seen["calib"]) == 3   # the set loaded once, passed on
+    assert not (tmp_path / "out").exists()
