@@ -176,9 +176,10 @@ def _run_quantize(args: argparse.Namespace, cfg: QuantConfig) -> int:
     checkpoint = demo_checkpoint() if demo else args.checkpoint
     calib, eval_set = (DEMO_CALIB, DEMO_EVAL) if demo else (args.calib, args.eval)
     if args.allocate:   # arguments first, then files: each fails before torch is even imported
-        from qcal.alloc import Budget
+        from qcal.alloc import Budget, parse_choices
 
         Budget.parse(args.allocate)
+        parse_choices(args.choices)
     preflight(checkpoint, trust_checkpoint=demo or args.trust_checkpoint)
     for flag, spec in (("--calib", calib), ("--eval", eval_set)):   # described, not decoded: fails in a second
         if spec is None:
@@ -223,11 +224,11 @@ def _run_quantize(args: argparse.Namespace, cfg: QuantConfig) -> int:
 
 
 def _allocate(args: argparse.Namespace, cfg: QuantConfig) -> tuple[QuantConfig, Allocation]:
-    from qcal.alloc import Budget
+    from qcal.alloc import Budget, parse_choices
     from qcal.passes.allocate import allocate_bits
 
     plan = allocate_bits(args.checkpoint, args.calib, budget=Budget.parse(args.allocate),
-                         choices=[c.strip() for c in args.choices.split(",")], config=cfg,
+                         choices=list(parse_choices(args.choices)), config=cfg,
                          trust_checkpoint=args.trust_checkpoint, refine=args.refine, progress=not args.no_progress)
     assert isinstance(plan.export_config, QuantConfig)
     return plan.export_config, plan

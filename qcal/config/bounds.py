@@ -22,7 +22,9 @@ from qcal.errors import ConfigError
 # --- the limits ------------------------------------------------------------------------------------------------
 OPSET_MIN = 13            # QDQ with per-channel weights (QuantizeLinear axis=) needs opset 13
 OPSET_ALWAYS_SUPPORTED = 17   # every supported onnx (>= 1.16) and torch (>= 2.2) exports it: no look-up below
-TORCH_ONNX_MAX_OPSET = 20     # the highest opset torch.onnx.export's TorchScript exporter writes (torch >= 2.3)
+TORCH_ONNX_MAX_OPSET = 20     # the highest opset torch.onnx.export(dynamo=False), which qcal uses, writes
+                              # (torch.onnx._constants.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET, private, so not read)
+ONNX_RELEASE_OPSET = ((1, 16), 21)   # onnx 1.16 (the oldest qcal supports) knows opset 21; later ones more
 IMGSZ_MIN = 32            # one stride-32 cell: the smallest input YOLO's heads accept
 IMGSZ_MAX = 4096          # memory: activations grow with imgsz**2; at 4096 a YOLOv8s calibration batch already
                           # takes tens of GB, and 100000 asks for ~120 GB in one allocation
@@ -54,13 +56,23 @@ def _is_real(v: Any) -> bool:
 @functools.lru_cache(maxsize=1)
 def max_opset() -> tuple[int, str]:
     """The highest opset qcal can export: min(torch.onnx export's, the installed onnx's); and why (for messages).
-    Imports onnx.defs (not torch), once."""
-    try:
-        from onnx.defs import onnx_opset_version
+    The onnx release is read from its metadata (milliseconds); onnx.defs (a second to import) is asked only for
+    a release older than ONNX_RELEASE_OPSET's, which knows more opsets than torch exports."""
+    from importlib.metadata import PackageNotFoundError, version
 
-        onnx_max = int(onnx_opset_version())
-    except Exception:   # onnx missing or broken: the export would fail anyway; keep torch's limit
-        onnx_max = TORCH_ONNX_MAX_OPSET
+    try:
+        major, minor = (int(x) for x in version("onnx").split(".")[:2])
+    except (PackageNotFoundError, ValueError):
+        major, minor = 0, 0
+    if (major, minor) >= ONNX_RELEASE_OPSET[0]:
+        onnx_max = ONNX_RELEASE_OPSET[1]   # at least this many
+    else:
+        try:
+            from onnx.defs import onnx_opset_version
+
+            onnx_max = int(onnx_opset_version())
+        except Exception:   # onnx missing or broken: the export fails on its own; keep torch's limit
+            onnx_max = TORCH_ONNX_MAX_OPSET
     if onnx_max < TORCH_ONNX_MAX_OPSET:
         return onnx_max, f"{onnx_max}: the highest opset the installed onnx supports"
     return TORCH_ONNX_MAX_OPSET, f"{TORCH_ONNX_MAX_OPSET}: the highest opset torch.onnx export writes"
@@ -129,10 +141,15 @@ def check_quant_limits(cfg: Any) -> None:
 
 
 # --- types, driven by the dataclass's hints ---------------------------------------------------------------------
-@functools.lru_cache(maxsize=None)
+_HINTS: dict[type, tuple[tuple[str, Any], ...]] = {}
+
+
 def _hints(cls: type) -> tuple[tuple[str, Any], ...]:
-    hints = typing.get_type_hints(cls)
-    return tuple((f.name, hints[f.name]) for f in dataclasses.fields(cls))
+    """(field name, resolved type hint) of a config dataclass, resolved once per class."""
+    if cls not in _HINTS:
+        hints = typing.get_type_hints(cls)
+        _HINTS[cls] = tuple((f.name, hints[f.name]) for f in dataclasses.fields(cls))
+    return _HINTS[cls]
 
 
 def _check_value(hint: Any, value: Any, key: str) -> None:
@@ -157,19 +174,18 @@ def _check_value(hint: Any, value: Any, key: str) -> None:
         for i, v in enumerate(value):
             _check_value(args[min(i, len(args) - 1)] if args else Any, v, f"{key}[{i}]")
     elif typing.get_origin(hint) in (typing.Union, types.UnionType):
-        args = typing.get_args(hint)
-        if value is None and type(None) in args:
+        members = typing.get_args(hint)
+        if value is None and type(None) in members:
             return
-        inner = [a for a in args if a is not type(None)]
+        inner = [a for a in members if a is not type(None)]
         if len(inner) == 1:
             _check_value(inner[0], value, key)
     elif isinstance(hint, type) and issubclass(hint, enum.Enum):
         if not isinstance(value, hint):
             raise _fail(key, value, f"choose one of {[m.value for m in hint]}", f"set {key} to one of them")
-    elif isinstance(hint, type) and dataclasses.is_dataclass(hint):
-        if not isinstance(value, hint):
-            raise _fail(key, value, f"must be a {hint.__name__}", f"give qcal.{hint.__name__}(...) (a [{key}] "
-                        "table in a config file)")
+    elif isinstance(hint, type) and dataclasses.is_dataclass(hint) and not isinstance(value, hint):
+        raise _fail(key, value, f"must be a {hint.__name__}", f"give qcal.{hint.__name__}(...) (a [{key}] "
+                    "table in a config file)")
 
 
 def check_fields(obj: Any, section: str) -> None:
