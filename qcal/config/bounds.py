@@ -13,6 +13,8 @@ import dataclasses
 import enum
 import functools
 import math
+import numbers
+import sys
 import types
 import typing
 from typing import Any
@@ -136,8 +138,9 @@ def check_quant_limits(cfg: Any) -> None:
     if len(cfg.blend_alphas) > BLEND_ALPHAS_MAX:
         raise _fail("blend_alphas", f"<{len(cfg.blend_alphas)} values>", f"at most {BLEND_ALPHAS_MAX} values "
                     "(each is one probe run)", "give a coarser grid, e.g. [0, 0.25, 0.5, 0.75, 1]")
-    check_count(cfg.blend_groups, "blend_groups", 1, BLEND_GROUPS_MAX, "give e.g. blend_groups = 1 (one alpha for "
-                "the whole model)")
+    if not 1 <= cfg.blend_groups <= BLEND_GROUPS_MAX:
+        raise _fail("blend_groups", cfg.blend_groups, f"must be >= 1 (1: one alpha for the whole model) and <= "
+                    f"{BLEND_GROUPS_MAX}", "give e.g. blend_groups = 1")
 
 
 # --- types, driven by the dataclass's hints ---------------------------------------------------------------------
@@ -152,55 +155,70 @@ def _hints(cls: type) -> tuple[tuple[str, Any], ...]:
     return _HINTS[cls]
 
 
-def _check_value(hint: Any, value: Any, key: str) -> None:
+def _check_value(hint: Any, value: Any, key: str) -> Any:
+    """`value` checked against `hint`; returned as the plain Python type (numpy's int64/float32 scalars become
+    int/float, so the config hashes and writes to TOML)."""
     if hint is bool:
-        if not isinstance(value, bool):
+        if not isinstance(value, bool | np_bool()):
             raise _fail(key, value, "must be a boolean", f"write {key} = true or false (not 0/1 or a string)")
-    elif hint is int:
-        if not _is_int(value):
+        return bool(value)
+    if hint is int:
+        if not isinstance(value, numbers.Integral) or isinstance(value, bool | np_bool()):
             raise _fail(key, value, "must be an integer", f"write a whole number for {key}")
-    elif hint is float:
-        if not _is_real(value):
+        return value if type(value) is int else int(value)
+    if hint is float:
+        if not isinstance(value, numbers.Real) or isinstance(value, bool | np_bool()):
             raise _fail(key, value, "must be a number", f"write a number for {key}")
         if not math.isfinite(value):
             raise _fail(key, value, "must be finite (nan and inf are not values)", f"write a finite number for {key}")
-    elif hint is str:
+        return value if type(value) in (int, float) else float(value)
+    if hint is str:
         if not isinstance(value, str):
             raise _fail(key, value, "must be a string", f"quote the value of {key}")
-    elif typing.get_origin(hint) is tuple:
+        return value
+    if typing.get_origin(hint) is tuple:
         args = [a for a in typing.get_args(hint) if a is not Ellipsis]
         if not isinstance(value, tuple):
             raise _fail(key, value, "must be a list", f"write {key} as a list, e.g. {key} = []")
-        for i, v in enumerate(value):
-            _check_value(args[min(i, len(args) - 1)] if args else Any, v, f"{key}[{i}]")
-    elif typing.get_origin(hint) in (typing.Union, types.UnionType):
+        out = tuple(_check_value(args[min(i, len(args) - 1)] if args else Any, v, f"{key}[{i}]")
+                    for i, v in enumerate(value))
+        return value if all(a is b for a, b in zip(out, value, strict=True)) else out
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
         members = typing.get_args(hint)
         if value is None and type(None) in members:
-            return
+            return value
         inner = [a for a in members if a is not type(None)]
-        if len(inner) == 1:
-            _check_value(inner[0], value, key)
-    elif isinstance(hint, type) and issubclass(hint, enum.Enum):
-        if not isinstance(value, hint):
-            raise _fail(key, value, f"choose one of {[m.value for m in hint]}", f"set {key} to one of them")
-    elif isinstance(hint, type) and dataclasses.is_dataclass(hint) and not isinstance(value, hint):
+        return _check_value(inner[0], value, key) if len(inner) == 1 else value
+    if isinstance(hint, type) and issubclass(hint, enum.Enum) and not isinstance(value, hint):
+        raise _fail(key, value, f"choose one of {[m.value for m in hint]}", f"set {key} to one of them")
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint) and not isinstance(value, hint):
         raise _fail(key, value, f"must be a {hint.__name__}", f"give qcal.{hint.__name__}(...) (a [{key}] "
                     "table in a config file)")
+    return value
+
+
+def np_bool() -> type:
+    """numpy's bool scalar type when numpy is imported (it is not a bool), else bool."""
+    np = sys.modules.get("numpy")
+    return np.bool_ if np is not None else bool  # type: ignore[no-any-return]
 
 
 def check_fields(obj: Any, section: str) -> None:
     """Every field of the config dataclass `obj` against its type hint: bools are bools (not 0/1), ints are
     ints (not bools), floats are finite numbers, tuples hold their element type, enums are members; fields
-    named seed are in 0..2**32-1. Nested config dataclasses check themselves. `section`: the TOML table
-    ("" for the top level, e.g. "keep_float"), so messages name the key as the config file spells it."""
+    named seed are in 0..2**32-1. numpy scalars are stored as the Python type. Nested config dataclasses check
+    themselves. `section`: the TOML table ("" for the top level, e.g. "keep_float"), so messages name the key
+    as the config file spells it."""
     prefix = f"{section}." if section else ""
     for name, hint in _hints(type(obj)):
         value = getattr(obj, name)
         if dataclasses.is_dataclass(value):
             continue
-        _check_value(hint, value, prefix + name)
+        plain = _check_value(hint, value, prefix + name)
+        if plain is not value:
+            object.__setattr__(obj, name, plain)
         if name == "seed":
-            check_seed(value, prefix + name)
+            check_seed(plain, prefix + name)
 
 
 def as_tuple(obj: Any, *names: str) -> None:
