@@ -109,7 +109,7 @@ def check_count(value: Any, key: str, lo: int, hi: int, fix: str) -> None:
 
 def check_calib_size(n: Any, key: str = "calib_size") -> None:
     check_count(n, key, CALIB_SIZE_MIN, CALIB_SIZE_MAX, f"give the number of calibration samples to use, e.g. "
-                f"{key} = 64 (the default; CLI --calib-size 64)")
+                f"{key} = 64 (the default, CLI --calib-size 64)")
 
 
 def check_seed(seed: Any, key: str = "seed") -> None:
