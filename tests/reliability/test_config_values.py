@@ -316,3 +316,10 @@ def test_every_message_states_a_fix() -> None:
         except ConfigError as e:
             tail = str(e).rsplit(";", 1)[-1].lower()
             assert any(v in tail for v in verbs) or "e.g." in tail, str(e)
+
+
+@pytest.mark.parametrize("threads", [0, -1, 1.5, True])
+def test_threads_bound(threads: Any) -> None:
+    with pytest.raises(ConfigError, match=rf"threads={threads!r}: must be an integer >= 1"):
+        bounds.check_threads(threads)
+    bounds.check_threads(1)
