@@ -9,18 +9,55 @@ are given as a fraction of the all-FP32 cost. An infeasible budget is an error n
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from qcal.errors import QcalError
+from qcal.errors import ConfigError, QcalError
 from qcal.quant.precision import Precision
 
 
 class AllocationError(QcalError):
     """The bit-allocation problem has no solution (budget too small) or is malformed."""
+
+
+class AllocationConfigError(AllocationError, ConfigError):
+    """An argument of the allocation is wrong (an unknown precision choice, a malformed budget): found before any
+    work starts. Both an AllocationError and a ConfigError (CLI exit 2)."""
+
+
+def check_choices(choices: Sequence[str | Precision], *, deployable: bool = False,
+                  what: str = "choices") -> list[Precision]:
+    """The precision choices of an allocation as Precisions: each a known name, none twice, at least one.
+    deployable: only those the exporters write today (int8, fp16, fp32), as the CLI's exported model needs."""
+    allowed = [p.value for p in Precision if p.deployable or not deployable]
+    names = [c.value if isinstance(c, Precision) else c for c in choices]
+    bad = [c for c in names if not isinstance(c, str) or c not in allowed]
+    if bad:
+        extra = "" if not deployable else (f" (the simulated ones, {[p.value for p in Precision if not p.deployable]}, "
+                                           "only through the Python API: qcal.allocate_bits(..., choices=[...]))")
+        raise AllocationConfigError(f"{what}: unknown precision(s) {bad} in {names}; the allowed choices are "
+                                    f"{allowed}{extra}; give e.g. int8,fp16.")
+    if not names:
+        raise AllocationConfigError(f"{what} is empty: give one or more precisions from {allowed}, e.g. int8,fp16.")
+    dup = sorted({c for c in names if names.count(c) > 1})
+    if dup:
+        raise AllocationConfigError(f"{what}: {dup} listed more than once in {names}; list each precision once, "
+                                    "e.g. int8,fp16.")
+    return [Precision(c) for c in names]
+
+
+def parse_choices(text: str, *, deployable: bool = True) -> tuple[str, ...]:
+    """The CLI's --choices: 'int8,fp16' -> ('int8', 'fp16'), checked (check_choices) before any file is read.
+    Raises AllocationConfigError naming the bad names and the allowed ones."""
+    names = [c.strip() for c in text.split(",")]
+    if any(not c for c in names):
+        raise AllocationConfigError(f"--choices {text!r}: an empty name between commas; write a comma list of "
+                                    "precisions, e.g. int8,fp16.")
+    return tuple(p.value for p in check_choices(names, deployable=deployable, what=f"--choices {text!r}"))
 
 
 @dataclass(frozen=True)
@@ -37,8 +74,10 @@ class Budget:
         if len(set_) != 1:
             raise AllocationError(f"Budget: give exactly one of size=, bops=, latency= (got {dict(set_) or 'none'}),"
                                   " e.g. Budget(size=0.2).")
-        if set_[0][1] <= 0:
-            raise AllocationError(f"Budget {set_[0][0]}={set_[0][1]}: must be > 0 (a fraction of FP32).")
+        kind, ratio = set_[0]
+        if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not math.isfinite(ratio) or ratio <= 0:
+            raise AllocationConfigError(f"Budget {kind}={ratio!r}: must be a finite number > 0 (a fraction of the "
+                                        f"FP32 model's {kind}); give e.g. {kind}=0.5.")
 
     @property
     def kind(self) -> str:
@@ -55,12 +94,17 @@ class Budget:
         """'latency=0.7' / 'size=0.2' / 'bops=0.1' (the CLI's --allocate)."""
         key, _, val = text.partition("=")
         if key not in ("size", "bops", "latency") or not val:
-            raise AllocationError(f"--allocate {text!r}: write KIND=RATIO with KIND size, bops or latency, "
+            raise AllocationConfigError(f"--allocate {text!r}: write KIND=RATIO with KIND size, bops or latency, "
                                   "e.g. latency=0.7.")
         try:
-            return Budget(**{key: float(val)})
+            ratio = float(val)
         except ValueError:
-            raise AllocationError(f"--allocate {text!r}: {val!r} is not a number.") from None
+            raise AllocationConfigError(f"--allocate {text!r}: {val!r} is not a number; give e.g. {key}=0.5.") \
+                from None
+        try:
+            return Budget(**{key: ratio})
+        except AllocationConfigError as e:
+            raise AllocationConfigError(f"--allocate {text!r}: {e}") from None
 
 
 @dataclass(frozen=True)

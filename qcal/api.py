@@ -187,7 +187,9 @@ def quantize(model: Any, calib: Any = None, *, target: str | Target | None = Non
     eval: the same kinds; when given, FP32 vs INT8 fidelity and latency are measured (`result.evaluation`).
     """
     import calib_sets
+    from qcal.config.bounds import check_threads
 
+    check_threads(threads, "threads")
     cfg = config or QuantConfig()
     if target is not None:
         cfg = cfg.replace(target=Target(target))

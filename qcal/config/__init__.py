@@ -14,6 +14,7 @@ from typing import Any
 
 import tomllib
 
+from qcal.config import bounds
 from qcal.config.llm import Activations, LLMConfig, Offload, Scheme
 from qcal.config.plain import dump_toml, from_plain, to_plain
 from qcal.errors import ConfigError
@@ -63,6 +64,11 @@ class KeepFloatConfig:
     fp16_nodes: tuple[str, ...] = ()     # kept float AND computed in float16 in the QDQ model (allocation "fp16")
 
     def __post_init__(self) -> None:
+        bounds.as_tuple(self, "nodes", "fp16_nodes")
+        bounds.check_fields(self, "keep_float")
+        for name in ("sensitivity_samples", "attribution_samples"):
+            bounds.check_count(getattr(self, name), f"keep_float.{name}", 0, bounds.SAMPLES_MAX,
+                               f"give e.g. keep_float.{name} = 0 (probe samples come from the calibration set)")
         if self.range_ratio <= 1:
             raise ConfigError(f"keep_float.range_ratio={self.range_ratio}: must be > 1 (e.g. 16).")
         if self.sensitivity_samples < 0 or self.max_nodes < 0 or self.attribution_samples < 0:
@@ -114,6 +120,9 @@ class MetaAugConfig:
     inner_clip: float = 0.0  # > 0: the inner step's gradient is rescaled to at most this global norm
 
     def __post_init__(self) -> None:
+        bounds.check_fields(self, "adaquant.augment")
+        bounds.check_count(self.iters, "adaquant.augment.iters", 0, bounds.ITERS_MAX, "give e.g. iters = 500")
+        bounds.check_count(self.batch, "adaquant.augment.batch", 2, bounds.CALIB_SIZE_MAX, "give e.g. batch = 32")
         if self.iters < 0 or self.batch < 2 or self.width < 1:
             raise ConfigError(f"metaaug: iters={self.iters} must be >= 0, batch={self.batch} >= 2 and "
                               f"width={self.width} >= 1.")
@@ -161,6 +170,10 @@ class AdaQuantConfig:
                 except ValueError:
                     raise ConfigError(f"adaquant.{name}={value!r}: choose one of {[m.value for m in kind]}.") \
                         from None
+        bounds.as_tuple(self, "round_beta")
+        bounds.check_fields(self, "adaquant")
+        bounds.check_count(self.iters, "adaquant.iters", 0, bounds.ITERS_MAX, "give e.g. adaquant.iters = 1000")
+        bounds.check_count(self.batch, "adaquant.batch", 1, bounds.CALIB_SIZE_MAX, "give e.g. adaquant.batch = 50")
         if self.iters < 0 or self.batch < 1:
             raise ConfigError(f"adaquant: iters={self.iters} must be >= 0 and batch={self.batch} >= 1.")
         if min(self.lr_weight, self.lr_bias, self.lr_weight_scale, self.lr_act_scale, self.lr_round,
@@ -222,27 +235,19 @@ class QuantConfig:
                 object.__setattr__(self, "scheme", Scheme(self.scheme))
             except ValueError:
                 raise ConfigError(f"scheme={self.scheme!r}: choose one of {[m.value for m in Scheme]}.") from None
-        if isinstance(self.passes, list):
-            object.__setattr__(self, "passes", tuple(self.passes))
-        if isinstance(self.blend_alphas, list):
-            object.__setattr__(self, "blend_alphas", tuple(self.blend_alphas))
+        bounds.as_enum(self, "", target=Target, observer=Observer)
+        bounds.as_tuple(self, "passes", "blend_alphas")
+        bounds.check_fields(self, "")
+        bounds.check_quant_limits(self)
         if not self.blend_alphas or any(not 0.0 <= a <= 1.0 for a in self.blend_alphas):
             raise ConfigError(f"blend_alphas={list(self.blend_alphas)}: give one or more mixes in [0, 1] "
                               "(0: MSE ranges, 1: percentile ranges), e.g. [0, 0.25, 0.5, 0.75, 1].")
-        if self.blend_groups < 1:
-            raise ConfigError(f"blend_groups={self.blend_groups}: must be >= 1 (1: one alpha for the whole model).")
         if self.blend_groups > 1 and len(self.blend_alphas) < 2:
             raise ConfigError(f"blend_groups={self.blend_groups} needs two or more blend_alphas to choose from per "
                               f"group (got {list(self.blend_alphas)}); list them, e.g. blend_alphas = [0, 0.5, 1], "
                               "or set blend_groups = 1.")
         if not 50.0 < self.percentile <= 100.0:
             raise ConfigError(f"percentile={self.percentile}: must be in (50, 100], e.g. 99.999.")
-        if self.calib_size < 1:
-            raise ConfigError(f"calib_size={self.calib_size}: must be >= 1.")
-        if self.imgsz < 32 or self.imgsz % 32:
-            raise ConfigError(f"imgsz={self.imgsz}: must be a multiple of 32 (YOLO strides), e.g. 640.")
-        if self.opset < 13:
-            raise ConfigError(f"opset={self.opset}: QDQ with per-channel weights needs opset >= 13.")
         if self.target is Target.TENSORRT and not self.per_channel:
             raise ConfigError("per_channel=False with target=tensorrt: TensorRT wants per-channel weights on the "
                               "output-channel axis (lint rule TRT006); drop per_channel.")
@@ -252,9 +257,7 @@ class QuantConfig:
         if self.target is Target.TENSORRT and self.reduce_range:
             raise ConfigError("reduce_range=True with target=tensorrt: TensorRT uses full int8; drop reduce_range.")
         allowed = ("bn_reestimate", "adaquant", "reconstruct", "bias_correction", "smoothquant", "gptq")
-        bad = [p for p in self.passes if p not in allowed]   # smoothquant, gptq: LLM path only
-        if bad:
-            raise ConfigError(f"passes={list(self.passes)}: unknown pass(es) {bad}; choose from {list(allowed)}.")
+        bounds.check_passes(self.passes, allowed)   # smoothquant, gptq: LLM path only
         if "adaquant" in self.passes and "reconstruct" in self.passes:
             raise ConfigError(f"passes={list(self.passes)}: adaquant and reconstruct are two names of the same "
                               "pass; list it once.")
@@ -289,7 +292,12 @@ class QuantConfig:
         if not p.is_file():
             raise ConfigError(f"config file {p} does not exist. Pass a TOML file written by `qcal config`.")
         text = p.read_text(encoding="utf-8")
-        return cls.from_dict(json.loads(text)) if p.suffix == ".json" else cls.from_toml(text)
+        try:
+            return cls.from_dict(json.loads(text)) if p.suffix == ".json" else cls.from_toml(text)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"config file {p}: the JSON does not parse: {e}. Fix the syntax.") from e
+        except ConfigError as e:   # name the file: the key and value are in the message
+            raise ConfigError(f"config file {p}: {e}") from e
 
     def replace(self, **changes: Any) -> QuantConfig:
         return dataclasses.replace(self, **changes)

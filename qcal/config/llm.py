@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from qcal.config import bounds
 from qcal.errors import ConfigError
 
 
@@ -69,6 +70,9 @@ class LLMConfig:
                 object.__setattr__(self, "offload", Offload(self.offload))
             except ValueError:
                 raise ConfigError(f"llm.offload={self.offload!r}: choose one of {[m.value for m in Offload]}.") from None
+        bounds.as_enum(self, "llm", activations=Activations)
+        bounds.as_tuple(self, "ignore")
+        bounds.check_fields(self, "llm")
         if self.seq_len < 2 or self.group_size < 8 or self.group_size % 8:
             raise ConfigError(f"llm: seq_len={self.seq_len} must be >= 2 and group_size={self.group_size} a "
                               "positive multiple of 8 (e.g. 128).")

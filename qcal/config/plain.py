@@ -68,6 +68,8 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
         return None if value is None else _coerce(inner[0], value, where)
     if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
+    if hint is int and isinstance(value, bool):   # bool is an int subclass: opset = true is not an opset
+        raise ConfigError(f"{where}={value!r}: expected int, e.g. {where.rsplit('.', 1)[-1]} = 1.")
     if isinstance(hint, type) and not isinstance(value, hint):
         raise ConfigError(f"{where}={value!r}: expected {hint.__name__}.")
     return value

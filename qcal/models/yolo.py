@@ -64,6 +64,30 @@ def decode_yolo(output: np.ndarray, *, conf: float, iou: float, max_det: int, sc
     return Detections(xyxy.astype(np.float32), scores[idx].astype(np.float32), classes[idx].astype(np.int64))
 
 
+def bare_state_dict(path: Path) -> str | None:
+    """What a .pt holding only weights holds ("N tensors", "N tensors under 'state_dict'"), or None when it is
+    anything else (an Ultralytics checkpoint, a corrupt file). torch.load with weights_only=True unpickles no
+    code: it stops at the first class reference, which an Ultralytics checkpoint has and a state_dict has not."""
+    import torch
+
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+    except Exception:   # a class reference (Ultralytics), not a zip file, corrupt: the loader below explains
+        return None
+
+    def tensors(d: Any) -> int:
+        return sum(isinstance(v, torch.Tensor) for v in d.values()) if isinstance(d, dict) else 0
+
+    if not isinstance(obj, dict) or "model" in obj or "ema" in obj:
+        return None
+    if tensors(obj):
+        return f"{tensors(obj)} tensors"
+    nested = {str(k): tensors(v) for k, v in obj.items() if tensors(v)}
+    if nested:
+        return f"{sum(nested.values())} tensors under {sorted(nested)}"
+    return None
+
+
 class YoloAdapter:
     """An Ultralytics detection checkpoint. Loading unpickles the file, so the caller must trust it."""
 
@@ -98,6 +122,14 @@ class YoloAdapter:
             from ultralytics import YOLO
         except ImportError as e:
             raise CheckpointError("Ultralytics is not installed: `pip install qcal[yolo]`.") from e
+        bare = bare_state_dict(p)
+        if bare is not None:
+            raise CheckpointError(
+                f"{p} is a bare state_dict ({bare}): weights without the model's architecture, so qcal cannot "
+                "rebuild the network from it. qcal needs an Ultralytics checkpoint, saved by Ultralytics with the "
+                "model object (the best.pt / last.pt of training, or YOLO(...).save('model.pt')); or load these "
+                "weights into your model class and pass the torch.nn.Module: qcal.quantize(module, calib, "
+                "example_input=torch.zeros(1, 3, H, W)).")
         try:
             model = YOLO(str(p), task="detect").model
         except Exception as e:  # a corrupt file surfaces as any of pickle/zip/torch errors

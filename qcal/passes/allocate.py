@@ -19,7 +19,16 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from qcal.alloc import Allocation, AllocationError, Budget, LayerCost, allocate, candidates
+from qcal.alloc import (
+    Allocation,
+    AllocationConfigError,
+    Budget,
+    LayerCost,
+    allocate,
+    candidates,
+    check_choices,
+    parse_choices,
+)
 from qcal.alloc import refine as refine_plans
 from qcal.config import KeepFloatConfig, QuantConfig
 from qcal.output import workdir
@@ -90,13 +99,23 @@ def allocate_bits(model: Any, calib: Any = None, *, budget: Budget, choices: Seq
 
     cfg = config or QuantConfig()
     if measure_on not in ("torch", "onnx"):
-        raise AllocationError(f"measure_on={measure_on!r}: choose 'torch' or 'onnx'.")
-    if refine < 0:
-        raise AllocationError(f"refine={refine}: give a number of candidate plans >= 0 (0: no refinement).")
-    opts = [Precision(c) for c in choices]
-    base_p = Precision(base) if base is not None else next((p for p in opts if not p.is_float), opts[0])
+        raise AllocationConfigError(f"measure_on={measure_on!r}: choose 'torch' or 'onnx'.")
+    for name, value, lo, eg in (("refine", refine, 0, "4 (0: no refinement)"), ("threads", threads, 1, "1"),
+                                ("latency_runs", latency_runs, 1, "20"), ("onnx_samples", onnx_samples, 1, "4")):
+        if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+            raise AllocationConfigError(f"{name}={value!r}: must be an integer >= {lo}; give e.g. {name}={eg}.")
+    if not isinstance(budget, Budget):
+        raise AllocationConfigError(f"budget={budget!r}: give a qcal.alloc.Budget, e.g. Budget(size=0.5).")
+    deployable = measure_on == "onnx"   # the ONNX measurement runs int8 QDQ and float layers only
+    opts = [Precision(c) for c in parse_choices(choices, deployable=deployable)] if isinstance(choices, str) \
+        else check_choices(choices, deployable=deployable)
+    if base is None:
+        base_p = next((p for p in opts if not p.is_float), opts[0])
+    else:
+        base_p = check_choices([base], what="base")[0]
     if base_p not in opts:
-        raise AllocationError(f"base {base_p.value!r} must be one of the choices {[p.value for p in opts]}.")
+        raise AllocationConfigError(f"base {base_p.value!r} must be one of the choices {[p.value for p in opts]}; "
+                                    "add it to choices or drop base.")
     adapter: Any = load_model(model, trust_checkpoint=trust_checkpoint, imgsz=cfg.imgsz, example_input=example_input)
     try:
         cs = calib_sets.load(calib if calib is not None else "bundled:vtest")
