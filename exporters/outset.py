@@ -67,7 +67,8 @@ def _entries(d: Path) -> list[str]:
     return sorted(p.name for p in d.iterdir())
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (one of another user's counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

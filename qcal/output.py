@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from exporters.errors import ExporterError
-from exporters.outset import OutputSet, disk_full
+from exporters.outset import OutputSet, disk_full, pid_alive
 from qcal.errors import ExportError
 from qcal.version import __version__
 
@@ -64,7 +64,7 @@ def sweep_workdirs(root: str | Path | None = None) -> list[Path]:
         pid = p.name[len(WORKDIR_PREFIX):].split("-", 1)[0]
         if not pid.isdigit() or int(pid) == os.getpid() or not p.is_dir() or p.owner() != _me():
             continue
-        if not _alive(int(pid)):
+        if not pid_alive(int(pid)):
             shutil.rmtree(p, ignore_errors=True)
             removed.append(p)
     return removed
@@ -74,16 +74,6 @@ def _me() -> str:
     import pwd
 
     return pwd.getpwuid(os.getuid()).pw_name
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def estimate_bytes(checkpoint: Any) -> float:

@@ -9,18 +9,13 @@ from typing import Any
 import cv2
 import numpy as np
 
+from exporters.outset import file_sha256
 from qcal.errors import CheckpointError, UntrustedCheckpointError
 from qcal.models.base import Detections, Prepared
 
 PAD_VALUE = 114  # Ultralytics' letterbox grey
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def letterbox(image: np.ndarray, size: int) -> tuple[np.ndarray, float, tuple[float, float]]:
