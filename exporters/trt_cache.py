@@ -60,6 +60,13 @@ def _f32(x: float) -> float:
     return float(struct.unpack(">f", struct.pack(">f", x))[0])
 
 
+def trt_scale(scale: float) -> float:
+    """The float32 scale TensorRT derives (float32 amax / 127) from the amax written for `scale`: `scale` itself
+    for all but ~1% of float32 values, else its nearest reachable neighbour (amax / 127 steps over some float32
+    values). A tensorrt table holds only such scales, so every calibration file qcal writes reads back to it."""
+    return _f32(_amax_f32(scale) / 127.0)
+
+
 def _amax_f32(scale: float) -> float:
     """The float32 amax whose float32 amax / 127 is exactly `scale` (what TensorRT derives from a dynamic range):
     float32(scale * 127) or one of its float32 neighbours."""
@@ -148,7 +155,7 @@ def read_ort_trt_table(path: str | Path) -> QuantTable:
     try:
         t = TrtTable.GetRootAsTrtTable(p.read_bytes(), 0)
         pairs = [(t.Dict(i).Key().decode(), t.Dict(i).Value().decode()) for i in range(t.DictLength())]
-        scales = {k: _f32(float(v) / 127.0) for k, v in pairs}
+        scales = {k: _f32(_f32(float(v)) / 127.0) for k, v in pairs}   # TensorRT: float32 amax, then / 127
     except Exception as e:  # flatbuffers raises struct/index errors on a foreign file
         raise ExporterError(f"{p} is not an ORT TensorRT calibration table (flatbuffers): {e!r}") from e
     return _table_from_scales(scales, {"format": "ort-tensorrt-ep"})

@@ -198,6 +198,7 @@ def _run_quantize(args: argparse.Namespace, cfg: QuantConfig) -> int:
             raise QcalError(f"{flag} {spec}: {e}") from None
         if len(sets[flag]) == 0:
             raise QcalError(f"{flag} {spec}: the set is empty; give a folder of images or a video.")
+    eval_spec = eval_set
     calib, eval_set = sets.get("--calib", calib), sets.get("--eval", eval_set)
     with open_output(args.out, expected_bytes=estimate_bytes(checkpoint)) as outset:
         from qcal.api import quantize
@@ -226,7 +227,7 @@ def _run_quantize(args: argparse.Namespace, cfg: QuantConfig) -> int:
               f"{plan.budget.kind} {plan.cost_ratio:.3f} of FP32 -> {paths['allocation.json']}")
     print(f"\nwrote {', '.join(str(p) for p in paths.values())}")
     if eval_error is not None:
-        print(f"qcal: error: --eval {eval_set}: {eval_error} (the quantized model above was written; only the "
+        print(f"qcal: error: --eval {eval_spec}: {eval_error} (the quantized model above was written; only the "
               "evaluation failed)", file=sys.stderr)
         return 2
     return 0

@@ -17,6 +17,7 @@ from exporters import PROFILES, QdqProfile, QuantTable, TensorQuant, export_qdq
 from exporters.errors import ExporterError
 from exporters.qdq import float_readers, quantizable_op_types, reads_quantized
 from exporters.share import share_concat_ranges, tie_same_as_input
+from exporters.trt_cache import trt_scale
 from qcal.calibrate import CalibrationStats, calibrate
 from qcal.config import QuantConfig, Target
 from qcal.errors import ExportError
@@ -90,6 +91,8 @@ def build_table(info: GraphInfo, stats: CalibrationStats, profile: QdqProfile, d
     tensors: dict[str, TensorQuant] = {}
     for name, (lo, hi) in ranges.items():
         scale, zp = compute_qparams(lo, hi, qmin, qmax, symmetric=profile.activation_symmetric)
+        if profile.name == "tensorrt":   # only scales a float32 amax reaches: what TensorRT will run
+            scale = trt_scale(scale)
         tensors[name] = TensorQuant(profile.activation_dtype, (float(scale),), (int(zp),),
                                     rmin=float(min(lo, 0.0)), rmax=float(max(hi, 0.0)))
     readers = {t: info.consumers.get(t, []) for t in info.initializers}

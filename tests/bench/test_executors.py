@@ -78,13 +78,15 @@ def test_executor_choice_errors() -> None:
         make_executor("ray", address="nohost")
 
 
-def test_unreachable_address_is_a_clear_error_naming_it(capsys: pytest.CaptureFixture[str]) -> None:
+def test_unreachable_address_is_a_clear_error_naming_it(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     addr = f"127.0.0.1:{_free_port()}"
     with pytest.raises(ClusterUnreachableError, match=f"cannot reach the Ray cluster at {addr}.*ray start --head"):
         make_executor("ray", address=addr)
-    # the CLI fails before loading anything (the checkpoint does not even exist)
-    assert main(["bench", "missing.pt", "--eval", "bundled:vtest[0:2]", "-o", "unused", "--executor", "ray",
-                 "--address", addr, "--no-progress"]) == 2
+    # the CLI fails before loading anything (the checkpoint is not even a model: it is never opened)
+    ckpt = tmp_path / "m.pt"
+    ckpt.write_bytes(b"x")
+    assert main(["bench", str(ckpt), "--trust-checkpoint", "--eval", "bundled:vtest[0:2]", "-o", str(tmp_path / "r"),
+                 "--executor", "ray", "--address", addr, "--no-progress"]) == 2
     assert f"cannot reach the Ray cluster at {addr}" in capsys.readouterr().err
 
 
