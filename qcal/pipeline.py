@@ -92,7 +92,7 @@ def build_table(info: GraphInfo, stats: CalibrationStats, profile: QdqProfile, d
     for name, (lo, hi) in ranges.items():
         scale, zp = compute_qparams(lo, hi, qmin, qmax, symmetric=profile.activation_symmetric)
         if profile.name == "tensorrt":   # only scales a float32 amax reaches: what TensorRT will run
-            scale = trt_scale(scale)
+            scale = np.float32(trt_scale(float(scale)))
         tensors[name] = TensorQuant(profile.activation_dtype, (float(scale),), (int(zp),),
                                     rmin=float(min(lo, 0.0)), rmax=float(max(hi, 0.0)))
     readers = {t: info.consumers.get(t, []) for t in info.initializers}
