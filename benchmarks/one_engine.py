@@ -38,9 +38,9 @@ def code_agreement(folder: Path, feeds: list[dict[str, np.ndarray]]) -> dict[str
 
     from exporters import QuantTable
     from exporters.qdq import Q_SUFFIX
-    from qcal.graph import with_outputs
-    from qcal.probe import channel_sqnr
-    from qcal.sim import TorchRunner
+    from qcal.simulation.graph import with_outputs
+    from qcal.simulation.probe import channel_sqnr
+    from qcal.simulation.sim import TorchRunner
 
     table = QuantTable.load(folder / "quant_table.json")
     fp32 = onnx.load(str(folder / "model.fp32.onnx"))

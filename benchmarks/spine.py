@@ -48,10 +48,10 @@ def calib_only(observer: str, frames: int) -> None:
     from exporters.qdq import quantizable_op_types
     from qcal.calibrate import calibrate
     from qcal.config import QuantConfig
-    from qcal.graph import analyse, tensors_to_calibrate
     from qcal.models.yolo import YoloAdapter
     from qcal.pipeline import resolve_profile
     from qcal.quant.qparams import qrange
+    from qcal.simulation.graph import analyse, tensors_to_calibrate
 
     a = YoloAdapter.load(checkpoint(), trust_checkpoint=True)
     with tempfile.TemporaryDirectory() as d:

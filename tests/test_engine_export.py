@@ -1,4 +1,4 @@
-"""qcal's tables through the exporters: the engine builds a QuantTable (qcal.graph, qcal.calibrate,
+"""qcal's tables through the exporters: the engine builds a QuantTable (qcal.simulation.graph, qcal.calibrate,
 qcal.pipeline.build_table) and exporters write it. These live here, not under tests/exporters, because exporters'
 tests import nothing of qcal (tests/test_import_graph.py checks it)."""
 
@@ -15,7 +15,7 @@ from exporters.qdq import quantizable_op_types
 from exporters.share import copyable_concat_inputs
 from exporters.tensorrt import EngineOptions, trt_version
 from exporters.trt_lint import lint_tensorrt
-from qcal.graph import analyse, tensors_to_calibrate
+from qcal.simulation.graph import analyse, tensors_to_calibrate
 from tests.exporters.test_share import c2f_model, feeds
 
 
