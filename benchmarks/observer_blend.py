@@ -37,11 +37,11 @@ def main() -> None:
     from exporters import export_qdq
     from exporters.qdq import quantizable_op_types
     from exporters.quant_table import atomic_write_text
-    from qcal.calibrate import calibrate
+    from qcal.calibration.calibrate import calibrate
+    from qcal.calibration.pipeline import build_table, resolve_profile
     from qcal.config import QuantConfig
     from qcal.machine import machine_info
     from qcal.models.yolo import YoloAdapter
-    from qcal.pipeline import build_table, resolve_profile
     from qcal.placement import no_compute_downstream, range_mismatch
     from qcal.quant.qparams import qrange
     from qcal.simulation.graph import analyse, tensors_to_calibrate

@@ -46,10 +46,10 @@ def calib_only(observer: str, frames: int) -> None:
 
     import calib_sets
     from exporters.qdq import quantizable_op_types
-    from qcal.calibrate import calibrate
+    from qcal.calibration.calibrate import calibrate
+    from qcal.calibration.pipeline import resolve_profile
     from qcal.config import QuantConfig
     from qcal.models.yolo import YoloAdapter
-    from qcal.pipeline import resolve_profile
     from qcal.quant.qparams import qrange
     from qcal.simulation.graph import analyse, tensors_to_calibrate
 

@@ -158,7 +158,7 @@ def sim_agreement(adapter, work: Path, eval_spec: str, threads: int) -> dict:  #
     import onnxruntime as ort
 
     import calib_sets
-    from qcal.calibrate import make_session
+    from qcal.calibration.calibrate import make_session
     from qcal.eval.detection import coco_map, pseudo_labels
     from qcal.simulation.sim import TorchRunner
 

@@ -12,15 +12,15 @@ from typing import Any
 
 from exporters.outset import OutputSet
 from exporters.quant_table import QuantTable
+from qcal.calibration.diagnostics import coverage, range_stability
+from qcal.calibration.pipeline import PipelineOutput
+from qcal.calibration.pipeline import run as run_pipeline
 from qcal.config import QuantConfig, Target
-from qcal.diagnostics import coverage, range_stability
 from qcal.errors import CalibrationError
 from qcal.evaluate import Evaluation, evaluate_detector
 from qcal.machine import machine_info
 from qcal.models import load_model
 from qcal.models.base import ModelAdapter
-from qcal.pipeline import PipelineOutput
-from qcal.pipeline import run as run_pipeline
 from qcal.version import __version__
 
 

@@ -56,7 +56,7 @@ def test_fp16_nodes_round_trip() -> None:
 
 
 def test_share_concat_ranges_round_trip_validation_and_profile() -> None:
-    from qcal.pipeline import resolve_profile
+    from qcal.calibration.pipeline import resolve_profile
 
     off = QuantConfig(share_concat_ranges="off")
     assert QuantConfig.from_toml(off.to_toml()) == off and off.hash() != QuantConfig().hash()

@@ -1,7 +1,7 @@
 import numpy as np
 
-from qcal.calibrate import CalibrationStats
-from qcal.diagnostics import range_stability
+from qcal.calibration.calibrate import CalibrationStats
+from qcal.calibration.diagnostics import range_stability
 from qcal.report import report_markdown
 
 

@@ -142,8 +142,8 @@ def allocate_bits(model: Any, calib: Any = None, *, budget: Budget, choices: Seq
         refined.export_onnx(fp32_path, opset=cfg.opset)
         nodes = onnx_nodes_of_layers(fp32_path, fp)
         if measure_on == "onnx":
+            from qcal.calibration.pipeline import run as run_pipeline
             from qcal.passes.onnx_sensitivity import onnx_sensitivity
-            from qcal.pipeline import run as run_pipeline
 
             base_cfg = cfg.replace(keep_float=KeepFloatConfig(**{**cfg.keep_float.__dict__, "fp16_nodes": ()}))
             out = run_pipeline(refined, (s.image for s in cs), len(cs), base_cfg, Path(tmp), metadata={},

@@ -18,7 +18,7 @@ import onnx
 
 from exporters import QdqProfile, QuantTable
 from exporters.qdq import DQ_SUFFIX
-from qcal.calibrate import make_session
+from qcal.calibration.calibrate import make_session
 from qcal.quant.qparams import sqnr_db
 from qcal.simulation.graph import with_outputs
 from qcal.simulation.sim import TorchRunner, as_numpy

@@ -17,7 +17,7 @@ from exporters import PROFILES, QdqProfile, QuantTable, TensorQuant, export_qdq
 from exporters.errors import ExporterError
 from exporters.qdq import float_readers, quantizable_op_types, reads_quantized
 from exporters.share import share_concat_ranges, tie_same_as_input
-from qcal.calibrate import CalibrationStats, calibrate
+from qcal.calibration.calibrate import CalibrationStats, calibrate
 from qcal.config import QuantConfig, Target
 from qcal.errors import ExportError
 from qcal.models.base import ModelAdapter
