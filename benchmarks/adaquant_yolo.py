@@ -76,10 +76,10 @@ def main() -> None:
     torch.set_num_threads(1)
     import calib_sets
     import qcal
-    from qcal.alloc import Budget, allocate
     from qcal.cli import demo_checkpoint
     from qcal.machine import machine_info
     from qcal.models.yolo import YoloAdapter
+    from qcal.placement.alloc import Budget, allocate
     from qcal.quant.precision import Precision
 
     out = Path(args.out)
@@ -137,7 +137,7 @@ def main() -> None:
     t0 = time.perf_counter()
     probe = qcal.allocate_bits(adapter, calib, budget=Budget(latency=1.0), choices=["int8", "fp16"], config=base,
                                latency_runs=args.latency_runs, threads=args.threads, progress=True)
-    from qcal.alloc import LayerCost
+    from qcal.placement.alloc import LayerCost
 
     costs = {n: LayerCost(c["params"], c["macs"], c["latency_ms"]) for n, c in probe.measured["layer_costs"].items()}
     fp_total = sum(c.latency_ms["fp32"] for c in costs.values())

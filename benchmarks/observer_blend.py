@@ -42,7 +42,7 @@ def main() -> None:
     from qcal.config import QuantConfig
     from qcal.machine import machine_info
     from qcal.models.yolo import YoloAdapter
-    from qcal.placement import no_compute_downstream, range_mismatch
+    from qcal.placement.keep_float import no_compute_downstream, range_mismatch
     from qcal.quant.qparams import qrange
     from qcal.simulation.graph import analyse, tensors_to_calibrate
 

@@ -10,11 +10,11 @@ from typing import Any
 
 from calib_sets.errors import CalibSetError
 from exporters.errors import ExporterError
-from qcal.alloc import Allocation
 from qcal.bench_cli import add_parser as add_bench_parser
 from qcal.bench_cli import run as run_bench
 from qcal.config import AdaQuantConfig, KeepFloatConfig, Observer, QuantConfig, Target
 from qcal.errors import QcalError
+from qcal.placement.alloc import Allocation
 
 DEMO_CALIB = "bundled:vtest[0:360]"   # bundled frames 0..357 calibrate ...
 DEMO_EVAL = "bundled:vtest[360:480]"  # ... frames 360..477 (never calibrated on) measure fidelity
@@ -181,7 +181,7 @@ def _run_quantize(args: argparse.Namespace, cfg: QuantConfig) -> int:
     checkpoint = demo_checkpoint() if demo else args.checkpoint
     calib, eval_set = (DEMO_CALIB, DEMO_EVAL) if demo else (args.calib, args.eval)
     if args.allocate:   # arguments first, then files: each fails before torch is even imported
-        from qcal.alloc import Budget, parse_choices
+        from qcal.placement.alloc import Budget, parse_choices
 
         Budget.parse(args.allocate)
         parse_choices(args.choices)
@@ -233,8 +233,8 @@ def _run_quantize(args: argparse.Namespace, cfg: QuantConfig) -> int:
 
 
 def _allocate(args: argparse.Namespace, cfg: QuantConfig, calib: Any) -> tuple[QuantConfig, Allocation]:
-    from qcal.alloc import Budget, parse_choices
     from qcal.passes.allocate import allocate_bits
+    from qcal.placement.alloc import Budget, parse_choices
 
     plan = allocate_bits(args.checkpoint, calib, budget=Budget.parse(args.allocate),
                          choices=list(parse_choices(args.choices)), config=cfg,

@@ -24,7 +24,7 @@ def engine_table(model_path: Path, profile_name: str, float_nodes: tuple[str, ..
     model, round-to-nearest weights, int32 biases where the profile has them)."""
     from qcal.calibration.calibrate import calibrate
     from qcal.calibration.pipeline import build_table
-    from qcal.placement import FloatDecision
+    from qcal.placement.keep_float import FloatDecision
 
     info = analyse(onnx.load(str(model_path)))
     onnx.save(info.model, str(model_path))

@@ -21,7 +21,12 @@ from qcal.calibration.calibrate import CalibrationStats, calibrate
 from qcal.config import QuantConfig, Target
 from qcal.errors import ExportError
 from qcal.models.base import ModelAdapter
-from qcal.placement import FloatDecision, no_compute_downstream, range_mismatch, sensitivity_decisions
+from qcal.placement.keep_float import (
+    FloatDecision,
+    no_compute_downstream,
+    range_mismatch,
+    sensitivity_decisions,
+)
 from qcal.quant.qparams import compute_qparams, qrange, sqnr_db
 from qcal.quant.weights import initializer, quantize_bias, quantize_weight, weight_sites
 from qcal.simulation.graph import GraphInfo, analyse, tensors_to_calibrate

@@ -21,10 +21,10 @@ from tqdm import tqdm
 
 from exporters import export_qdq
 from exporters.float16 import convert_nodes_fp16
-from qcal.alloc import AllocationError
 from qcal.calibration.calibrate import make_session
 from qcal.calibration.pipeline import PipelineOutput, build_table
-from qcal.placement import FloatDecision
+from qcal.placement.alloc import AllocationError
+from qcal.placement.keep_float import FloatDecision
 from qcal.quant.precision import Precision
 from qcal.simulation.graph import analyse
 
