@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 
 from exporters.outset import MANIFEST, FolderLock, write_manifest
-from qcal.check import ReportError, Thresholds, check, printable
-from qcal.check_junit import xml_safe
 from qcal.cli import main
+from qcal.gate.check import ReportError, Thresholds, check, printable
+from qcal.gate.junit import xml_safe
 
 SHA_A, SHA_B = "a1" * 32, "b2" * 32
 
