@@ -33,7 +33,7 @@ def fidelity(adapter, paths: dict[str, Path], images, threads: int) -> dict[str,
     """condition -> model -> mAP50-95 vs FP32 detections on the same (degraded) images."""
     from calib_sets.presets import named_condition
     from qcal.eval.detection import coco_map, pseudo_labels
-    from qcal.evaluate import detect_all
+    from qcal.eval.evaluate import detect_all
 
     out: dict[str, dict[str, float]] = {}
     nc = max(len(adapter.class_names), 1)

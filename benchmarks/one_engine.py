@@ -98,7 +98,7 @@ def params_equal(folder: Path) -> dict[str, bool]:
 
 
 def int8_dets(adapter: Any, folder: Path, images: list[np.ndarray]) -> list[Any]:
-    from qcal.evaluate import detect_all
+    from qcal.eval.evaluate import detect_all
 
     return detect_all(adapter, folder / "model.int8.onnx", images, 2, False, "int8")
 
@@ -135,7 +135,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "one_engine")
     a = ap.parse_args()
     from benchmarks.robustness_peers import held_out
-    from qcal.evaluate import detect_all
+    from qcal.eval.evaluate import detect_all
     from qcal.machine import machine_info
     from qcal.models.yolo import YoloAdapter
 

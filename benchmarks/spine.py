@@ -72,7 +72,7 @@ def calib_only(observer: str, frames: int) -> None:
 def head_eval(adapter: Any, fp32: Path, images: list) -> Any:
     """A scorer for these images: model path -> [fidelity mAP50-95, mAP50] against the FP32 model's detections."""
     from qcal.eval.detection import coco_map, pseudo_labels
-    from qcal.evaluate import detect_all
+    from qcal.eval.evaluate import detect_all
 
     gt = [pseudo_labels(d) for d in detect_all(adapter, fp32, images, 2, False, "fp32")]
     hw = [im.shape[:2] for im in images]

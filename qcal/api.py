@@ -17,7 +17,7 @@ from qcal.calibration.pipeline import PipelineOutput
 from qcal.calibration.pipeline import run as run_pipeline
 from qcal.config import QuantConfig, Target
 from qcal.errors import CalibrationError
-from qcal.evaluate import Evaluation, evaluate_detector
+from qcal.eval.evaluate import Evaluation, evaluate_detector
 from qcal.machine import machine_info
 from qcal.models import load_model
 from qcal.models.base import ModelAdapter
@@ -94,7 +94,7 @@ class QuantResult:
         }
 
     def summary(self) -> str:
-        from qcal.report import summary_table
+        from qcal.reporting.report import summary_table
 
         return summary_table(self.to_dict())
 
@@ -113,7 +113,7 @@ class QuantResult:
 
     def _write(self, s: OutputSet, extra: dict[str, str]) -> dict[str, str]:
         """Write every artifact into the staging folder of `s`; the names of the set, by role."""
-        from qcal.report import report_markdown
+        from qcal.reporting.report import report_markdown
 
         names = {"fp32": "model.fp32.onnx", "int8": "model.int8.onnx", "table": "quant_table.json",
                  "report_json": "report.json", "report_md": "report.md"}
@@ -122,7 +122,7 @@ class QuantResult:
         self.out.table.save(s.path(names["table"]))
         data = self.to_dict()
         if data["attribution"]:   # per-tensor error attribution: one bar per tensor, graph order
-            from qcal.report import attribution_png
+            from qcal.reporting.report import attribution_png
 
             names["attribution"] = "attribution.png"
             attribution_png(data["attribution"], s.path(names["attribution"]))
