@@ -77,10 +77,10 @@ def main() -> None:
     import calib_sets
     import qcal
     from qcal.cli import demo_checkpoint
-    from qcal.machine import machine_info
     from qcal.models.yolo import YoloAdapter
     from qcal.placement.alloc import Budget, allocate
     from qcal.quant.precision import Precision
+    from qcal.runtime.machine import machine_info
 
     out = Path(args.out)
     models = Path(args.models)

@@ -40,10 +40,10 @@ def main() -> None:
     from qcal.calibration.calibrate import calibrate
     from qcal.calibration.pipeline import build_table, resolve_profile
     from qcal.config import QuantConfig
-    from qcal.machine import machine_info
     from qcal.models.yolo import YoloAdapter
     from qcal.placement.keep_float import no_compute_downstream, range_mismatch
     from qcal.quant.qparams import qrange
+    from qcal.runtime.machine import machine_info
     from qcal.simulation.graph import analyse, tensors_to_calibrate
 
     a = YoloAdapter.load(checkpoint(), trust_checkpoint=True)

@@ -136,8 +136,8 @@ def main() -> None:
     a = ap.parse_args()
     from benchmarks.robustness_peers import held_out
     from qcal.eval.evaluate import detect_all
-    from qcal.machine import machine_info
     from qcal.models.yolo import YoloAdapter
+    from qcal.runtime.machine import machine_info
 
     adapter = YoloAdapter.load(checkpoint(), trust_checkpoint=True)
     images = [s.image for s in held_out(a.every)]

@@ -80,8 +80,8 @@ def main() -> None:
     import calib_sets
     import qcal
     from calib_sets.recipes import Recipe
-    from qcal.machine import machine_info
     from qcal.models import load_model
+    from qcal.runtime.machine import machine_info
 
     work = Path(args.work)
     extra = {k: model_path(work, v) for k, v in (a.split("=", 1) for a in args.variants)}

@@ -104,8 +104,8 @@ def ort_peer(fp32: Path, out: Path, images: list, method: str = "MinMax",
         quantize_static,
     )
 
-    from qcal.machine import machine_info
     from qcal.models.yolo import YoloAdapter
+    from qcal.runtime.machine import machine_info
 
     a = YoloAdapter(None, "peer")
     m = onnx.load(str(fp32))
@@ -140,7 +140,7 @@ def main() -> None:
     import qcal
     from exporters.quant_table import atomic_write_text
     from qcal.eval.latency import measure_latencies
-    from qcal.machine import machine_info
+    from qcal.runtime.machine import machine_info
 
     calib = calib_sets.Source.video(vtest(), start=0, stop=320, every=5)       # 64 frames
     held = calib_sets.load("bundled:vtest[360:480]")                          # 40 frames, never calibrated on

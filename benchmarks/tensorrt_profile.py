@@ -86,7 +86,7 @@ def _calib_set(spec: str, n: int):  # -> calib_sets.CalibSet
 def run_all(args: argparse.Namespace, work: Path, cmd: str) -> dict:
     import qcal
     from qcal.cli import demo_checkpoint
-    from qcal.machine import machine_info
+    from qcal.runtime.machine import machine_info
 
     t_all = time.perf_counter()
     ckpt = demo_checkpoint()

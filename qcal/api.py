@@ -18,9 +18,9 @@ from qcal.calibration.pipeline import run as run_pipeline
 from qcal.config import QuantConfig, Target
 from qcal.errors import CalibrationError
 from qcal.eval.evaluate import Evaluation, evaluate_detector
-from qcal.machine import machine_info
 from qcal.models import load_model
 from qcal.models.base import ModelAdapter
+from qcal.runtime.machine import machine_info
 from qcal.version import __version__
 
 
@@ -104,7 +104,7 @@ class QuantResult:
         leaves the previous set as it was); for target tensorrt also calib.cache and ort_trt/calibration.flatbuffers
         (each with a .qcal.json stamp); when MetaAug ran, metaaug_samples.png. `extra`: more text files of the
         set (name -> content). `directory` may be an OutputSet already opened (and locked) before the work."""
-        from qcal.output import open_output, write_set
+        from qcal.runtime.output import open_output, write_set
 
         if isinstance(directory, OutputSet):
             return write_set(directory, lambda s: self._write(s, extra or {}))
@@ -136,7 +136,7 @@ class QuantResult:
             names[name] = name
             s.path(name).write_text(text)
         if self.config.target is Target.TENSORRT:   # calib.cache + ort_trt/calibration.flatbuffers, stamped
-            from qcal.deploy import write_caches
+            from qcal.runtime.deploy import write_caches
 
             written = write_caches(self.out.table, s.path("."), s.path(names["fp32"]), calib_hash=self.calib_hash,
                                    config_hash=self.config.hash(), model_sha256=self.adapter.model_hash(),
@@ -210,7 +210,7 @@ def quantize(model: Any, calib: Any = None, *, target: str | Target | None = Non
         from qcal.passes.apply import refine
 
         adapter, reports = refine(adapter, (s.image for s in cs), cfg, progress=progress)
-    from qcal.output import workdir as new_workdir
+    from qcal.runtime.output import workdir as new_workdir
 
     workdir = new_workdir()
     metadata = {"qcal.version": __version__, "qcal.config": json.dumps(cfg.resolved().to_dict(), sort_keys=True),

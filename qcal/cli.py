@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("config", help="print the default config as TOML (edit it and pass --config)")
     c.add_argument("--config", help="print this config after validation instead")
     args = ap.parse_args(argv)
-    from qcal.output import sigterm_as_exit
+    from qcal.runtime.output import sigterm_as_exit
 
     with sigterm_as_exit():   # a SIGTERM unwinds like Ctrl-C: staging and work folders are removed
         return _dispatch(args, argv)
@@ -175,7 +175,7 @@ def _run_quantize(args: argparse.Namespace, cfg: QuantConfig) -> int:
 
     import calib_sets
     from qcal.models import preflight
-    from qcal.output import estimate_bytes, open_output
+    from qcal.runtime.output import estimate_bytes, open_output
 
     demo = args.cmd == "demo"
     checkpoint = demo_checkpoint() if demo else args.checkpoint
@@ -261,7 +261,7 @@ def _run_llm(args: argparse.Namespace, cfg: QuantConfig) -> int:
         cfg = cfg.replace(llm=dataclasses.replace(cfg.llm or LLMConfig(), offload=args.offload))
     if cfg.llm is not None and cfg.llm.offload.value == "layers":
         return _run_llm_offloaded(args, cfg)
-    from qcal.output import open_output
+    from qcal.runtime.output import open_output
 
     with open_output(args.out) as outset:
         result = quantize_llm(args.checkpoint, args.calib, cfg, trust_checkpoint=args.trust_checkpoint,
@@ -281,7 +281,7 @@ def _run_llm_offloaded(args: argparse.Namespace, cfg: QuantConfig) -> int:
     if args.eval:
         raise ConfigError("--eval with --offload layers: perplexity needs the whole model in memory; evaluate the "
                           "quantized folder separately, or drop --offload.")
-    from qcal.output import open_output
+    from qcal.runtime.output import open_output
 
     with open_output(args.out) as outset:   # the shards are written straight into the staging folder
         result = quantize_llm_offloaded(args.checkpoint, args.calib, cfg, workdir=outset.path("."),

@@ -2,7 +2,7 @@ import pytest
 
 from qcal.config import KeepFloatConfig, Observer, QuantConfig, Target
 from qcal.errors import ConfigError
-from qcal.machine import MachineInfo, machine_info
+from qcal.runtime.machine import MachineInfo, machine_info
 
 
 def test_toml_round_trip() -> None:

@@ -45,9 +45,9 @@ from qcal.bench.spec import (
 from qcal.config import QuantConfig
 from qcal.errors import CalibrationError, ConfigError, ExportError
 from qcal.eval.detection import pseudo_labels
-from qcal.machine import machine_info
 from qcal.models import load_model
 from qcal.models.base import Detections
+from qcal.runtime.machine import machine_info
 from qcal.version import __version__
 
 SCHEMA = "qcal.robustness/1"

@@ -20,7 +20,6 @@ import onnx
 from onnx import numpy_helper
 
 from qcal.config import KeepFloatConfig, QuantConfig
-from qcal.output import workdir
 from qcal.placement.alloc import (
     Allocation,
     AllocationConfigError,
@@ -34,6 +33,7 @@ from qcal.placement.alloc import (
 from qcal.placement.alloc import refine as refine_plans
 from qcal.quant.fakequant import Precision
 from qcal.quant.qmodules import QuantModel, torch_layer_costs
+from qcal.runtime.output import workdir
 
 
 def onnx_nodes_of_layers(onnx_path: Path, qmodel: QuantModel) -> dict[str, str]:
