@@ -10,8 +10,8 @@ from typing import Any
 
 from calib_sets.errors import CalibSetError
 from exporters.errors import ExporterError
-from qcal.bench_cli import add_parser as add_bench_parser
-from qcal.bench_cli import run as run_bench
+from qcal.cli.bench import add_parser as add_bench_parser
+from qcal.cli.bench import run as run_bench
 from qcal.config import AdaQuantConfig, KeepFloatConfig, Observer, QuantConfig, Target
 from qcal.errors import QcalError
 from qcal.placement.alloc import Allocation
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     add_common_args(d)
     add_bench_parser(sub)
     _add_check(sub)
-    from qcal.deploy_cli import add_engine, add_lint
+    from qcal.cli.deploy import add_engine, add_lint
 
     add_lint(sub)
     add_engine(sub)
@@ -154,7 +154,7 @@ def _dispatch(args: argparse.Namespace, argv: list[str] | None) -> int:
         if args.cmd == "check":
             return _run_check(args)
         if args.cmd in ("lint", "engine"):
-            from qcal.deploy_cli import run_engine, run_lint
+            from qcal.cli.deploy import run_engine, run_lint
 
             return run_lint(args) if args.cmd == "lint" else run_engine(args)
         if args.cmd == "bench":
@@ -293,16 +293,12 @@ def _run_llm_offloaded(args: argparse.Namespace, cfg: QuantConfig) -> int:
 
 
 def _add_check(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from qcal.check_cli import add_parser
+    from qcal.cli.check import add_parser
 
     add_parser(sub)
 
 
 def _run_check(args: argparse.Namespace) -> int:
-    from qcal.check_cli import run
+    from qcal.cli.check import run
 
     return run(args)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
