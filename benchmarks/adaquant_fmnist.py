@@ -170,14 +170,14 @@ def main() -> None:
         write(Path(args.out), res)
         return
 
-    from qcal.alloc import Budget, allocate, candidates, refine
     from qcal.eval.paired import compare_paired
-    from qcal.machine import machine_info
     from qcal.passes import PassContext, run_passes
     from qcal.passes.adaquant import AdaQuantConfig, AdaQuantMode
     from qcal.passes.sensitivity import compose, joint_loss, measure
+    from qcal.placement.alloc import Budget, allocate, candidates, refine
     from qcal.quant.fakequant import Precision
     from qcal.quant.qmodules import QuantModel, torch_layer_costs
+    from qcal.runtime.machine import machine_info
 
     xtr, ytr, xte, yte = load_fmnist(args.data)
     if args.eval_limit:

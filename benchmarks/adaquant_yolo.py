@@ -33,7 +33,7 @@ def fidelity(adapter, paths: dict[str, Path], images, threads: int) -> dict[str,
     """condition -> model -> mAP50-95 vs FP32 detections on the same (degraded) images."""
     from calib_sets.presets import named_condition
     from qcal.eval.detection import coco_map, pseudo_labels
-    from qcal.evaluate import detect_all
+    from qcal.eval.evaluate import detect_all
 
     out: dict[str, dict[str, float]] = {}
     nc = max(len(adapter.class_names), 1)
@@ -76,11 +76,11 @@ def main() -> None:
     torch.set_num_threads(1)
     import calib_sets
     import qcal
-    from qcal.alloc import Budget, allocate
     from qcal.cli import demo_checkpoint
-    from qcal.machine import machine_info
     from qcal.models.yolo import YoloAdapter
+    from qcal.placement.alloc import Budget, allocate
     from qcal.quant.precision import Precision
+    from qcal.runtime.machine import machine_info
 
     out = Path(args.out)
     models = Path(args.models)
@@ -137,7 +137,7 @@ def main() -> None:
     t0 = time.perf_counter()
     probe = qcal.allocate_bits(adapter, calib, budget=Budget(latency=1.0), choices=["int8", "fp16"], config=base,
                                latency_runs=args.latency_runs, threads=args.threads, progress=True)
-    from qcal.alloc import LayerCost
+    from qcal.placement.alloc import LayerCost
 
     costs = {n: LayerCost(c["params"], c["macs"], c["latency_ms"]) for n, c in probe.measured["layer_costs"].items()}
     fp_total = sum(c.latency_ms["fp32"] for c in costs.values())

@@ -63,10 +63,10 @@ def main() -> None:
 
     import calib_sets
     import qcal
+    from qcal.calibration.pipeline import output_sqnr
     from qcal.eval.latency import measure_latencies
-    from qcal.machine import machine_info
     from qcal.models.yolo import YoloAdapter
-    from qcal.pipeline import output_sqnr
+    from qcal.runtime.machine import machine_info
 
     work = Path(args.work)
     adapter = YoloAdapter(None, "peer")

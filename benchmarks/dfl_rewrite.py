@@ -46,8 +46,8 @@ def main() -> None:
 
     import calib_sets
     from qcal.eval.latency import measure_latencies
-    from qcal.machine import machine_info
     from qcal.models.yolo import YoloAdapter
+    from qcal.runtime.machine import machine_info
 
     work = Path(args.work)
     base = {"fp32": work / "qcal" / "model.fp32.onnx", "ort_minmax": work / "ort_minmax.onnx"}

@@ -33,8 +33,8 @@ def main() -> None:
     import qcal
     from qcal.cli import demo_checkpoint
     from qcal.eval.latency import measure_latencies
-    from qcal.machine import machine_info
     from qcal.models.yolo import YoloAdapter
+    from qcal.runtime.machine import machine_info
 
     alloc = json.loads(Path(args.alloc).read_text())
     nodes = tuple(alloc["allocation"]["float_nodes"])

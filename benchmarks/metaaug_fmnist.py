@@ -140,7 +140,7 @@ def main() -> None:
         write_results(Path(args.out), res)
         return
     torch.set_num_threads(1)
-    from qcal.machine import machine_info
+    from qcal.runtime.machine import machine_info
 
     xtr, ytr, xte, yte = load_fmnist(args.data)
     if args.samples:

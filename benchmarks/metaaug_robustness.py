@@ -103,9 +103,9 @@ def main() -> None:
         return
     torch.set_num_threads(1)
     from calib_sets.presets import ladder_condition
-    from qcal.machine import machine_info
     from qcal.passes.base import PassContext
     from qcal.quant.fakequant import Precision
+    from qcal.runtime.machine import machine_info
 
     xtr, ytr, xte, yte = load_fmnist(args.data)
     model = ResNet8()

@@ -148,7 +148,7 @@ def paired_ci(evals: list[tuple[Any, Any]], frames: int, resamples: int = 1000, 
 
 
 def evaluate(args: argparse.Namespace, adapter: Any) -> None:
-    from qcal.machine import machine_info
+    from qcal.runtime.machine import machine_info
 
     root = Path(args.models)
     found = {v: json.loads((root / v / "variant.json").read_text()) for v in VARIANTS

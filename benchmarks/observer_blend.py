@@ -37,14 +37,14 @@ def main() -> None:
     from exporters import export_qdq
     from exporters.qdq import quantizable_op_types
     from exporters.quant_table import atomic_write_text
-    from qcal.calibrate import calibrate
+    from qcal.calibration.calibrate import calibrate
+    from qcal.calibration.pipeline import build_table, resolve_profile
     from qcal.config import QuantConfig
-    from qcal.graph import analyse, tensors_to_calibrate
-    from qcal.machine import machine_info
     from qcal.models.yolo import YoloAdapter
-    from qcal.pipeline import build_table, resolve_profile
-    from qcal.placement import no_compute_downstream, range_mismatch
+    from qcal.placement.keep_float import no_compute_downstream, range_mismatch
     from qcal.quant.qparams import qrange
+    from qcal.runtime.machine import machine_info
+    from qcal.simulation.graph import analyse, tensors_to_calibrate
 
     a = YoloAdapter.load(checkpoint(), trust_checkpoint=True)
     work = Path(tempfile.mkdtemp(prefix="qcal-blend-"))

@@ -38,9 +38,9 @@ def code_agreement(folder: Path, feeds: list[dict[str, np.ndarray]]) -> dict[str
 
     from exporters import QuantTable
     from exporters.qdq import Q_SUFFIX
-    from qcal.graph import with_outputs
-    from qcal.probe import channel_sqnr
-    from qcal.sim import TorchRunner
+    from qcal.simulation.graph import with_outputs
+    from qcal.simulation.probe import channel_sqnr
+    from qcal.simulation.sim import TorchRunner
 
     table = QuantTable.load(folder / "quant_table.json")
     fp32 = onnx.load(str(folder / "model.fp32.onnx"))
@@ -98,7 +98,7 @@ def params_equal(folder: Path) -> dict[str, bool]:
 
 
 def int8_dets(adapter: Any, folder: Path, images: list[np.ndarray]) -> list[Any]:
-    from qcal.evaluate import detect_all
+    from qcal.eval.evaluate import detect_all
 
     return detect_all(adapter, folder / "model.int8.onnx", images, 2, False, "int8")
 
@@ -135,9 +135,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "one_engine")
     a = ap.parse_args()
     from benchmarks.robustness_peers import held_out
-    from qcal.evaluate import detect_all
-    from qcal.machine import machine_info
+    from qcal.eval.evaluate import detect_all
     from qcal.models.yolo import YoloAdapter
+    from qcal.runtime.machine import machine_info
 
     adapter = YoloAdapter.load(checkpoint(), trust_checkpoint=True)
     images = [s.image for s in held_out(a.every)]

@@ -115,8 +115,8 @@ def main() -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     torch.set_num_threads(1)
     from calib_sets import corpora
-    from qcal.machine import machine_info
     from qcal.models.hf_llm import HFCausalLM
+    from qcal.runtime.machine import machine_info
 
     t0 = time.perf_counter()
     lm = HFCausalLM.load(model_path())

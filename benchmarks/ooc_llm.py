@@ -228,7 +228,7 @@ def save_stage(path: Path, data: dict[str, Any], layers: int) -> None:
 def merge_results(work: Path) -> None:
     """Stage results (work/big.json, work/equal.json) into benchmarks/results/scale.json, other keys kept."""
     from exporters.quant_table import atomic_write_text
-    from qcal.machine import machine_info
+    from qcal.runtime.machine import machine_info
 
     data = json.loads((RESULTS / "scale.json").read_text()) if (RESULTS / "scale.json").is_file() else {}
     for stage in ("big", "equal"):

@@ -228,8 +228,8 @@ def main() -> None:
     import calib_sets
     import qcal
     from qcal.eval.latency import measure_latencies
-    from qcal.machine import machine_info
     from qcal.models.yolo import YoloAdapter
+    from qcal.runtime.machine import machine_info
 
     work.mkdir(parents=True, exist_ok=True)
     paths = model_paths(work)

@@ -52,7 +52,7 @@ def model_path(work: Path, spec: str) -> Path:
 def output_errors(fp32: Path, models: dict[str, Path], feeds: list[dict[str, np.ndarray]]) -> dict[str, Any]:
     """Per model: SQNR per output channel (YOLO: x, y, w, h, class scores), their mean, and the class-score MAE on
     anchors where FP32 or the model scores above 0.1 (the anchors detections are made from)."""
-    from qcal.calibrate import make_session
+    from qcal.calibration.calibrate import make_session
     from qcal.quant.qparams import sqnr_db
 
     ref = [make_session(fp32.read_bytes(), 2).run(None, f)[0] for f in feeds]
@@ -80,8 +80,8 @@ def main() -> None:
     import calib_sets
     import qcal
     from calib_sets.recipes import Recipe
-    from qcal.machine import machine_info
     from qcal.models import load_model
+    from qcal.runtime.machine import machine_info
 
     work = Path(args.work)
     extra = {k: model_path(work, v) for k, v in (a.split("=", 1) for a in args.variants)}

@@ -46,12 +46,12 @@ def calib_only(observer: str, frames: int) -> None:
 
     import calib_sets
     from exporters.qdq import quantizable_op_types
-    from qcal.calibrate import calibrate
+    from qcal.calibration.calibrate import calibrate
+    from qcal.calibration.pipeline import resolve_profile
     from qcal.config import QuantConfig
-    from qcal.graph import analyse, tensors_to_calibrate
     from qcal.models.yolo import YoloAdapter
-    from qcal.pipeline import resolve_profile
     from qcal.quant.qparams import qrange
+    from qcal.simulation.graph import analyse, tensors_to_calibrate
 
     a = YoloAdapter.load(checkpoint(), trust_checkpoint=True)
     with tempfile.TemporaryDirectory() as d:
@@ -72,7 +72,7 @@ def calib_only(observer: str, frames: int) -> None:
 def head_eval(adapter: Any, fp32: Path, images: list) -> Any:
     """A scorer for these images: model path -> [fidelity mAP50-95, mAP50] against the FP32 model's detections."""
     from qcal.eval.detection import coco_map, pseudo_labels
-    from qcal.evaluate import detect_all
+    from qcal.eval.evaluate import detect_all
 
     gt = [pseudo_labels(d) for d in detect_all(adapter, fp32, images, 2, False, "fp32")]
     hw = [im.shape[:2] for im in images]
@@ -104,8 +104,8 @@ def ort_peer(fp32: Path, out: Path, images: list, method: str = "MinMax",
         quantize_static,
     )
 
-    from qcal.machine import machine_info
     from qcal.models.yolo import YoloAdapter
+    from qcal.runtime.machine import machine_info
 
     a = YoloAdapter(None, "peer")
     m = onnx.load(str(fp32))
@@ -140,7 +140,7 @@ def main() -> None:
     import qcal
     from exporters.quant_table import atomic_write_text
     from qcal.eval.latency import measure_latencies
-    from qcal.machine import machine_info
+    from qcal.runtime.machine import machine_info
 
     calib = calib_sets.Source.video(vtest(), start=0, stop=320, every=5)       # 64 frames
     held = calib_sets.load("bundled:vtest[360:480]")                          # 40 frames, never calibrated on

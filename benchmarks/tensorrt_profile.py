@@ -2,7 +2,7 @@
 
 Same FP32 ONNX, same calibration tensors for both tools. Measured: TensorRT lint of both outputs, Q/DQ counts
 per op type and nodes left in float, fidelity mAP50-95 (vs FP32 detections) per QRID condition in ONNX Runtime
-simulation, the torch INT8 simulation (qcal.sim) vs ONNX Runtime on the same QDQ model, and, as a separate
+simulation, the torch INT8 simulation (qcal.simulation.sim) vs ONNX Runtime on the same QDQ model, and, as a separate
 cheap step, ONNX Runtime CPU latency.
 
     .venv/bin/python benchmarks/tensorrt_profile.py                 # everything (~15 min on 2 shared cores)
@@ -86,7 +86,7 @@ def _calib_set(spec: str, n: int):  # -> calib_sets.CalibSet
 def run_all(args: argparse.Namespace, work: Path, cmd: str) -> dict:
     import qcal
     from qcal.cli import demo_checkpoint
-    from qcal.machine import machine_info
+    from qcal.runtime.machine import machine_info
 
     t_all = time.perf_counter()
     ckpt = demo_checkpoint()
@@ -120,7 +120,7 @@ def run_all(args: argparse.Namespace, work: Path, cmd: str) -> dict:
                               out=work / "bench_ort", config=cfg, latency_runs=0, bootstrap=0, threads=args.threads)
     sim = None
     if not args.skip_torch:
-        print("[5/5] torch INT8 simulation (qcal.sim, CPU) vs ONNX Runtime, clean", flush=True)
+        print("[5/5] torch INT8 simulation (qcal.simulation.sim, CPU) vs ONNX Runtime, clean", flush=True)
         sim = sim_agreement(r.adapter, work, args.sim_eval or args.eval, args.threads)
     cells = ort_rep.data["cells"]
     conds = [c["name"] for c in ort_rep.data["conditions"]]
@@ -154,13 +154,13 @@ def run_all(args: argparse.Namespace, work: Path, cmd: str) -> dict:
 def sim_agreement(adapter, work: Path, eval_spec: str, threads: int) -> dict:  # noqa: ANN001
     """The qcal QDQ model three ways on the clean evaluation frames, scored against ONE reference (ORT FP32
     detections): ONNX Runtime as shipped (graph optimizations on), ONNX Runtime with optimizations off (the plain
-    ONNX semantics), and qcal.sim's torch execution. Also the largest output difference on the first frame."""
+    ONNX semantics), and qcal.simulation.sim's torch execution. Also the largest output difference on the first frame."""
     import onnxruntime as ort
 
     import calib_sets
-    from qcal.calibrate import make_session
+    from qcal.calibration.calibrate import make_session
     from qcal.eval.detection import coco_map, pseudo_labels
-    from qcal.sim import TorchRunner
+    from qcal.simulation.sim import TorchRunner
 
     if "[" in eval_spec and not eval_spec.startswith("bundled:"):   # VIDEO[a:b:step]
         path, rng = eval_spec[:-1].split("[", 1)
@@ -313,7 +313,7 @@ def markdown(d: dict) -> str:
         lines += ["", "## Torch INT8 simulation vs ONNX Runtime (same QDQ model, clean, one reference)", "",
                   f"Fidelity mAP50-95 against {t['reference']} on {t['images']} frames: ONNX Runtime "
                   f"{m['ort']:.4f}, ONNX Runtime with graph optimizations off {m['ort_unoptimized']:.4f}, torch "
-                  f"(qcal.sim, CPU) {m['torch']:.4f}. |torch - ORT| = {t['abs_diff_torch_vs_ort']:.4f} (bar "
+                  f"(qcal.simulation.sim, CPU) {m['torch']:.4f}. |torch - ORT| = {t['abs_diff_torch_vs_ort']:.4f} (bar "
                   f"{t['bar']}: {'pass' if t['passes'] else 'FAIL'}); |torch - ORT unoptimized| = "
                   f"{t['abs_diff_torch_vs_ort_unoptimized']:.4f}. Noise floor: the same ORT model with Conv biases "
                   f"moved by one float32 ulp scores {m.get('ort_biases_plus_1ulp', float('nan')):.4f} "

@@ -1,7 +1,7 @@
 """QuantTable -> QDQ ONNX, written by qcal itself: every scale, zero point and integer weight code in the graph is
 the table's, bit for bit; nothing is re-derived.
 
-`lower_qdq(fp32, table, profile)` is the one place a table becomes a graph. The simulator (qcal.sim) runs exactly
+`lower_qdq(fp32, table, profile)` is the one place a table becomes a graph. The simulator (qcal.simulation.sim) runs exactly
 this graph, and `export_qdq` saves exactly this graph, so what the engine scores is what ships:
   * weights and biases in the table become integer initializers (`<w>_quantized`) with a DequantizeLinear whose
     output keeps the weight's name (per channel: `axis`; group-wise: `axis` + `block_size`, opset 21);

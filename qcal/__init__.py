@@ -6,7 +6,6 @@
     print(result.summary())
 """
 
-from qcal.alloc import Budget
 from qcal.config import (
     Activations,
     AdaQuantConfig,
@@ -32,6 +31,7 @@ from qcal.errors import (
     QcalError,
     UntrustedCheckpointError,
 )
+from qcal.placement.alloc import Budget
 from qcal.version import __version__
 
 

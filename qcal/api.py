@@ -12,15 +12,15 @@ from typing import Any
 
 from exporters.outset import OutputSet
 from exporters.quant_table import QuantTable
+from qcal.calibration.diagnostics import coverage, range_stability
+from qcal.calibration.pipeline import PipelineOutput
+from qcal.calibration.pipeline import run as run_pipeline
 from qcal.config import QuantConfig, Target
-from qcal.diagnostics import coverage, range_stability
 from qcal.errors import CalibrationError
-from qcal.evaluate import Evaluation, evaluate_detector
-from qcal.machine import machine_info
+from qcal.eval.evaluate import Evaluation, evaluate_detector
 from qcal.models import load_model
 from qcal.models.base import ModelAdapter
-from qcal.pipeline import PipelineOutput
-from qcal.pipeline import run as run_pipeline
+from qcal.runtime.machine import machine_info
 from qcal.version import __version__
 
 
@@ -94,7 +94,7 @@ class QuantResult:
         }
 
     def summary(self) -> str:
-        from qcal.report import summary_table
+        from qcal.reporting.report import summary_table
 
         return summary_table(self.to_dict())
 
@@ -104,7 +104,7 @@ class QuantResult:
         leaves the previous set as it was); for target tensorrt also calib.cache and ort_trt/calibration.flatbuffers
         (each with a .qcal.json stamp); when MetaAug ran, metaaug_samples.png. `extra`: more text files of the
         set (name -> content). `directory` may be an OutputSet already opened (and locked) before the work."""
-        from qcal.output import open_output, write_set
+        from qcal.runtime.output import open_output, write_set
 
         if isinstance(directory, OutputSet):
             return write_set(directory, lambda s: self._write(s, extra or {}))
@@ -113,7 +113,7 @@ class QuantResult:
 
     def _write(self, s: OutputSet, extra: dict[str, str]) -> dict[str, str]:
         """Write every artifact into the staging folder of `s`; the names of the set, by role."""
-        from qcal.report import report_markdown
+        from qcal.reporting.report import report_markdown
 
         names = {"fp32": "model.fp32.onnx", "int8": "model.int8.onnx", "table": "quant_table.json",
                  "report_json": "report.json", "report_md": "report.md"}
@@ -122,7 +122,7 @@ class QuantResult:
         self.out.table.save(s.path(names["table"]))
         data = self.to_dict()
         if data["attribution"]:   # per-tensor error attribution: one bar per tensor, graph order
-            from qcal.report import attribution_png
+            from qcal.reporting.report import attribution_png
 
             names["attribution"] = "attribution.png"
             attribution_png(data["attribution"], s.path(names["attribution"]))
@@ -136,7 +136,7 @@ class QuantResult:
             names[name] = name
             s.path(name).write_text(text)
         if self.config.target is Target.TENSORRT:   # calib.cache + ort_trt/calibration.flatbuffers, stamped
-            from qcal.deploy import write_caches
+            from qcal.runtime.deploy import write_caches
 
             written = write_caches(self.out.table, s.path("."), s.path(names["fp32"]), calib_hash=self.calib_hash,
                                    config_hash=self.config.hash(), model_sha256=self.adapter.model_hash(),
@@ -210,7 +210,7 @@ def quantize(model: Any, calib: Any = None, *, target: str | Target | None = Non
         from qcal.passes.apply import refine
 
         adapter, reports = refine(adapter, (s.image for s in cs), cfg, progress=progress)
-    from qcal.output import workdir as new_workdir
+    from qcal.runtime.output import workdir as new_workdir
 
     workdir = new_workdir()
     metadata = {"qcal.version": __version__, "qcal.config": json.dumps(cfg.resolved().to_dict(), sort_keys=True),

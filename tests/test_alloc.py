@@ -5,7 +5,16 @@ import itertools
 import numpy as np
 import pytest
 
-from qcal.alloc import AllocationError, Budget, LayerCost, allocate, candidates, refine, solve, solve_k
+from qcal.placement.alloc import (
+    AllocationError,
+    Budget,
+    LayerCost,
+    allocate,
+    candidates,
+    refine,
+    solve,
+    solve_k,
+)
 from qcal.quant.fakequant import Precision
 
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from qcal.check import ReportError, Thresholds, check
 from qcal.cli import main
+from qcal.gate.check import ReportError, Thresholds, check
 
 
 def _report(cells: dict[str, dict[str, float]]) -> dict[str, Any]:

@@ -2,7 +2,7 @@ import pytest
 
 from qcal.config import KeepFloatConfig, Observer, QuantConfig, Target
 from qcal.errors import ConfigError
-from qcal.machine import MachineInfo, machine_info
+from qcal.runtime.machine import MachineInfo, machine_info
 
 
 def test_toml_round_trip() -> None:
@@ -56,7 +56,7 @@ def test_fp16_nodes_round_trip() -> None:
 
 
 def test_share_concat_ranges_round_trip_validation_and_profile() -> None:
-    from qcal.pipeline import resolve_profile
+    from qcal.calibration.pipeline import resolve_profile
 
     off = QuantConfig(share_concat_ranges="off")
     assert QuantConfig.from_toml(off.to_toml()) == off and off.hash() != QuantConfig().hash()

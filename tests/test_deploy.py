@@ -10,8 +10,8 @@ import calib_sets
 from exporters import PROFILES, export_qdq
 from exporters.trt_cache import read_trt_cache
 from qcal.cli import main
-from qcal.deploy import engine, write_caches
 from qcal.errors import ExportError
+from qcal.runtime.deploy import engine, write_caches
 from tests.exporters.qdq_graphs import conforming
 from tests.test_engine_export import engine_table
 

@@ -1,8 +1,8 @@
 import numpy as np
 
-from qcal.calibrate import CalibrationStats
-from qcal.diagnostics import range_stability
-from qcal.report import report_markdown
+from qcal.calibration.calibrate import CalibrationStats
+from qcal.calibration.diagnostics import range_stability
+from qcal.reporting.report import report_markdown
 
 
 def _stats(per_sample: np.ndarray) -> CalibrationStats:

@@ -1,5 +1,5 @@
-"""qcal's tables through the exporters: the engine builds a QuantTable (qcal.graph, qcal.calibrate,
-qcal.pipeline.build_table) and exporters write it. These live here, not under tests/exporters, because exporters'
+"""qcal's tables through the exporters: the engine builds a QuantTable (qcal.simulation.graph, qcal.calibration.calibrate,
+qcal.calibration.pipeline.build_table) and exporters write it. These live here, not under tests/exporters, because exporters'
 tests import nothing of qcal (tests/test_import_graph.py checks it)."""
 
 from collections import Counter
@@ -15,16 +15,16 @@ from exporters.qdq import quantizable_op_types
 from exporters.share import copyable_concat_inputs
 from exporters.tensorrt import EngineOptions, trt_version
 from exporters.trt_lint import lint_tensorrt
-from qcal.graph import analyse, tensors_to_calibrate
+from qcal.simulation.graph import analyse, tensors_to_calibrate
 from tests.exporters.test_share import c2f_model, feeds
 
 
 def engine_table(model_path: Path, profile_name: str, float_nodes: tuple[str, ...] = ()) -> QuantTable:
     """The engine's whole table (activations from min-max ranges of a few random inputs through the real FP32
     model, round-to-nearest weights, int32 biases where the profile has them)."""
-    from qcal.calibrate import calibrate
-    from qcal.pipeline import build_table
-    from qcal.placement import FloatDecision
+    from qcal.calibration.calibrate import calibrate
+    from qcal.calibration.pipeline import build_table
+    from qcal.placement.keep_float import FloatDecision
 
     info = analyse(onnx.load(str(model_path)))
     onnx.save(info.model, str(model_path))
@@ -131,8 +131,8 @@ def c2f_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def share_engine_table(model_path: Path, profile: QdqProfile) -> QuantTable:
     """The engine's table (the ranges are shared when the table is built, so the simulator sees them too)."""
-    from qcal.calibrate import calibrate
-    from qcal.pipeline import build_table
+    from qcal.calibration.calibrate import calibrate
+    from qcal.calibration.pipeline import build_table
 
     info = analyse(onnx.load(str(model_path)))
     tensors = tensors_to_calibrate(info, quantizable_op_types(profile))

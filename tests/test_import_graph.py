@@ -271,7 +271,7 @@ def test_the_scan_sees_the_tree() -> None:
     """Guards against a checker that passes because it read nothing."""
     mods, edges = _real()
     assert {"qcal", "qcal.api", "exporters.qdq", "calib_sets.manifest", "tests.test_import_graph"} <= set(mods)
-    assert any(e.dst == "exporters.quant_table" for e in edges["qcal.sim"])
+    assert any(e.dst == "exporters.quant_table" for e in edges["qcal.simulation.sim"])
     assert sum(len(es) for es in edges.values()) > 300
 
 

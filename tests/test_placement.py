@@ -1,8 +1,8 @@
 import onnx
 from onnx import TensorProto, helper
 
-from qcal.graph import analyse
-from qcal.placement import no_compute_downstream, range_mismatch, sensitivity_decisions
+from qcal.placement.keep_float import no_compute_downstream, range_mismatch, sensitivity_decisions
+from qcal.simulation.graph import analyse
 
 
 def _graph() -> onnx.ModelProto:

@@ -7,7 +7,7 @@ import onnxruntime as ort
 import pytest
 
 from exporters import PROFILES, export_qdq
-from qcal.sim import SimulationError, TorchRunner, open_runner
+from qcal.simulation.sim import SimulationError, TorchRunner, open_runner
 from tests.exporters.qdq_graphs import conforming
 from tests.test_engine_export import engine_table
 
@@ -118,7 +118,7 @@ def test_table_onnx_table_is_exact_and_simulator_codes_match_ort(tiny_conv_onnx:
 
     from exporters import QuantTable, read_quant_table
     from exporters.qdq import same_params
-    from qcal.graph import with_outputs
+    from qcal.simulation.graph import with_outputs
 
     table = engine_table(tiny_conv_onnx, profile, ("/Concat",))
     assert any(t.kind == "weight" and t.codes is not None for t in table.tensors.values())
@@ -159,7 +159,7 @@ def test_partial_rerun_scores_equal_full_runs(tiny_conv_onnx: Path) -> None:
     are bit for bit those of full runs, and a change of one late tensor re-runs fewer steps than one of the first."""
     import onnx
 
-    from qcal.probe import Probe
+    from qcal.simulation.probe import Probe
 
     table = engine_table(tiny_conv_onnx, "ort-cpu")
     acts = list(table.activations())
@@ -186,7 +186,7 @@ def test_per_tensor_attribution_equals_tables_with_one_tensor_changed(tiny_conv_
     tensor (left float) and the table of that tensor alone; one tensor alone hurts less than the whole table."""
     import onnx
 
-    from qcal.probe import Probe
+    from qcal.simulation.probe import Probe
 
     table = engine_table(tiny_conv_onnx, "ort-cpu")
     probe = Probe(onnx.load(str(tiny_conv_onnx)), PROFILES["ort-cpu"], [{"input": _x(s)} for s in range(2)])

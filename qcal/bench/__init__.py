@@ -45,9 +45,9 @@ from qcal.bench.spec import (
 from qcal.config import QuantConfig
 from qcal.errors import CalibrationError, ConfigError, ExportError
 from qcal.eval.detection import pseudo_labels
-from qcal.machine import machine_info
 from qcal.models import load_model
 from qcal.models.base import Detections
+from qcal.runtime.machine import machine_info
 from qcal.version import __version__
 
 SCHEMA = "qcal.robustness/1"
@@ -95,7 +95,7 @@ def robustness(model: Any, *, eval: Any, calib: str | None = None, conditions: s
                allow_outside_root: bool = False) -> RobustnessReport:
     """Evaluate every precision under every condition; write report.json/.md/.html into `out`.
 
-    device "cuda" (or runtime "torch") runs the cells with qcal.sim's torch execution of the same ONNX files:
+    device "cuda" (or runtime "torch") runs the cells with qcal.simulation.sim's torch execution of the same ONNX files:
     FP32, FP16 and the INT8 QDQ models as fake quantization (ORT's integer-only int8-dynamic is not supported).
     Latency is always ONNX Runtime on CPU.
 

@@ -81,7 +81,7 @@ class CellRunner:
     _degraded: tuple[str, list[np.ndarray]] | None = field(default=None, repr=False)
 
     def __call__(self, job: CellJob) -> CellOutput:
-        from qcal.sim import open_runner
+        from qcal.simulation.sim import open_runner
 
         if not Path(job.model_file).is_file():
             raise ExecutorError(f"model file {job.model_file} is not readable on this node; on a multi-node "

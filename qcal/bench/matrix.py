@@ -113,7 +113,7 @@ def run_cells(adapter: ModelAdapter, models: dict[str, dict[str, Any]], conditio
     """Detections of every (precision, condition) cell; cached cells are loaded, not rerun; the rest run on
     `executor` (default: serial, in this process) and are saved as each finishes.
 
-    runtime "ort": ONNX Runtime on CPU; "torch": qcal.sim's torch execution of the same ONNX files (Q/DQ as fake
+    runtime "ort": ONNX Runtime on CPU; "torch": qcal.simulation.sim's torch execution of the same ONNX files (Q/DQ as fake
     quantization) on `device` (cpu or cuda)."""
     thresholds = {k: getattr(adapter, k, None) for k in ("conf", "iou", "max_det")}
     backend = {} if runtime == "ort" else {"runtime": runtime, "device": device}   # ORT keys stay as before

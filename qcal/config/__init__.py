@@ -18,7 +18,7 @@ from qcal.config import bounds
 from qcal.config.llm import Activations, LLMConfig, Offload, Scheme
 from qcal.config.plain import dump_toml, from_plain, to_plain
 from qcal.errors import ConfigError
-from qcal.machine import MachineInfo, machine_info
+from qcal.runtime.machine import MachineInfo, machine_info
 
 
 class Target(str, enum.Enum):

@@ -23,8 +23,8 @@ from exporters.errors import ExporterError
 from exporters.llm_onnx import quantize_linears
 from exporters.quant_table import QuantTable, arrays_path, atomic_write_text
 from qcal.errors import ExportError
-from qcal.output import workdir
 from qcal.quant.llm_schemes import QuantLinear
+from qcal.runtime.output import workdir
 
 
 class _Logits(nn.Module):

@@ -152,7 +152,7 @@ class OffloadedLLMResult:
         return list(self.table.meta.get("files", []))
 
     def to_dict(self) -> dict[str, Any]:
-        from qcal.machine import machine_info
+        from qcal.runtime.machine import machine_info
         from qcal.version import __version__
 
         return {"qcal_version": __version__, "model": {"source": self.source, "family": "hf-llm"},
@@ -188,7 +188,7 @@ class OffloadedLLMResult:
         """Move the shards, quant_table.json, report.json, config and tokenizer into `directory` as one whole set
         (exporters.outset; renames on the same file system). `directory` may be an OutputSet opened before the
         work (the CLI quantizes straight into its staging folder: then nothing moves)."""
-        from qcal.output import open_output, write_set
+        from qcal.runtime.output import open_output, write_set
 
         t0 = time.perf_counter()
 

@@ -93,7 +93,7 @@ class LLMQuantResult:
                             progress=progress)
 
     def to_dict(self) -> dict[str, Any]:
-        from qcal.machine import machine_info
+        from qcal.runtime.machine import machine_info
         from qcal.version import __version__
 
         return {"qcal_version": __version__, "model": {"source": self.lm.source, "family": self.lm.family},
@@ -126,7 +126,7 @@ class LLMQuantResult:
         import os
 
         from qcal.llm.export import export_llm
-        from qcal.output import open_output, write_set
+        from qcal.runtime.output import open_output, write_set
 
         def write(s: OutputSet) -> dict[str, str]:
             d = s.path(".")

@@ -110,7 +110,7 @@ class YoloAdapter:
             raise UntrustedCheckpointError(
                 f"{p} is a pickle: loading it runs code from the file. If you trust it, pass "
                 "trust_checkpoint=True (CLI: --trust-checkpoint); otherwise export it to ONNX where you trust it.")
-        from qcal.env import prepare_third_party_env
+        from qcal.runtime.env import prepare_third_party_env
 
         prepare_third_party_env()
         try:
@@ -136,7 +136,7 @@ class YoloAdapter:
     @classmethod
     def from_yaml(cls, yaml_name: str = "yolov8n.yaml", *, nc: int = 80, imgsz: int = 640, seed: int = 0) -> YoloAdapter:
         """An untrained model built from an Ultralytics architecture yaml (offline; for tests)."""
-        from qcal.env import prepare_third_party_env
+        from qcal.runtime.env import prepare_third_party_env
 
         prepare_third_party_env()
         import torch

@@ -19,7 +19,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from qcal.alloc import (
+from qcal.config import KeepFloatConfig, QuantConfig
+from qcal.placement.alloc import (
     Allocation,
     AllocationConfigError,
     Budget,
@@ -29,11 +30,10 @@ from qcal.alloc import (
     check_choices,
     parse_choices,
 )
-from qcal.alloc import refine as refine_plans
-from qcal.config import KeepFloatConfig, QuantConfig
-from qcal.output import workdir
+from qcal.placement.alloc import refine as refine_plans
 from qcal.quant.fakequant import Precision
 from qcal.quant.qmodules import QuantModel, torch_layer_costs
+from qcal.runtime.output import workdir
 
 
 def onnx_nodes_of_layers(onnx_path: Path, qmodel: QuantModel) -> dict[str, str]:
@@ -105,7 +105,7 @@ def allocate_bits(model: Any, calib: Any = None, *, budget: Budget, choices: Seq
         if isinstance(value, bool) or not isinstance(value, int) or value < lo:
             raise AllocationConfigError(f"{name}={value!r}: must be an integer >= {lo}; give e.g. {name}={eg}.")
     if not isinstance(budget, Budget):
-        raise AllocationConfigError(f"budget={budget!r}: give a qcal.alloc.Budget, e.g. Budget(size=0.5).")
+        raise AllocationConfigError(f"budget={budget!r}: give a qcal.placement.alloc.Budget, e.g. Budget(size=0.5).")
     deployable = measure_on == "onnx"   # the ONNX measurement runs int8 QDQ and float layers only
     opts = [Precision(c) for c in parse_choices(choices, deployable=deployable)] if isinstance(choices, str) \
         else check_choices(choices, deployable=deployable)
@@ -142,8 +142,8 @@ def allocate_bits(model: Any, calib: Any = None, *, budget: Budget, choices: Seq
         refined.export_onnx(fp32_path, opset=cfg.opset)
         nodes = onnx_nodes_of_layers(fp32_path, fp)
         if measure_on == "onnx":
+            from qcal.calibration.pipeline import run as run_pipeline
             from qcal.passes.onnx_sensitivity import onnx_sensitivity
-            from qcal.pipeline import run as run_pipeline
 
             base_cfg = cfg.replace(keep_float=KeepFloatConfig(**{**cfg.keep_float.__dict__, "fp16_nodes": ()}))
             out = run_pipeline(refined, (s.image for s in cs), len(cs), base_cfg, Path(tmp), metadata={},

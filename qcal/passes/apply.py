@@ -45,7 +45,7 @@ def refine(adapter: Any, images: Iterable[np.ndarray], config: QuantConfig, *, p
     ada = config.adaquant
     if ada.lr_weight_scale > 0:   # the QDQ exporter recomputes weight scales from min/max: do not learn them
         ada = dataclasses.replace(ada, lr_weight_scale=0.0)
-    from qcal.pipeline import resolve_profile
+    from qcal.calibration.pipeline import resolve_profile
 
     # Simulate the weights the exporter will write: 7-bit where the ort-cpu profile uses reduce_range.
     precision = Precision.W7A8 if resolve_profile(config).reduce_range else Precision.INT8

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from qcal.output import workdir
+from qcal.runtime.output import workdir
 
 
 class _Stop(Exception):

@@ -78,7 +78,7 @@ def profile_nodes(model_path: Path, feed: dict[str, np.ndarray], *, runs: int, t
 def layer_latencies(adapter: Any, cs: Any, cfg: QuantConfig, nodes: dict[str, str], choices: Sequence[Precision],
                     *, runs: int, threads: int, workdir: Path, progress: bool) -> dict[str, dict[str, float]]:
     """layer -> choice -> ms: int8 from the all-INT8 QDQ model, float choices from the FP32 model."""
-    from qcal.pipeline import run as run_pipeline
+    from qcal.calibration.pipeline import run as run_pipeline
 
     probe_cfg = cfg.replace(keep_float=KeepFloatConfig(**{**cfg.keep_float.__dict__, "sensitivity_samples": 0}))
     out = run_pipeline(adapter, (s.image for s in cs), len(cs), probe_cfg, workdir, metadata={},

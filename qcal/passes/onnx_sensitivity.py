@@ -21,12 +21,12 @@ from tqdm import tqdm
 
 from exporters import export_qdq
 from exporters.float16 import convert_nodes_fp16
-from qcal.alloc import AllocationError
-from qcal.calibrate import make_session
-from qcal.graph import analyse
-from qcal.pipeline import PipelineOutput, build_table
-from qcal.placement import FloatDecision
+from qcal.calibration.calibrate import make_session
+from qcal.calibration.pipeline import PipelineOutput, build_table
+from qcal.placement.alloc import AllocationError
+from qcal.placement.keep_float import FloatDecision
 from qcal.quant.precision import Precision
+from qcal.simulation.graph import analyse
 
 
 def reference_outputs(fp32_path: Path, feeds: Sequence[Mapping[str, np.ndarray]], threads: int = 1) -> list[np.ndarray]:

@@ -63,7 +63,7 @@ def joint_loss(bank: Mapping[Precision, QuantModel], calib: torch.Tensor, base: 
                labels: torch.Tensor | None = None,
                fp_model: torch.nn.Module | None = None) -> Callable[[Mapping[str, Precision]], float]:
     """plan -> loss(every layer at its choice at once) - loss(all at base): one layer's sensitivity for a
-    one-layer plan (measure), what the integer program predicts as a sum of them for a whole plan (qcal.alloc.refine)."""
+    one-layer plan (measure), what the integer program predicts as a sum of them for a whole plan (qcal.placement.alloc.refine)."""
     reference = None
     if labels is None:
         if fp_model is None:

@@ -20,7 +20,7 @@ from qcal.errors import ConfigError
 from qcal.quant.fakequant import IntGrid, Precision, fake_quant, mse_scale, to_fp16, weight_scale_minmax
 
 if TYPE_CHECKING:
-    from qcal.alloc import LayerCost as LayerCostLike
+    from qcal.placement.alloc import LayerCost as LayerCostLike
 
 QUANTIZABLE = (nn.Conv2d, nn.Linear)
 
@@ -245,7 +245,7 @@ def execution_order(model: nn.Module, example: torch.Tensor) -> list[str]:
 
 def torch_layer_costs(qmodel: QuantModel, example: torch.Tensor) -> dict[str, LayerCostLike]:
     """Per QuantLayer: weight parameter count and MACs per sample (from one forward pass on `example`)."""
-    from qcal.alloc import LayerCost
+    from qcal.placement.alloc import LayerCost
 
     macs: dict[str, int] = {}
 

@@ -13,8 +13,8 @@ import torch
 import calib_sets
 import qcal
 from qcal.bench import RobustnessReport
-from qcal.check import Thresholds, check
 from qcal.eval.confidence import classifier_ece
+from qcal.gate.check import Thresholds, check
 from qcal.models.torch_module import TorchModuleAdapter
 
 SIZE = 16

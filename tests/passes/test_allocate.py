@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import qcal
-from qcal.alloc import AllocationError, Budget
 from qcal.cli import main
+from qcal.placement.alloc import AllocationError, Budget
 from tests.passes.test_apply import Net
 
 CFG = qcal.QuantConfig(calib_size=8, keep_float=qcal.KeepFloatConfig(sensitivity_samples=0))

@@ -10,8 +10,8 @@ import torch
 
 import calib_sets
 import qcal
-from qcal.alloc import AllocationError, Budget
 from qcal.passes.onnx_sensitivity import onnx_sensitivity, output_error
+from qcal.placement.alloc import AllocationError, Budget
 from qcal.quant.precision import Precision
 from tests.passes.test_apply import Net
 

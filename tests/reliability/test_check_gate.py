@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 
 from exporters.outset import MANIFEST, FolderLock, write_manifest
-from qcal.check import ReportError, Thresholds, check, printable
-from qcal.check_junit import xml_safe
 from qcal.cli import main
+from qcal.gate.check import ReportError, Thresholds, check, printable
+from qcal.gate.junit import xml_safe
 
 SHA_A, SHA_B = "a1" * 32, "b2" * 32
 
@@ -337,13 +337,13 @@ def test_a_file_beside_a_set_but_not_in_it_is_refused(tmp_path: Path, capsys: py
 
 def test_a_bug_inside_check_is_exit_2_with_a_junit_file_not_a_regression(tmp_path: Path,
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    import qcal.check_cli
+    import qcal.cli.check
     from qcal.cli import main
 
     def broken(*a: object, **k: object) -> None:
         raise KeyError("boom")
 
-    monkeypatch.setattr(qcal.check_cli, "check", broken)
+    monkeypatch.setattr(qcal.cli.check, "check", broken)
     report = tmp_path / "r.json"
     report.write_text("{}")
     junit = tmp_path / "j.xml"

@@ -14,7 +14,7 @@ import qcal.errors
 from exporters.outset import verify
 from qcal.cli import main
 from qcal.errors import CalibrationError
-from qcal.output import open_output
+from qcal.runtime.output import open_output
 
 CALIB = "bundled:vtest[0:8]"   # 3 bundled frames (every third one)
 

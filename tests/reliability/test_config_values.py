@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from qcal.alloc import AllocationConfigError, AllocationError, Budget, check_choices, parse_choices
 from qcal.config import AdaQuantConfig, KeepFloatConfig, LLMConfig, MetaAugConfig, QuantConfig, bounds
 from qcal.errors import CheckpointError, ConfigError
+from qcal.placement.alloc import AllocationConfigError, AllocationError, Budget, check_choices, parse_choices
 
 NAN, INF = float("nan"), float("inf")
 SEED_RANGE = "0..4294967295"

@@ -1,4 +1,4 @@
-"""Whole-or-absent output sets (exporters.outset, qcal.output): after any failure the folder is the complete
+"""Whole-or-absent output sets (exporters.outset, qcal.runtime.output): after any failure the folder is the complete
 previous set or the complete new one; a second writer is refused; killed runs leave nothing that looks like output."""
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from exporters.outset import (
     verify,
 )
 from qcal.errors import ExportError
-from qcal.output import open_output, sweep_workdirs, write_set
+from qcal.runtime.output import open_output, sweep_workdirs, write_set
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -204,7 +204,7 @@ def test_sigkill_and_sigterm_mid_write(previous: Path, tmp_path: Path) -> None:
     before = snapshot(previous)
     script = textwrap.dedent(f"""
         import time
-        from qcal.output import open_output, sigterm_as_exit, workdir
+        from qcal.runtime.output import open_output, sigterm_as_exit, workdir
         with sigterm_as_exit(), open_output({str(previous)!r}) as s:
             w = workdir()
             s.path("model.int8.onnx").write_text("half")

@@ -14,7 +14,7 @@ from exporters.onnx_io import atomic_save, stamp_metadata
 from exporters.outset import MANIFEST, IncompleteSetError, verify, verify_member
 from qcal.bench import write_report
 from qcal.cli import main
-from qcal.output import open_output, write_set
+from qcal.runtime.output import open_output, write_set
 
 
 def qcal_model_set(src: Path, d: Path) -> Path:

@@ -10,11 +10,11 @@ from typing import Any
 
 from calib_sets.errors import CalibSetError
 from exporters.errors import ExporterError
-from qcal.alloc import Allocation
-from qcal.bench_cli import add_parser as add_bench_parser
-from qcal.bench_cli import run as run_bench
+from qcal.cli.bench import add_parser as add_bench_parser
+from qcal.cli.bench import run as run_bench
 from qcal.config import AdaQuantConfig, KeepFloatConfig, Observer, QuantConfig, Target
 from qcal.errors import QcalError
+from qcal.placement.alloc import Allocation
 
 DEMO_CALIB = "bundled:vtest[0:360]"   # bundled frames 0..357 calibrate ...
 DEMO_EVAL = "bundled:vtest[360:480]"  # ... frames 360..477 (never calibrated on) measure fidelity
@@ -132,14 +132,14 @@ def main(argv: list[str] | None = None) -> int:
     add_common_args(d)
     add_bench_parser(sub)
     _add_check(sub)
-    from qcal.deploy_cli import add_engine, add_lint
+    from qcal.cli.deploy import add_engine, add_lint
 
     add_lint(sub)
     add_engine(sub)
     c = sub.add_parser("config", help="print the default config as TOML (edit it and pass --config)")
     c.add_argument("--config", help="print this config after validation instead")
     args = ap.parse_args(argv)
-    from qcal.output import sigterm_as_exit
+    from qcal.runtime.output import sigterm_as_exit
 
     with sigterm_as_exit():   # a SIGTERM unwinds like Ctrl-C: staging and work folders are removed
         return _dispatch(args, argv)
@@ -154,7 +154,7 @@ def _dispatch(args: argparse.Namespace, argv: list[str] | None) -> int:
         if args.cmd == "check":
             return _run_check(args)
         if args.cmd in ("lint", "engine"):
-            from qcal.deploy_cli import run_engine, run_lint
+            from qcal.cli.deploy import run_engine, run_lint
 
             return run_lint(args) if args.cmd == "lint" else run_engine(args)
         if args.cmd == "bench":
@@ -175,13 +175,13 @@ def _run_quantize(args: argparse.Namespace, cfg: QuantConfig) -> int:
 
     import calib_sets
     from qcal.models import preflight
-    from qcal.output import estimate_bytes, open_output
+    from qcal.runtime.output import estimate_bytes, open_output
 
     demo = args.cmd == "demo"
     checkpoint = demo_checkpoint() if demo else args.checkpoint
     calib, eval_set = (DEMO_CALIB, DEMO_EVAL) if demo else (args.calib, args.eval)
     if args.allocate:   # arguments first, then files: each fails before torch is even imported
-        from qcal.alloc import Budget, parse_choices
+        from qcal.placement.alloc import Budget, parse_choices
 
         Budget.parse(args.allocate)
         parse_choices(args.choices)
@@ -234,8 +234,8 @@ def _run_quantize(args: argparse.Namespace, cfg: QuantConfig) -> int:
 
 
 def _allocate(args: argparse.Namespace, cfg: QuantConfig, calib: Any) -> tuple[QuantConfig, Allocation]:
-    from qcal.alloc import Budget, parse_choices
     from qcal.passes.allocate import allocate_bits
+    from qcal.placement.alloc import Budget, parse_choices
 
     plan = allocate_bits(args.checkpoint, calib, budget=Budget.parse(args.allocate),
                          choices=list(parse_choices(args.choices)), config=cfg,
@@ -262,7 +262,7 @@ def _run_llm(args: argparse.Namespace, cfg: QuantConfig) -> int:
         cfg = cfg.replace(llm=dataclasses.replace(cfg.llm or LLMConfig(), offload=args.offload))
     if cfg.llm is not None and cfg.llm.offload.value == "layers":
         return _run_llm_offloaded(args, cfg)
-    from qcal.output import open_output
+    from qcal.runtime.output import open_output
 
     with open_output(args.out) as outset:
         result = quantize_llm(args.checkpoint, args.calib, cfg, trust_checkpoint=args.trust_checkpoint,
@@ -282,7 +282,7 @@ def _run_llm_offloaded(args: argparse.Namespace, cfg: QuantConfig) -> int:
     if args.eval:
         raise ConfigError("--eval with --offload layers: perplexity needs the whole model in memory; evaluate the "
                           "quantized folder separately, or drop --offload.")
-    from qcal.output import open_output
+    from qcal.runtime.output import open_output
 
     with open_output(args.out) as outset:   # the shards are written straight into the staging folder
         result = quantize_llm_offloaded(args.checkpoint, args.calib, cfg, workdir=outset.path("."),
@@ -294,16 +294,12 @@ def _run_llm_offloaded(args: argparse.Namespace, cfg: QuantConfig) -> int:
 
 
 def _add_check(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from qcal.check_cli import add_parser
+    from qcal.cli.check import add_parser
 
     add_parser(sub)
 
 
 def _run_check(args: argparse.Namespace) -> int:
-    from qcal.check_cli import run
+    from qcal.cli.check import run
 
     return run(args)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

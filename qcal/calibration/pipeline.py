@@ -18,15 +18,20 @@ from exporters.errors import ExporterError
 from exporters.qdq import float_readers, quantizable_op_types, reads_quantized
 from exporters.share import share_concat_ranges, tie_same_as_input
 from exporters.trt_cache import trt_scale
-from qcal.calibrate import CalibrationStats, calibrate
+from qcal.calibration.calibrate import CalibrationStats, calibrate
 from qcal.config import QuantConfig, Target
 from qcal.errors import ExportError
-from qcal.graph import GraphInfo, analyse, tensors_to_calibrate
 from qcal.models.base import ModelAdapter
-from qcal.placement import FloatDecision, no_compute_downstream, range_mismatch, sensitivity_decisions
-from qcal.probe import Probe
+from qcal.placement.keep_float import (
+    FloatDecision,
+    no_compute_downstream,
+    range_mismatch,
+    sensitivity_decisions,
+)
 from qcal.quant.qparams import compute_qparams, qrange, sqnr_db
 from qcal.quant.weights import initializer, quantize_bias, quantize_weight, weight_sites
+from qcal.simulation.graph import GraphInfo, analyse, tensors_to_calibrate
+from qcal.simulation.probe import Probe
 
 
 @dataclass

@@ -31,8 +31,8 @@ from typing import Any
 
 from exporters.errors import ExporterError
 from exporters.outset import verify_member
-from qcal.check_junit import junit_xml
 from qcal.errors import QcalError
+from qcal.gate.junit import junit_xml
 
 SCHEMA_PREFIX = "qcal.robustness/"
 

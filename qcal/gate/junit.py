@@ -27,7 +27,7 @@ def xml_safe(s: str) -> str:
     return _FORBIDDEN.sub(_escape, s)
 
 
-class JunitCase(Protocol):   # qcal.check.Case (read-only fields)
+class JunitCase(Protocol):   # qcal.gate.check.Case (read-only fields)
     @property
     def rule(self) -> str: ...
     @property

@@ -10,8 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from exporters.quant_table import atomic_write_text
-from qcal.check import CheckResult, ReportError, Thresholds, check, printable
-from qcal.check_junit import junit_error_xml
+from qcal.gate.check import CheckResult, ReportError, Thresholds, check, printable
+from qcal.gate.junit import junit_error_xml
 
 
 def junit_target(path: str | Path, *, inputs: Sequence[str | Path] = ()) -> Path:

@@ -1,4 +1,4 @@
-"""Scoring QuantTables on probe samples, in the one simulator (qcal.sim): what every search of the pipeline uses.
+"""Scoring QuantTables on probe samples, in the one simulator (qcal.simulation.sim): what every search of the pipeline uses.
 
 A Probe holds a few calibration samples and the FP32 model's outputs on them (computed once, by ONNX Runtime).
 `output_sqnr(table)` runs the table's QDQ graph -- the graph `export_qdq` would write -- in torch and compares its
@@ -18,10 +18,10 @@ import onnx
 
 from exporters import QdqProfile, QuantTable
 from exporters.qdq import DQ_SUFFIX
-from qcal.calibrate import make_session
-from qcal.graph import with_outputs
+from qcal.calibration.calibrate import make_session
 from qcal.quant.qparams import sqnr_db
-from qcal.sim import TorchRunner, as_numpy
+from qcal.simulation.graph import with_outputs
+from qcal.simulation.sim import TorchRunner, as_numpy
 
 
 def channel_sqnr(ref: list[np.ndarray], got: list[np.ndarray]) -> float:

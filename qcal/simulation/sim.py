@@ -392,7 +392,7 @@ def open_runner(path: str | Path, *, runtime: str = "ort", device: str = "cpu", 
     if runtime == "ort":
         if device != "cpu":
             raise SimulationError(f"runtime 'ort' runs on cpu here, not {device!r}; use runtime 'torch'.")
-        from qcal.calibrate import make_session
+        from qcal.calibration.calibrate import make_session
 
         return make_session(Path(path).read_bytes(), threads)
     if runtime == "torch":

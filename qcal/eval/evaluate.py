@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from qcal.calibrate import make_session
+from qcal.calibration.calibrate import make_session
 from qcal.eval.detection import coco_map, pseudo_labels
 from qcal.eval.latency import measure_latencies
 from qcal.models.base import Detections, ModelAdapter

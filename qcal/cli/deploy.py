@@ -1,5 +1,5 @@
 """The `qcal lint` and `qcal engine` subcommands: their parsers (light: built for every `qcal` call) and runners
-(which import the TensorRT/ONNX machinery of qcal.deploy only when run)."""
+(which import the TensorRT/ONNX machinery of qcal.runtime.deploy only when run)."""
 
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ def add_engine(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 def run_engine(args: argparse.Namespace) -> int:
     from exporters.tensorrt import EngineOptions
     from qcal.config import QuantConfig
-    from qcal.deploy import engine
+    from qcal.runtime.deploy import engine
 
     cfg_hash = QuantConfig.load(args.config).hash() if args.config else None
     opts = EngineOptions(fp16=args.fp16_fallback, workspace_mb=args.workspace_mb, timing_cache=args.timing_cache)

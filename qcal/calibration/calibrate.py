@@ -13,8 +13,8 @@ import numpy as np
 import onnxruntime as ort
 from tqdm import tqdm
 
-from qcal.graph import GraphInfo, with_outputs
 from qcal.quant.observers import BlendObserver, Observer, blend_range, make_observer
+from qcal.simulation.graph import GraphInfo, with_outputs
 
 
 @dataclass

@@ -10,7 +10,7 @@ import numpy as np
 
 import calib_sets
 from calib_sets.diagnostics import bootstrap_spread
-from qcal.calibrate import CalibrationStats
+from qcal.calibration.calibrate import CalibrationStats
 
 
 def range_stability(stats: CalibrationStats, *, tol: float = 0.05, top: int = 10, seed: int = 0) -> dict[str, Any]:

@@ -1,0 +1,1 @@
+"""Calibration: activation statistics, the pipeline that builds a QuantTable, range diagnostics."""

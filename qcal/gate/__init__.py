@@ -1,0 +1,1 @@
+"""The CI gate: `qcal check` over a robustness report, and its JUnit output."""

@@ -1,0 +1,1 @@
+"""Human-readable reports of a quantization: summary tables, report.md, attribution plots."""
