@@ -70,7 +70,7 @@ CFG: dict[str, tuple[str | bytes, str]] = {
                                                                                            "batch"),
     "adaquant_qdrop_2": ("[adaquant]\nqdrop = 2.0\n", "qdrop"),
     "adaquant_granularity_bad": ('[adaquant]\ngranularity = "net"\n', "granularity"),
-    "adaquant_lr_negative": ("[adaquant]\nlr_weight = -1.0\n", "lr"),
+    "adaquant_lr_negative": ("[adaquant]\nlr_weight = -1.0\n", "lr_weight"),
     "adaquant_round_beta_one": ("[adaquant]\nround_beta = [20.0]\n", "round_beta"),
     "keep_float_range_ratio": ("[keep_float]\nrange_ratio = 0.5\n", "range_ratio"),
     "keep_float_max_nodes_negative": ("[keep_float]\nmax_nodes = -1\n", "max_nodes"),
