@@ -173,8 +173,7 @@ def expand(text: str, ctx: dict[str, Any]) -> str:
 
 
 def run_case(case: dict[str, Any], base: Path, opts: argparse.Namespace) -> dict[str, Any]:
-    tmp = base / case["id"]
-    tmp.mkdir(parents=True)
+    tmp = Path(tempfile.mkdtemp(prefix="c", dir=base))   # not named after the case: `match` must not hit the path
     tmpdir = tmp / ".tmp"
     tmpdir.mkdir()
     ctx: dict[str, Any] = {"tmp": str(tmp), "tmpdir": str(tmpdir), "calib": rc.CALIB, "eval": rc.EVAL,

@@ -108,7 +108,7 @@ for name, extra, m in table(
                                                                       "target"),
     ("observer_unknown", ["--observer", "max"], "observer"), ("qdrop_2", ["--qdrop", "2"], "qdrop"),
     ("qdrop_negative", ["--qdrop", "-0.1"], "qdrop"), ("qdrop_nan", ["--qdrop", "nan"], "qdrop"),
-    ("qdrop_abc", ["--qdrop", "abc"], "qdrop"), ("attribution_0", ["--attribution", "0"], "attribution"),
+    ("qdrop_abc", ["--qdrop", "abc"], "qdrop"),
     ("attribution_negative", ["--attribution", "-2"], "attribution"),
     ("attribution_huge", ["--attribution", "100000"], "attribution"), ("passes_unknown", ["--passes", "foo"], "foo"),
     ("passes_both_names", ["--passes", "adaquant,reconstruct"], "reconstruct"),
@@ -120,6 +120,7 @@ for name, extra, m in table(
     ("unknown_flag", ["--frobnicate"], "frobnicate"), ("task_llm_on_yolo_pt", ["--task", "llm"], "best.pt"),
 ):
     case(f"flag_{name}", "flags", [*Q, *extra], match=m)
+case("flag_attribution_0", "flags", [*Q, "--attribution", "0"], "any")   # 0 = off, as attribution_samples = 0
 case("flag_no_calib", "flags", ["quantize", "{ckpt}", "--trust-checkpoint", "-o", "{out}"], match="--calib")
 case("flag_no_checkpoint", "flags", ["quantize", "--calib", "{calib}"], match="checkpoint")
 case("demo_calib_size_0", "flags", ["demo", "--calib-size", "0", "-o", "{out}", "--no-progress"], match="calib")
