@@ -178,7 +178,8 @@ def run_case(case: dict[str, Any], base: Path, opts: argparse.Namespace) -> dict
     tmpdir.mkdir()
     ctx: dict[str, Any] = {"tmp": str(tmp), "tmpdir": str(tmpdir), "calib": rc.CALIB, "eval": rc.EVAL,
                            "vtest": str(rc.VTEST), "cleanup": [], "mem_gb": opts.mem_gb}
-    ctx["out"] = expand(case.get("out_path") or "{tmp}/out", ctx)
+    ctx["out"] = str(tmp / "out")
+    ctx["out"] = expand(case.get("out_path") or "{out}", ctx)
     row: dict[str, Any] = {"id": case["id"], "kind": case["kind"], "expect": case["expect"], "slow": case.get("slow",
                                                                                                              False)}
     try:

@@ -142,3 +142,32 @@ def test_one_real_case_end_to_end(tmp_path: Path) -> None:
     row = res["rows"][0]
     assert row["rc"] == 2 and "nope.pt" in row["error_line"] and row["seconds"] < 30
     assert "| typed_error | 1 |" in (tmp_path / "reliability.md").read_text()
+
+
+def test_run_case_plumbing(tmp_path: Path) -> None:
+    """A case's {out} is its own folder's out/ (runners and setups see the same path), setup errors of the machine
+    are 'skipped', and a case folder is not named after the case (a `match` must not hit the path)."""
+    import argparse
+
+    seen: dict[str, Any] = {}
+
+    def runner(argv: list[str], ctx: dict[str, Any], timeout: float) -> rc.Run:
+        seen.update(argv=argv, out=ctx["out"], tmp=ctx["tmp"])
+        Path(ctx["out"]).mkdir()
+        (Path(ctx["out"]) / "model.int8.onnx").write_text("half")   # a set without its manifest
+        return rc.Run(2, stderr="qcal: error: -o: refused")
+
+    opts = argparse.Namespace(timeout=5, mem_gb=0, keep=False)
+    c = {"id": "plumbing_state_dict", "kind": "output", "argv": ["-o", "{out}"], "expect": "error",
+         "match": "state_dict", "runner": runner}
+    row = rel.run_case(c, tmp_path, opts)
+    assert seen["out"] == str(Path(seen["tmp"]) / "out") and seen["argv"] == ["-o", seen["out"]]
+    assert "state_dict" not in seen["tmp"]
+    assert row["class"] == "half_written" and "not a whole set" in row["why"]
+    assert not Path(seen["tmp"]).exists()    # removed after the case
+
+    def no_mount(tmp: Path, ctx: dict[str, Any]) -> None:
+        raise rc.Skip("cannot mount a tmpfs")
+
+    row = rel.run_case({**c, "setup": no_mount}, tmp_path, opts)
+    assert row["class"] == "skipped" and "tmpfs" in row["why"]
