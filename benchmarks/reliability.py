@@ -53,7 +53,9 @@ CLASSES = ("typed_error", "ok", "traceback", "crash", "silent", "hang", "half_wr
 COUNT_KEYS = {"typed_error": "typed_errors", "traceback": "tracebacks", "crash": "crashes", "hang": "hangs",
               "mismatch": "mismatches"}
 PREWORK_S = 1.0
-CACHES = ("cells", "models")   # `qcal bench` keeps its resumable caches in the report folder, outside the manifest
+# `qcal bench` keeps its resumable caches in the report folder, outside the manifest: a folder holding only those
+# (a bench that failed before its first report) is a cache no reader takes for a report, not a half-written set
+CACHES = ("cells", "models")
 TRACEBACK = "Traceback (most recent call last)"
 
 
@@ -124,26 +126,36 @@ def output_problem(out: Path, before: Any, tmpdir: Path) -> str | None:
     """Why `out` is not whole after a case (None when it is): it must be unchanged or a set that verifies and holds
     nothing its manifest does not list (bench caches aside), with nothing of a writer beside it; and the case's
     temp dir must hold no `qcal-*` work folder."""
-    from exporters.outset import MANIFEST, IncompleteSetError, verify
-
     try:
         beside = sorted(p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.qcal-"))
     except OSError:
         beside = []
     if beside:
         return f"left beside -o: {beside}"
-    if snapshot(out) != before:
-        try:
-            if not out.is_dir():
-                return f"-o {out.name} changed and is not a folder"
-            listed = {n.split("/")[0] for n in verify(out)["files"]} | {MANIFEST, *CACHES}
-            stray = sorted(p.name for p in out.iterdir() if p.name not in listed)
-            if stray:
-                return f"-o changed and is not a whole set: {stray} are not in its manifest"
-        except (IncompleteSetError, OSError) as e:
-            return f"-o changed and is not a whole set: {e}"
-    work = sorted(p.name for p in tmpdir.glob("qcal-*")) if tmpdir.is_dir() else []
+    if snapshot(out) != before and (problem := _set_problem(out)):
+        return problem
+    work = _work_left(tmpdir)
     return f"work folders left in the temp dir: {work}" if work else None
+
+
+def _set_problem(out: Path) -> str | None:
+    from exporters.outset import MANIFEST, IncompleteSetError, verify
+
+    try:
+        if not out.is_dir():
+            return f"-o {out.name} changed and is not a folder"
+        names = {p.name for p in out.iterdir()}
+        if MANIFEST not in names and names <= set(CACHES):
+            return None
+        listed = {n.split("/")[0] for n in verify(out)["files"]} | {MANIFEST, *CACHES}
+        stray = sorted(names - listed)
+        return f"-o changed and is not a whole set: {stray} are not in its manifest" if stray else None
+    except (IncompleteSetError, OSError) as e:
+        return f"-o changed and is not a whole set: {e}"
+
+
+def _work_left(tmpdir: Path) -> list[str]:
+    return sorted(p.name for p in tmpdir.glob("qcal-*")) if tmpdir.is_dir() else []
 
 
 def files_problem(out: Path, files: list[str]) -> str | None:

@@ -84,6 +84,11 @@ def test_half_written_folders_built_by_hand(tmp_path: Path) -> None:
     assert "work folders" in str(rel.output_problem(out, before, work))
     absent = tmp_path / "never"
     assert rel.output_problem(absent, rel.snapshot(absent), tmp_path / "none") is None
+    rep = tmp_path / "report"                                             # `qcal bench` failed before a report:
+    (rep / "cells").mkdir(parents=True)                                   # only its resumable cache, fine
+    assert rel.output_problem(rep, None, tmp_path / "none") is None
+    (rep / "report.json").write_text("{}")                                # a report without the manifest: not
+    assert "not a whole set" in str(rel.output_problem(rep, None, tmp_path / "none"))
     (tmp_path / "fifo").mkdir()
     os.mkfifo(tmp_path / "fifo" / "p")                                  # never read: it would block
     assert rel.snapshot(tmp_path / "fifo") == {"p": "-"}
