@@ -215,9 +215,10 @@ def run_case(case: dict[str, Any], base: Path, opts: argparse.Namespace) -> dict
             post = files_problem(out, case["files"])
         cls, why = classify(case, run, problem, post)
         lines = len((run.stdout + run.stderr).splitlines())
-        row.update({"class": cls, "why": why, "rc": run.rc, "seconds": round(run.seconds, 2), "output_lines": lines,
-                    "error_line": rc.error_line(run.stderr), "stderr_tail": rc.last_line(run.stderr),
-                    "note": run.note})
+        scrub = lambda t: t.replace(str(tmp), "$TMP") if isinstance(t, str) else t  # noqa: E731
+        row.update({"class": cls, "why": scrub(why), "rc": run.rc, "seconds": round(run.seconds, 2),
+                    "output_lines": lines, "error_line": scrub(rc.error_line(run.stderr)),
+                    "stderr_tail": scrub(rc.last_line(run.stderr)), "note": run.note})
     except rc.Skip as e:
         row.update({"class": "skipped", "why": str(e)})
     except Exception as e:   # the harness's own failure is reported, never taken for the CLI's
