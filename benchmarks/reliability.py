@@ -72,6 +72,8 @@ def classify(case: dict[str, Any], run: Run, out_problem: str | None = None,
     if expect == "killed":
         if not run.extra.get("signalled"):
             return "mismatch", run.note or "the kill point was never reached"
+        if run.rc == 0:
+            return "mismatch", f"{run.note}, but the run went on and finished (exit 0): the signal was not honoured"
         if out_problem:
             return "half_written", out_problem
         return "ok", f"{run.note}; exit {run.rc}"

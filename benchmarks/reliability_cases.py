@@ -61,10 +61,13 @@ def cli_env(tmpdir: Path) -> dict[str, str]:
     return env
 
 
-def _limits(mem_gb: float) -> Callable[[], None]:
+def _child_setup(mem_gb: float) -> Callable[[], None]:
     def apply() -> None:
         import resource
 
+        # a harness started with `&` from a script inherits SIGINT ignored, and so would qcal (then Python installs
+        # no KeyboardInterrupt handler): give the child the disposition a terminal gives it
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
         if mem_gb > 0:   # a case that allocates 120 GB must fail in its own process, not take the machine down
             lim = int(mem_gb * 2**30)
             resource.setrlimit(resource.RLIMIT_AS, (lim, lim))
@@ -79,17 +82,18 @@ def spawn(argv: list[str], ctx: dict[str, Any]) -> subprocess.Popen[bytes]:
     out, err = open(tmp / f".stdout{n}", "wb"), open(tmp / f".stderr{n}", "wb")  # noqa: SIM115 (closed in finish)
     p = subprocess.Popen([sys.executable, "-m", "qcal.cli", *argv], cwd=ctx.get("cwd", str(tmp)), stdout=out,
                          stderr=err, stdin=subprocess.DEVNULL, env=cli_env(Path(ctx["tmpdir"])),
-                         start_new_session=True, preexec_fn=_limits(float(ctx.get("mem_gb", 8))))
+                         start_new_session=True, preexec_fn=_child_setup(float(ctx.get("mem_gb", 8))))
     p._qcal_files = (out, err, time.monotonic())  # type: ignore[attr-defined]
     return p
 
 
-def finish(p: subprocess.Popen[bytes], timeout: float) -> Run:
-    """Wait for `p` (at most `timeout` s, then kill its process group) and collect what it did."""
+def finish(p: subprocess.Popen[bytes], timeout: float, since: float | None = None) -> Run:
+    """Wait for `p` until `timeout` s after its start (or after `since`, a time.monotonic()), then kill its process
+    group; collect what it did."""
     out, err, t0 = p._qcal_files  # type: ignore[attr-defined]
     timed_out = False
     try:
-        p.wait(timeout=max(timeout - (time.monotonic() - t0), 0.1))
+        p.wait(timeout=max(timeout - (time.monotonic() - (t0 if since is None else since)), 0.1))
     except subprocess.TimeoutExpired:
         timed_out = True
         kill_group(p)
@@ -314,14 +318,15 @@ def killer(sig: int, when: str, delay: float = 0.0) -> Callable[[list[str], dict
         out = Path(ctx["out"])
         p = spawn(argv, ctx)
         cond = exported(out) if when == "export" else opened(out)
-        reached = _wait_for(p, cond, timeout)
-        if reached:
+        sent = _wait_for(p, cond, timeout)
+        if sent:
             time.sleep(delay)
-            if p.poll() is None:
+            sent = p.poll() is None
+            if sent:
                 os.kill(p.pid, sig)
-        r = finish(p, 60 if reached else timeout)
-        r.extra["signalled"] = reached
-        r.note = (f"{signal.Signals(sig).name} at {when}" if reached else f"the run ended before the {when} point")
+        r = finish(p, 60, since=time.monotonic()) if sent else finish(p, timeout)   # 60 s to stop after it
+        r.extra["signalled"] = sent
+        r.note = f"{signal.Signals(sig).name} at {when}" if sent else f"the run ended before the {when} point"
         return r
     return run
 

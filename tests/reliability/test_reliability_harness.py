@@ -54,6 +54,7 @@ def test_classifier_killed_runs_and_problems() -> None:
     assert rel.classify(case("killed"), killed, out_problem="left beside -o: ['.out.qcal-staging-7']") == \
         ("half_written", "left beside -o: ['.out.qcal-staging-7']")
     assert rel.classify(case("killed"), rc.Run(0, extra={"signalled": False}))[0] == "mismatch"
+    assert rel.classify(case("killed"), rc.Run(0, extra={"signalled": True}))[0] == "mismatch"   # SIGINT ignored
     assert rel.classify(case("killed"), rc.Run(1, stderr=TB + "KeyboardInterrupt", extra={"signalled": True}))[0] \
         == "traceback"
     assert rel.classify(case("error"), rc.Run(2, stderr="qcal: error: x"), out_problem="not whole")[0] == \
@@ -176,3 +177,20 @@ def test_run_case_plumbing(tmp_path: Path) -> None:
 
     row = rel.run_case({**c, "setup": no_mount}, tmp_path, opts)
     assert row["class"] == "skipped" and "tmpfs" in row["why"]
+
+
+def test_children_get_sigint_even_when_the_harness_ignores_it() -> None:
+    """A harness started with `&` from a script ignores SIGINT; the qcal it runs must still get KeyboardInterrupt."""
+    import signal
+    import subprocess
+    import sys
+
+    probe = "import signal; print(signal.getsignal(signal.SIGINT) is signal.default_int_handler)"
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        plain = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True).stdout.strip()
+        fixed = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                               preexec_fn=rc._child_setup(0)).stdout.strip()
+    finally:
+        signal.signal(signal.SIGINT, old)
+    assert (plain, fixed) == ("False", "True")
