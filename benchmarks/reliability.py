@@ -174,7 +174,7 @@ def recover(out: Path, tmpdir: Path) -> None:
     """What the next qcal run does after a SIGKILL: sweep dead processes' work folders, and open -o (which
     restores a set caught between the two renames and removes staging folders)."""
     from exporters.outset import OutputSet, OutputSetError
-    from qcal.output import sweep_workdirs
+    from qcal.runtime.output import sweep_workdirs
 
     sweep_workdirs(tmpdir)
     with contextlib.suppress(OutputSetError, OSError):
