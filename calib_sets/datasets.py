@@ -17,7 +17,7 @@ import numpy as np
 
 from calib_sets.decode import IMAGE_EXTS
 from calib_sets.errors import CalibSetError, EmptyCalibSetError, SourceNotFoundError
-from calib_sets.files import Check, checked_items, list_images
+from calib_sets.files import Check, checked_items, list_images, name_some
 from calib_sets.sample import CalibSet
 
 
@@ -95,7 +95,7 @@ def yolo_dataset(yaml_path: Path, split: str, check: Check) -> CalibSet:
     items, skipped = checked_items(files, source, check, labels=labels)
     if not items:
         raise EmptyCalibSetError(f"{yaml_path} split {split!r} holds no decodable image ({len(files)} listed, "
-                                 f"{len(skipped)} unreadable); check the split's path.")
+                                 f"{len(skipped)} unreadable{': ' + name_some(skipped, 5) if skipped else ''}); check the split's path.")
     return CalibSet(items, skipped=skipped)
 
 

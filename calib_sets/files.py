@@ -58,11 +58,16 @@ def checked_items(paths: Sequence[Path], source: str, check: Check, root: Path |
         items.append(image_item(p, key, source, indices[i] if indices is not None else i,
                                 labels(p) if labels is not None else None))
     if skipped:
-        shown = ", ".join(skipped[:10]) + (f" and {len(skipped) - 10} more" if len(skipped) > 10 else "")
+        shown = name_some(skipped)
         warnings.warn(f"{source}: skipped {len(skipped)} unreadable image(s) (truncated, too large or not images): {shown}; "
                       "they are listed in CalibSet.skipped (and qcal's report.json 'skipped')", SkippedFilesWarning,
                       stacklevel=3)
     return items, skipped
+
+
+def name_some(names: Sequence[str], n: int = 10) -> str:
+    """The first n names, then how many more: what a message about many files shows."""
+    return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
 
 
 def list_images(root: Path, recursive: bool) -> list[Path]:

@@ -48,6 +48,7 @@ from calib_sets.video import VIDEO_EXTS
 
 RECIPES = Path(__file__).parent / "recipes"
 STRATEGIES = ("random", "stratified", "diverse")
+MAX_IMGSZ = 8192   # long side after resizing: 8K frames; beyond, one RGB image needs hundreds of MB
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,10 @@ class Recipe:
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < (0 if key == "seed" else 1)):
                 raise RecipeError(f"recipe {self.name!r}: {key}={v!r} must be a "
                                   f"{'non-negative' if key == 'seed' else 'positive'} integer.")
+        if self.imgsz is not None and self.imgsz > MAX_IMGSZ:
+            raise RecipeError(f"recipe {self.name!r}: imgsz={self.imgsz} is above {MAX_IMGSZ} px (one resized RGB "
+                              f"frame would take {3 * self.imgsz**2 / 2**30:.0f} GiB); resize to the model's input "
+                              "size, e.g. imgsz = 640.")
 
     def _resolve(self, spec: str) -> str:
         """A source as written -> the spec to load: relative paths (also an imagefolder: one) join base_dir."""

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Literal
 
 from calib_sets.decode import IMAGE_EXTS, looks_complete
 from calib_sets.errors import EmptyCalibSetError, SourceNotFoundError, UndecodableImageError
-from calib_sets.files import Check, checked_items, frame_number, image_item, list_images
+from calib_sets.files import Check, checked_items, frame_number, image_item, list_images, name_some
 from calib_sets.sample import CalibSet
 from calib_sets.video import video_set
 
@@ -54,8 +54,8 @@ class Source:
         if not items:
             raise EmptyCalibSetError(
                 f"calibration source {root} holds no decodable image: {len(files)} file(s) with extensions "
-                f"{sorted(IMAGE_EXTS)} (recursive={recursive}), {len(skipped)} of them unreadable; add images "
-                "or point at the right folder.")
+                f"{sorted(IMAGE_EXTS)} (recursive={recursive}), {len(skipped)} of them unreadable"
+                + (f" ({name_some(skipped, 5)})" if skipped else "") + "; add images or point at the right folder.")
         return CalibSet(items, skipped=skipped)
 
     @staticmethod

@@ -212,8 +212,16 @@ class OutputSet:
         self.close()
 
 
+NAME_MAX = 255   # bytes in one path component on Linux and macOS file systems
+
+
 def _acquire(target: Path) -> int:
     """Check that `target` can be a folder we write, and take its writer lock (an fd holding a flock)."""
+    longest = max((len(part.encode()) for part in target.parts), default=0)
+    if longest > NAME_MAX - 32 or len(str(target).encode()) > 4000:   # staging/lock names add ~30 bytes
+        raise OutputSetError(f"-o {str(target)[:80]}...: a folder name of {longest} bytes is too long (at most "
+                             f"{NAME_MAX - 32}: the staging and lock names beside it add up to 32); choose a "
+                             "shorter name.")
     if target.exists() and not target.is_dir():
         raise OutputSetError(f"-o {target}: is a file, not a folder; give a folder path (it is created if missing).")
     try:

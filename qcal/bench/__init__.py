@@ -104,6 +104,12 @@ def robustness(model: Any, *, eval: Any, calib: str | None = None, conditions: s
 
     allow_outside_root lets paths written inside a .toml recipe (--calib, --eval) leave the recipe's folder."""
     check_counts(threads=threads, latency_runs=latency_runs, bootstrap=bootstrap)
+    if device == "cuda" and executor == "serial":   # a Ray cluster's nodes may have the GPU this one lacks
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("--device cuda: torch sees no CUDA device on this machine; use --device cpu, or run "
+                              "where a GPU and a CUDA build of torch are (or with --executor ray on a GPU cluster).")
     try:   # the report folder is checked and locked before any work; a second run into it is refused
         lock = FolderLock(out, expected_bytes=_expected_bytes(model, precisions)).__enter__()
     except ExporterError as e:

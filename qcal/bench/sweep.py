@@ -127,6 +127,11 @@ class Sweep:
                 raise ConfigError(f"sweep: {k} must be an array of tables ([[{k}]]), got {type(v).__name__}.")
         models = tuple(from_plain(SweepModel, r, f"sweep.models[{i}]") for i, r in enumerate(rows["models"]))
         recipes = tuple(from_plain(SweepRecipe, r, f"sweep.recipes[{i}]") for i, r in enumerate(rows["recipes"]))
+        unknown = sorted(set(data) - {f.name for f in dataclasses.fields(_SweepScalars)})
+        if unknown:   # before "no eval key": `evall = ...` is a typo of eval, and the message should say so
+            raise ConfigError(f"sweep: unknown key(s) {unknown}; allowed keys are "
+                              f"{sorted(f.name for f in dataclasses.fields(_SweepScalars))} and [config], [[models]], "
+                              "[[recipes]].")
         if "eval" not in data:
             raise ConfigError("sweep: no eval key; name the evaluation images, e.g. eval = \"bundled:vtest[360:480]\".")
         plain = from_plain(_SweepScalars, data, "sweep")

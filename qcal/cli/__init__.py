@@ -43,6 +43,9 @@ def config_from_args(args: argparse.Namespace) -> QuantConfig:
         changes["calib_size"] = args.calib_size
     if getattr(args, "passes", None):
         changes["passes"] = tuple(p for arg in args.passes for p in arg.split(",") if p)
+        if not changes["passes"]:
+            raise QcalError(f"--passes {' '.join(args.passes)!r} names no pass; give e.g. --passes bn_reestimate "
+                            "adaquant, or leave --passes out.")
     if getattr(args, "augment", None) == "metaaug" and cfg.adaquant.augment is None:
         import dataclasses
 
@@ -141,8 +144,12 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     from qcal.runtime.output import sigterm_as_exit
 
-    with sigterm_as_exit():   # a SIGTERM unwinds like Ctrl-C: staging and work folders are removed
-        return _dispatch(args, argv)
+    try:
+        with sigterm_as_exit():   # a SIGTERM unwinds like Ctrl-C: staging and work folders are removed
+            return _dispatch(args, argv)
+    except KeyboardInterrupt:   # Ctrl-C: everything has unwound (no staging or work folder left); no traceback
+        print("qcal: interrupted (Ctrl-C); -o keeps its previous contents.", file=sys.stderr)
+        return 130
 
 
 def _dispatch(args: argparse.Namespace, argv: list[str] | None) -> int:
@@ -178,6 +185,10 @@ def _run_quantize(args: argparse.Namespace, cfg: QuantConfig) -> int:
     from qcal.runtime.output import estimate_bytes, open_output
 
     demo = args.cmd == "demo"
+    for flag in ("scheme", "offload"):   # LLM-only flags: never silently dropped for a detector
+        if getattr(args, flag, None) not in (None, "none"):
+            raise QcalError(f"--{flag} {getattr(args, flag)} is for LLMs (a Hugging Face folder or --task llm); "
+                            f"{args.checkpoint} is quantized as a detector: drop --{flag}.")
     checkpoint = demo_checkpoint() if demo else args.checkpoint
     calib, eval_set = (DEMO_CALIB, DEMO_EVAL) if demo else (args.calib, args.eval)
     if args.allocate:   # arguments first, then files: each fails before torch is even imported

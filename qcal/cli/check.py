@@ -84,6 +84,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                    "exit 2 one case in error saying why)")
 
 
+def _precisions(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    names = [p.strip() for p in text.split(",") if p.strip()]
+    if not names:
+        raise ReportError(f"--precisions {printable(repr(text))} names no precision; give e.g. --precisions "
+                          "int8,int8-robust, or leave it out to gate all but fp32.")
+    return names
+
+
 def run(args: argparse.Namespace) -> int:
     """`qcal check`: 0 pass, 1 a slice failed; ReportError (exit 2) after writing the error JUnit file."""
     inputs = [x for x in (args.report, args.baseline) if x]
@@ -96,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
         result = check(args.report, max_drop=Thresholds.parse(args.max_drop, "max-drop") if args.max_drop else None,
                        min_map=Thresholds.parse(args.min_map, "min-map") if args.min_map else None,
                        baseline=args.baseline, tolerance=tolerance, allow_other_model=args.allow_other_model,
-                       precisions=[p.strip() for p in args.precisions.split(",")] if args.precisions else None)
+                       precisions=_precisions(args.precisions))
     except ReportError as e:
         if junit is not None:
             write_error_junit(e, junit)

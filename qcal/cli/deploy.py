@@ -8,6 +8,28 @@ import json
 import sys
 from pathlib import Path
 
+from qcal.errors import QcalError
+
+
+def file_target(flag: str, path: str | Path) -> Path:
+    """A path a file will be written to, checked before any work: not a folder, its parent a folder or creatable
+    (no file in the way)."""
+    p = Path(path)
+    if p.is_dir():
+        raise QcalError(f"{flag} {p} is a folder; give a file path (e.g. {p / 'out.json'}).")
+    for parent in p.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise QcalError(f"{flag} {p}: {parent} is a file, so no folder can be made there; choose another "
+                                "path.")
+            break
+    return p
+
+
+def _at_least(flag: str, value: int, low: int, what: str) -> None:
+    if value < low:
+        raise QcalError(f"{flag} {value}: must be >= {low} ({what}).")
+
 
 def add_lint(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("lint", help="check a Q/DQ ONNX model against TensorRT's explicit-quantization rules",
@@ -24,6 +46,12 @@ def run_lint(args: argparse.Namespace) -> int:
     from exporters.quant_table import atomic_write_text
     from exporters.trt_lint import lint_tensorrt
 
+    _at_least("--limit", args.limit, 0, "violations printed; all of them go to --json")
+    if args.json:
+        file_target("--json", args.json)
+    if Path(args.model).is_file() and Path(args.model).stat().st_size == 0:
+        raise QcalError(f"{args.model} is empty (0 bytes): the copy or export did not finish; pass the ONNX file "
+                        "`qcal quantize` wrote.")
     try:
         res = lint_tensorrt(args.model)
     except (ExporterError, OSError) as e:
@@ -56,6 +84,10 @@ def add_engine(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
 
 def run_engine(args: argparse.Namespace) -> int:
+    _at_least("--workspace-mb", args.workspace_mb, 1, "the builder's workspace limit in MiB, e.g. 1024")
+    file_target("-o", args.out)
+    if args.timing_cache:
+        file_target("--timing-cache", args.timing_cache)
     from exporters.tensorrt import EngineOptions
     from qcal.config import QuantConfig
     from qcal.runtime.deploy import engine

@@ -176,9 +176,10 @@ class AdaQuantConfig:
         bounds.check_count(self.batch, "adaquant.batch", 1, bounds.CALIB_SIZE_MAX, "give e.g. adaquant.batch = 50")
         if self.iters < 0 or self.batch < 1:
             raise ConfigError(f"adaquant: iters={self.iters} must be >= 0 and batch={self.batch} >= 1.")
-        if min(self.lr_weight, self.lr_bias, self.lr_weight_scale, self.lr_act_scale, self.lr_round,
-               self.round_weight) < 0:
-            raise ConfigError("adaquant: learning rates and round_weight must be >= 0 (0 freezes that group).")
+        for key in ("lr_weight", "lr_bias", "lr_weight_scale", "lr_act_scale", "lr_round", "round_weight"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"adaquant.{key}={getattr(self, key)}: must be >= 0 (0 freezes that group); give "
+                                  f"e.g. adaquant.{key} = 0 or leave the default.")
         if not 0.0 <= self.qdrop < 1.0 or not 0.0 <= self.round_warmup < 1.0:
             raise ConfigError(f"adaquant: qdrop={self.qdrop} and round_warmup={self.round_warmup} must be in "
                               "[0, 1) (qdrop 0.5 is QDrop's setting; 0 turns it off).")
@@ -291,7 +292,13 @@ class QuantConfig:
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"config file {p} does not exist. Pass a TOML file written by `qcal config`.")
-        text = p.read_text(encoding="utf-8")
+        try:
+            text = p.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"config file {p} is not text (UTF-8): {e.reason} at byte {e.start}; pass a TOML file "
+                              "written by `qcal config`.") from None
+        except OSError as e:
+            raise ConfigError(f"config file {p} cannot be read ({e.strerror}).") from None
         try:
             return cls.from_dict(json.loads(text)) if p.suffix == ".json" else cls.from_toml(text)
         except json.JSONDecodeError as e:

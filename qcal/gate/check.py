@@ -76,6 +76,9 @@ class Thresholds:
             except ValueError:
                 raise ReportError(f"--{what} {v!r}: expected a number or CONDITION=NUMBER, e.g. 0.02 or "
                                   "noise_medium=0.05.") from None
+            if "=" in v and not name.strip():
+                raise ReportError(f"--{what} {printable(repr(v))}: the condition name before '=' is empty; give "
+                                  "CONDITION=NUMBER (e.g. noise_medium=0.05) or just the number.")
             if name:
                 per[name] = x
             else:
