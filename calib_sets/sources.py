@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from calib_sets.decode import IMAGE_EXTS, looks_complete
+from calib_sets.decode import IMAGE_EXTS, looks_complete, too_large
 from calib_sets.errors import EmptyCalibSetError, SourceNotFoundError, UndecodableImageError
 from calib_sets.files import Check, checked_items, frame_number, image_item, list_images, name_some
 from calib_sets.sample import CalibSet
@@ -45,6 +45,9 @@ class Source:
             raise SourceNotFoundError(f"calibration source {root} does not exist; pass a folder of images, an "
                                       "image, a video file, a .toml recipe or 'bundled:vtest'.")
         if root.is_file():
+            big = too_large(root) if check != "none" else None
+            if big:
+                raise UndecodableImageError(f"{root}: {big}.")
             if not looks_complete(root, full=check == "full"):
                 raise UndecodableImageError(f"{root} does not decode as an image (truncated or not an image); "
                                             "give a valid image file.")

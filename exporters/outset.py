@@ -107,6 +107,7 @@ class OutputSet:
             self._recover()
             self._check_contents()
             self._check_space()
+            self._check_replaceable()
             self.staging = self._sibling("staging")
             self.staging.mkdir()
         except BaseException:
@@ -148,6 +149,20 @@ class OutputSet:
             raise OutputSetError(f"-o {t}: holds files qcal did not write ({shown}); qcal replaces the whole folder "
                                  "with the new set, so it will not write there: choose a new or empty folder, or move "
                                  "those files away.")
+
+    def _check_replaceable(self) -> None:
+        """The switch renames the previous set away: try that now (and back), so an immutable folder (chattr +i)
+        or one on a read-only mount is refused before the work, not after it."""
+        if not self.target.is_dir():
+            return
+        probe = self._sibling("probe")
+        try:
+            self.target.rename(probe)
+        except OSError as e:
+            raise OutputSetError(f"-o {self.target}: the folder cannot be replaced ({e.strerror}: immutable, or its "
+                                 "parent is read-only); qcal writes a new set beside it and swaps the two. Make it "
+                                 "writable (chattr -i) or choose another -o.") from None
+        probe.rename(self.target)
 
     def _check_space(self) -> None:
         check_space(self.target, self.expected_bytes, "the new set needs about {need} MiB (written beside the "

@@ -26,7 +26,7 @@ def test_config_round_trip(tmp_path: Path, capsys) -> None:  # type: ignore[no-u
 
 def test_untrusted_checkpoint_exit_code(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     ck = tmp_path / "m.pt"
-    ck.write_bytes(b"x")
+    ck.write_bytes(b"\x80\x02")
     assert main(["quantize", str(ck), "--calib", "bundled:vtest", "-o", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "--trust-checkpoint" in err and "runs code" in err

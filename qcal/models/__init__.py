@@ -44,6 +44,13 @@ def preflight(model: str | Path, *, trust_checkpoint: bool = False) -> None:
     p = Path(model)
     if not p.exists():
         raise CheckpointError(f"checkpoint {p} does not exist. Pass the path of a YOLO .pt file.")
+    if p.suffix != ".pt":
+        what = ("an ONNX model: ONNX input is not supported yet; pass the Ultralytics .pt it was exported from"
+                if p.suffix == ".onnx" else
+                "a folder without config.json or .gguf (not a Hugging Face model)" if p.is_dir() else
+                "not a .pt file")
+        raise CheckpointError(f"{p}: unknown checkpoint family ({what}); qcal quantizes Ultralytics YOLO .pt files, "
+                              "Hugging Face LLM folders and .gguf files.")
     if p.suffix == ".pt":
         if p.is_dir():
             raise CheckpointError(f"checkpoint {p} is a folder, not a .pt file; pass the .pt file inside it.")
@@ -57,6 +64,27 @@ def preflight(model: str | Path, *, trust_checkpoint: bool = False) -> None:
             raise UntrustedCheckpointError(
                 f"{p} is a pickle: loading it runs code from the file. If you trust it, pass "
                 "trust_checkpoint=True (CLI: --trust-checkpoint); otherwise export it to ONNX where you trust it.")
+        _sniff_torch_file(p)
+
+
+def _sniff_torch_file(p: Path) -> None:
+    """torch.save writes a zip archive holding */data.pkl (or, before torch 1.6, a bare pickle): anything else
+    (text, random bytes, a truncated download) is refused from its first bytes, before torch is imported."""
+    import zipfile
+
+    with open(p, "rb") as f:
+        head = f.read(4)
+    if head[:2] == b"PK":
+        if not zipfile.is_zipfile(p):
+            raise CheckpointError(f"checkpoint {p} is a damaged zip archive (truncated? its directory is missing); "
+                                  "copy or download it again.")
+        with zipfile.ZipFile(p) as z:
+            if not any(n.endswith("data.pkl") for n in z.namelist()):
+                raise CheckpointError(f"checkpoint {p} is a zip archive but not one torch.save wrote (no data.pkl); "
+                                      "pass the .pt file Ultralytics saved.")
+    elif head[:1] != b"\x80":
+        raise CheckpointError(f"checkpoint {p} is not a PyTorch checkpoint (neither torch.save's zip format nor a "
+                              f"pickle: it starts with {head!r}); pass the .pt file Ultralytics saved.")
 
 
 __all__ = ["Detections", "ModelAdapter", "Prepared", "load_model", "preflight"]

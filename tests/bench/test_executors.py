@@ -84,7 +84,7 @@ def test_unreachable_address_is_a_clear_error_naming_it(capsys: pytest.CaptureFi
         make_executor("ray", address=addr)
     # the CLI fails before loading anything (the checkpoint is not even a model: it is never opened)
     ckpt = tmp_path / "m.pt"
-    ckpt.write_bytes(b"x")
+    ckpt.write_bytes(b"\x80\x02")
     assert main(["bench", str(ckpt), "--trust-checkpoint", "--eval", "bundled:vtest[0:2]", "-o", str(tmp_path / "r"),
                  "--executor", "ray", "--address", addr, "--no-progress"]) == 2
     assert f"cannot reach the Ray cluster at {addr}" in capsys.readouterr().err

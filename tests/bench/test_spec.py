@@ -26,7 +26,7 @@ def test_precisions_parse_and_errors(tmp_path: Path) -> None:
         parse_precisions("fp32,fp32", None)
     with pytest.raises(ConfigError, match="does not exist"):
         parse_precisions(f"onnx:{tmp_path / 'x.onnx'}", None)
-    (tmp_path / "peer.onnx").write_bytes(b"x")
+    (tmp_path / "peer.onnx").write_bytes(b"\x80\x02")
     assert parse_precisions(f"onnx:ort={tmp_path / 'peer.onnx'}", None)[0].name == "ort"
 
 

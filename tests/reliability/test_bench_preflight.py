@@ -28,7 +28,7 @@ def run_cli(*argv: str) -> tuple[int, str, float]:
 ])
 def test_bad_bench_flags_are_refused_before_the_model_loads(tmp_path: Path, flags: list[str], message: str) -> None:
     ckpt = tmp_path / "m.pt"
-    ckpt.write_bytes(b"x")
+    ckpt.write_bytes(b"\x80\x02")
     rc, err, seconds = run_cli("bench", str(ckpt), "--eval", "bundled:vtest[360:370]", "-o", str(tmp_path / "r"),
                                *flags)
     assert rc == 2 and message in err and "Traceback" not in err
@@ -37,7 +37,7 @@ def test_bad_bench_flags_are_refused_before_the_model_loads(tmp_path: Path, flag
 
 def test_an_untrusted_or_missing_checkpoint_is_refused_before_torch(tmp_path: Path) -> None:
     ckpt = tmp_path / "m.pt"
-    ckpt.write_bytes(b"x")
+    ckpt.write_bytes(b"\x80\x02")
     rc, err, _ = run_cli("bench", str(ckpt), "--eval", "bundled:vtest[360:370]", "-o", str(tmp_path / "r"))
     assert rc == 2 and "--trust-checkpoint" in err and "Traceback" not in err
     rc, err, _ = run_cli("bench", str(tmp_path / "none.pt"), "--eval", "x", "-o", str(tmp_path / "r"))

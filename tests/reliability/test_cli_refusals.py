@@ -24,7 +24,7 @@ def refused(capsys: pytest.CaptureFixture[str], argv: list[str], *needles: str) 
 @pytest.fixture
 def ckpt(tmp_path: Path) -> Path:
     p = tmp_path / "m.pt"
-    p.write_bytes(b"x")   # passes the preflight; every case here must fail before it is opened
+    p.write_bytes(b"\x80\x02")   # passes the preflight; every case here must fail before it is opened
     return p
 
 
@@ -114,3 +114,67 @@ def test_a_sweep_key_typo_is_named(capsys: pytest.CaptureFixture[str], tmp_path:
     sweep = tmp_path / "s.toml"
     sweep.write_text('evall = "bundled:vtest[360:370]"\n[[models]]\nname = "m"\ncheckpoint = "m.pt"\n')
     refused(capsys, ["bench", str(sweep), "-o", str(tmp_path / "r")], "unknown key(s) ['evall']")
+
+
+@pytest.mark.parametrize(("content", "needle"), [
+    (b"hello, not a model\n", "is not a PyTorch checkpoint"),
+    (b"PK\x03\x04" + bytes(64), "damaged zip archive"),
+])
+def test_a_pt_that_is_no_torch_file_is_refused_before_torch(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                                            content: bytes, needle: str) -> None:
+    p = tmp_path / "x.pt"
+    p.write_bytes(content)
+    refused(capsys, quantize(p, tmp_path), needle)
+
+
+def test_a_zip_without_data_pkl_and_other_files_are_refused(capsys: pytest.CaptureFixture[str],
+                                                           tmp_path: Path) -> None:
+    import zipfile
+
+    p = tmp_path / "x.pt"
+    with zipfile.ZipFile(p, "w") as z:
+        z.writestr("readme.txt", "hi")
+    refused(capsys, quantize(p, tmp_path), "not one torch.save wrote (no data.pkl)")
+    onnx_file = tmp_path / "m.onnx"
+    onnx_file.write_bytes(b"\x08\x07")
+    refused(capsys, quantize(onnx_file, tmp_path), "ONNX input is not supported yet")
+
+
+def test_a_real_checkpoint_cut_in_half_is_refused_from_its_zip_directory(capsys: pytest.CaptureFixture[str],
+                                                                         tmp_path: Path) -> None:
+    import torch
+
+    p = tmp_path / "half.pt"
+    full = tmp_path / "full.pt"
+    torch.save({"model": torch.nn.Linear(4, 4)}, full)
+    p.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    refused(capsys, quantize(p, tmp_path), "damaged zip archive")
+
+
+def test_an_immutable_output_folder_is_refused_before_the_work(capsys: pytest.CaptureFixture[str], ckpt: Path,
+                                                               tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+
+    out = tmp_path / "o"
+    out.mkdir()
+    if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", str(out)]).returncode != 0:
+        pytest.skip("chattr +i needs root and a file system that supports it")
+    try:
+        refused(capsys, quantize(ckpt.with_name("real.pt"), tmp_path), "does not exist")   # sanity: argv shape
+        torch_pt = tmp_path / "t.pt"
+        torch_pt.write_bytes(b"\x80\x02")   # a pickle's first bytes: passes the sniff, never opened
+        refused(capsys, quantize(torch_pt, tmp_path), "cannot be replaced", "chattr -i")
+        assert out.is_dir() and not any(p.name.startswith(".o.qcal-") for p in tmp_path.iterdir())
+    finally:
+        subprocess.run(["chattr", "-i", str(out)])
+
+
+def test_a_single_image_bomb_is_refused_when_the_set_is_described(capsys: pytest.CaptureFixture[str], ckpt: Path,
+                                                                  tmp_path: Path) -> None:
+    from tests.reliability.test_streams import png_bomb
+
+    bomb = png_bomb(tmp_path / "bomb.png")
+    argv = quantize(ckpt, tmp_path)
+    argv[argv.index("--calib") + 1] = str(bomb)
+    refused(capsys, argv, "--calib", "header says 2500 Mpx")

@@ -76,7 +76,7 @@ def test_bench_checks_and_locks_its_folder_before_the_work(tmp_path: Path, monke
     monkeypatch.setattr(qcal.bench, "load_model", refuse)
     f = tmp_path / "file"
     f.write_text("x")
-    (tmp_path / "model.pt").write_bytes(b"x")   # passes the checkpoint preflight; never loaded
+    (tmp_path / "model.pt").write_bytes(b"\x80\x02")   # passes the checkpoint preflight; never loaded
     argv = ["bench", str(tmp_path / "model.pt"), "--trust-checkpoint", "--eval", "bundled:vtest[400:404]", "--no-progress"]
     assert main([*argv, "-o", str(f)]) == 2
     assert "is a file, not a folder" in capsys.readouterr().err

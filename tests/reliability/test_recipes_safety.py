@@ -254,7 +254,7 @@ def test_the_cli_refuses_an_escaping_recipe_in_a_second_and_takes_the_flag(tmp_p
     images(tmp_path / "outside")
     r = recipe(tmp_path / "proj" / "r.toml", 'source = "../outside"\n')
     ckpt = tmp_path / "m.pt"
-    ckpt.write_bytes(b"x")
+    ckpt.write_bytes(b"\x80\x02")
     argv = ["quantize", str(ckpt), "--trust-checkpoint", "--calib", str(r), "-o", str(tmp_path / "out")]
     assert main(argv) == 2
     err = capsys.readouterr().err
