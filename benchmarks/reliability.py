@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fnmatch
-import hashlib
 import json
 import os
 import platform
@@ -48,6 +47,7 @@ if str(ROOT) not in sys.path:
 
 from benchmarks import reliability_cases as rc  # noqa: E402
 from benchmarks.reliability_cases import Run  # noqa: E402
+from exporters.outset import file_sha256  # noqa: E402
 
 CLASSES = ("typed_error", "ok", "traceback", "crash", "silent", "hang", "half_written", "mismatch", "skipped")
 COUNT_KEYS = {"typed_error": "typed_errors", "traceback": "tracebacks", "crash": "crashes", "hang": "hangs",
@@ -98,14 +98,6 @@ def classify(case: dict[str, Any], run: Run, out_problem: str | None = None,
 
 
 # --- what a run left behind -------------------------------------------------------------------------------------
-def _sha(p: Path) -> str:
-    h = hashlib.sha256()
-    with open(p, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def snapshot(path: Path) -> Any:
     """A comparable picture of `path`: None (absent), a file's hash, or a folder's {relative path: hash}.
     Only regular files are read (a FIFO among a case's inputs must not block the harness)."""
@@ -115,10 +107,10 @@ def snapshot(path: Path) -> Any:
         if not path.exists():
             return None
         if path.is_file():
-            return ("file", _sha(path))
+            return ("file", file_sha256(path))
         if not path.is_dir():
             return ("other", path.stat().st_mode)
-        return {str(p.relative_to(path)): (_sha(p) if p.is_file() and not p.is_symlink() else "-")
+        return {str(p.relative_to(path)): (file_sha256(p) if p.is_file() and not p.is_symlink() else "-")
                 for p in sorted(path.rglob("*"))}
     except OSError as e:
         return ("error", e.errno)
