@@ -6,6 +6,8 @@
     print(result.summary())
 """
 
+from typing import Any
+
 from qcal.config import (
     Activations,
     AdaQuantConfig,
@@ -35,23 +37,30 @@ from qcal.placement.alloc import Budget
 from qcal.version import __version__
 
 
-def quantize(*args, **kwargs):  # type: ignore[no-untyped-def]
-    """See qcal.api.quantize (imported lazily so `import qcal` stays light); Hugging Face causal LMs (a model
-    folder, a .gguf file) go to qcal.llm.quantize_llm."""
+def quantize(model: Any, calib: Any = None, *, target: str | Target | None = None, config: QuantConfig | None = None,
+             trust_checkpoint: bool = False, example_input: Any = None, eval: Any = None, progress: bool = True,
+             threads: int = 2) -> Any:
+    """Quantize `model` on `calib`; see qcal.api.quantize for detectors and torch modules (a QuantResult).
+    Hugging Face causal LMs (a model folder, a .gguf file) go to qcal.llm.quantize_llm (an LLMQuantResult); the
+    keywords that only mean something for a detector (target, eval, example_input, threads) are a ConfigError
+    there, never silently dropped. Imported lazily so `import qcal` stays light."""
     from qcal.models.hf_llm import looks_like_llm
 
-    model = args[0] if args else kwargs.get("model")
     if looks_like_llm(model):
-        from qcal.config import QuantConfig as _QC
         from qcal.llm import quantize_llm
 
-        calib = args[1] if len(args) > 1 else kwargs.get("calib")
-        return quantize_llm(model, calib, kwargs.get("config") or _QC(),
-                            trust_checkpoint=kwargs.get("trust_checkpoint", False),
-                            progress=kwargs.get("progress", True))
+        given = [k for k, v in (("target", target), ("eval", eval), ("example_input", example_input)) if v is not None]
+        given += ["threads"] if threads != 2 else []
+        if given:
+            raise ConfigError(f"quantize({model!r}): {given} apply to detectors, not to an LLM; drop them (the LLM "
+                              "scheme and its options live in config=QuantConfig(scheme=..., llm=LLMConfig(...)); "
+                              "measure it with qcal.robustness(result, ...)).")
+        return quantize_llm(model, calib, config or QuantConfig(), trust_checkpoint=trust_checkpoint,
+                            progress=progress)
     from qcal.api import quantize as _quantize
 
-    return _quantize(*args, **kwargs)
+    return _quantize(model, calib, target=target, config=config, trust_checkpoint=trust_checkpoint,
+                     example_input=example_input, eval=eval, progress=progress, threads=threads)
 
 
 def allocate_bits(*args, **kwargs):  # type: ignore[no-untyped-def]

@@ -165,3 +165,11 @@ def test_real_smollm2_w8a8_few_tokens(tmp_path: Path) -> None:
     assert 1 < fp < 200 and abs(q / fp - 1) < 0.1
     # the known residual outlier of this model shows up in the statistics
     assert rep.to_dict()["activation_summary"]["max_abs_act"] > 100
+
+
+@pytest.mark.parametrize("kw", [{"target": "tensorrt"}, {"eval": "bundled:vtest[360:370]"}, {"threads": 4},
+                                {"example_input": torch.zeros(1, 3, 8, 8)}])
+def test_detector_keywords_are_refused_for_an_llm_not_dropped(tiny: tuple[Path, Path, Path], kw: dict) -> None:
+    model, calib, _ = tiny
+    with pytest.raises(ConfigError, match=rf"\['{next(iter(kw))}'\] apply to detectors, not to an LLM"):
+        qcal.quantize(model, calib=calib, progress=False, **kw)
