@@ -43,6 +43,7 @@ from qcal.bench.spec import (
     parse_precisions,
 )
 from qcal.config import QuantConfig
+from qcal.config.bounds import check_bench_counts
 from qcal.errors import CalibrationError, ConfigError, ExportError
 from qcal.eval.detection import pseudo_labels
 from qcal.models import load_model
@@ -65,14 +66,6 @@ class RobustnessReport:
         from qcal.bench.tables import summary_table
 
         return summary_table(self.data)
-
-
-def check_counts(*, threads: int, latency_runs: int, bootstrap: int) -> None:
-    """The counts of a bench run, checked before anything is loaded (ConfigError naming the flag)."""
-    for flag, v, lo in (("--threads", threads, 1), ("--latency-runs", latency_runs, 0), ("--bootstrap", bootstrap, 0)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-            raise ConfigError(f"{flag} {v!r}: must be an integer >= {lo}"
-                              + (" (ONNX Runtime threads per session)" if lo else " (0 skips it)") + ".")
 
 
 def _expected_bytes(model: Any, precisions: str | Sequence[str]) -> float:
@@ -103,7 +96,7 @@ def robustness(model: Any, *, eval: Any, calib: str | None = None, conditions: s
     is the same as the serial one's except timing fields (see qcal.bench.executors).
 
     allow_outside_root lets paths written inside a .toml recipe (--calib, --eval) leave the recipe's folder."""
-    check_counts(threads=threads, latency_runs=latency_runs, bootstrap=bootstrap)
+    check_bench_counts(threads=threads, latency_runs=latency_runs, bootstrap=bootstrap)
     if device == "cuda" and executor == "serial":   # a Ray cluster's nodes may have the GPU this one lacks
         import torch
 

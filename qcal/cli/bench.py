@@ -60,11 +60,9 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> int:
         return run_sweep_file(args, cmd)
     if not args.eval:
         raise QcalError("qcal bench CHECKPOINT needs --eval (evaluation images), or give a sweep file (.toml).")
-    for flag, v, lo in (("--threads", args.threads, 1), ("--latency-runs", args.latency_runs, 0),
-                        ("--bootstrap", args.bootstrap, 0)):   # before torch is imported: an answer in a second
-        if v < lo:
-            raise QcalError(f"{flag} {v}: must be >= {lo}" + (" (ONNX Runtime threads per session)." if lo else
-                                                               " (0 skips it)."))
+    from qcal.config.bounds import check_bench_counts
+
+    check_bench_counts(threads=args.threads, latency_runs=args.latency_runs, bootstrap=args.bootstrap)   # pre-torch
     if args.address and args.executor != "ray":
         raise QcalError(f"--address {args.address} needs --executor ray (the serial executor runs here).")
     from qcal.models import preflight

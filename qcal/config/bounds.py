@@ -116,6 +116,14 @@ def check_seed(seed: Any, key: str = "seed") -> None:
     check_count(seed, key, 0, SEED_MAX, f"give a non-negative integer below 2**32, e.g. {key} = 0")
 
 
+def check_bench_counts(*, threads: Any, latency_runs: Any, bootstrap: Any) -> None:
+    """`qcal bench`'s counts (ConfigError naming the flag): light enough for the CLI to run before torch loads."""
+    for flag, v, lo in (("--threads", threads, 1), ("--latency-runs", latency_runs, 0), ("--bootstrap", bootstrap, 0)):
+        if not _is_int(v) or v < lo:
+            raise ConfigError(f"{flag} {v!r}: must be >= {lo}, an integer"
+                              + (" (ONNX Runtime threads per session)." if lo else " (0 skips it)."))
+
+
 def check_threads(threads: Any, key: str = "threads") -> None:
     if not _is_int(threads) or threads < THREADS_MIN:
         raise _fail(key, threads, f"must be an integer >= {THREADS_MIN}", f"give e.g. {key} = 2")
