@@ -7,6 +7,10 @@ YOLOv8s at 640:
   * sim_vs_ort_code_agreement: the simulator (TorchRunner over the FP32 model + the loaded table) vs ONNX Runtime
     running model.int8.onnx with graph optimizations off: the fraction of identical integer codes over every
     QuantizeLinear output; sim_vs_ort_exact_max_rel_err: max |output difference| / output range;
+    sim_vs_ort_code_agreement is op by op (each op reads ONNX Runtime's own inputs); *_free_running lets each
+    runtime feed itself, where a code that one float rounding flips spreads through the layers that follow.
+    control_sim_vs_sim_other_conv_*: the simulator against itself with torch's other conv algorithm (native
+    instead of oneDNN): how far two implementations of the same arithmetic drift apart free-running;
   * sim_vs_ort_kernels_sqnr_db: simulator outputs vs ONNX Runtime's fused int8 kernels (default session);
   * fidelity_clean_{before,after}: mAP50-95 of each INT8 model against FP32's own detections on the
     robustness_peers evaluation frames (vtest 480-799, every 8th: 40 frames; --every 2: 160), clean, with a paired
@@ -62,13 +66,28 @@ def code_agreement(folder: Path, feeds: list[dict[str, np.ndarray]]) -> dict[str
                 and n.input[0] in set(qnames)]
     pre = {n.output[0]: n.input[0] for n in sim.model.graph.node if n.op_type == "QuantizeLinear"}
     outs = [o.name for o in int8.graph.output]
+    import torch
+
+    ctl_same = within1 = 0
+    ctl_rel: list[float] = []
+    med_rel: list[float] = []
     for f in feeds:
         got = sim.run_capture(f, qnames + outs)
         ref = exact.run(qnames + outs, f)
+        # the control: the same simulator with another conv algorithm (torch's native conv instead of oneDNN) --
+        # two implementations of the same Q/DQ arithmetic that differ only in float summation order
+        with torch.backends.mkldnn.flags(enabled=False):
+            other = sim.run_capture(f, qnames + outs)
         for name, r in zip(qnames, ref[: len(qnames)], strict=True):
             g = got[name].cpu().numpy()
             same += int(np.sum(g == r.astype(np.float32)))
+            within1 += int(np.sum(np.abs(g - r.astype(np.float32)) <= 1))
+            ctl_same += int(np.sum(g == other[name].cpu().numpy()))
             total += r.size
+        for name, r in zip(outs, ref[len(qnames):], strict=True):
+            span = max(float(r.max() - r.min()), 1e-12)
+            ctl_rel.append(float(np.abs(got[name].cpu().numpy() - other[name].cpu().numpy()).max() / span))
+            med_rel.append(float(np.median(np.abs(got[name].cpu().numpy() - r)) / span))
         # one op at a time: every node reads ONNX Runtime's own dequantized inputs; its output's codes compared
         m_all = with_outputs(m, dq_names + [pre[q] for q in qnames])
         allv = dict(zip(dq_names + [pre[q] for q in qnames], ort.InferenceSession(
@@ -81,8 +100,13 @@ def code_agreement(folder: Path, feeds: list[dict[str, np.ndarray]]) -> dict[str
             g = got[name].cpu().numpy()
             rel.append(float(np.abs(g - r).max() / max(float(r.max() - r.min()), 1e-12)))
         sq.append(channel_sqnr(fused.run(None, f), [got[o].cpu().numpy() for o in outs]))
-    return {"sim_vs_ort_code_agreement": forced_same / total, "sim_vs_ort_code_agreement_free_running": same / total, "quantized_values_compared": total,
-            "sim_vs_ort_exact_max_rel_err": max(rel), "sim_vs_ort_kernels_sqnr_db": float(np.mean(sq))}
+    return {"sim_vs_ort_code_agreement": forced_same / total, "sim_vs_ort_code_agreement_free_running": same / total,
+            "sim_vs_ort_codes_within_1_free_running": within1 / total,
+            "control_sim_vs_sim_other_conv_code_agreement_free_running": ctl_same / total,
+            "quantized_values_compared": total,
+            "sim_vs_ort_exact_max_rel_err": max(rel), "sim_vs_ort_exact_median_rel_err": float(np.median(med_rel)),
+            "control_sim_vs_sim_other_conv_max_rel_err": max(ctl_rel),
+            "sim_vs_ort_kernels_sqnr_db": float(np.mean(sq))}
 
 
 def params_equal(folder: Path) -> dict[str, bool]:

@@ -76,6 +76,10 @@ def main() -> None:
     ap.add_argument("variants", nargs="+", help="NAME=DIR or NAME=path.onnx (qcal models to compare)")
     ap.add_argument("--work", default="/tmp/qcal-robustness-peers", help="robustness_peers.py's work folder")
     ap.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "robustness_validation"))
+    ap.add_argument("--no-peers", action="store_true", help="compare only the variants given (no peers' models "
+                    "needed; no margin against the best peer)")
+    ap.add_argument("--fp32", default=None, help="the FP32 ONNX the variants were made from (default: the work "
+                    "folder's qcal/model.fp32.onnx)")
     args = ap.parse_args()
     import calib_sets
     import qcal
@@ -85,11 +89,12 @@ def main() -> None:
 
     work = Path(args.work)
     extra = {k: model_path(work, v) for k, v in (a.split("=", 1) for a in args.variants)}
-    models = {**{p: model_path(work, p) for p in PEERS}, **extra}
+    peers = [] if args.no_peers else list(PEERS)
+    models = {**{p: model_path(work, p) for p in peers}, **extra}
     missing = [str(p) for p in models.values() if not p.is_file()]
     if missing:
         raise SystemExit(f"missing models {missing}: run benchmarks/robustness_peers.py first (or fix the paths)")
-    fp32 = work / "qcal" / "model.fp32.onnx"
+    fp32 = Path(args.fp32) if args.fp32 else work / "qcal" / "model.fp32.onnx"
     adapter = load_model(checkpoint(), trust_checkpoint=True, imgsz=640)
     mix = Recipe.from_toml(VALIDATION_MIX).build()
     errors = output_errors(fp32, models, [adapter.prepare(s.image).feeds for s in mix])
@@ -101,8 +106,8 @@ def main() -> None:
                           trust_checkpoint=True, latency_runs=1, bootstrap=0, command="robustness_validation.py")
     cells, conds = rep.data["cells"], [c["name"] for c in rep.data["conditions"]]
     fid = {v: {c: round(float(cells[v][c]["agreement_map50_95"]), 4) for c in conds} for v in models}
-    best = {c: max(fid[p][c] for p in PEERS) for c in conds}
-    margin = {v: {c: round(fid[v][c] - best[c], 4) for c in conds} for v in extra}
+    best = {c: max(fid[p][c] for p in peers) for c in conds} if peers else {}
+    margin = {v: {c: round(fid[v][c] - best[c], 4) for c in conds} for v in extra} if peers else {}
     res = {"command": " ".join([".venv/bin/python benchmarks/robustness_validation.py", *sys.argv[1:]]),
            "sqnr_frames": {"recipe": VALIDATION_MIX, "conditions": mix.conditions()},
            "fidelity_frames": {"video": "vtest.avi", "start": start, "stop": stop, "every": every, "n": len(held)},

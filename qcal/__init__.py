@@ -70,13 +70,34 @@ def allocate_bits(*args, **kwargs):  # type: ignore[no-untyped-def]
     return _allocate_bits(*args, **kwargs)
 
 
+def _robustness_llm() -> Any:
+    from qcal.llm import robustness_llm
+
+    return robustness_llm
+
+
+def _robustness_vision() -> Any:
+    from qcal.bench import robustness_of_result
+
+    return robustness_of_result
+
+
+# the registry: which robustness a result of each kind (qcal.result.Result.kind) gets
+_ROBUSTNESS = {"llm": _robustness_llm, "vision": _robustness_vision}
+
+
 def robustness(*args, **kwargs):  # type: ignore[no-untyped-def]
     """See qcal.bench.robustness: the precision x condition matrix, report.json/.md/.html.
     Given an LLM quantization result: qcal.llm.robustness_llm (perplexity, KL, outlier statistics)."""
-    if args and type(args[0]).__name__ == "LLMQuantResult":
-        from qcal.llm import robustness_llm
+    from qcal.result import is_result
 
-        return robustness_llm(*args, **kwargs)
+    if args and is_result(args[0]):
+        kind = args[0].kind
+        if kind not in _ROBUSTNESS:
+            raise ConfigError(f"qcal.robustness: a {kind!r} result is measured with result.evaluate(...); "
+                              f"robustness takes a {' or '.join(repr(k) for k in _ROBUSTNESS)} result or a "
+                              "detector checkpoint.")
+        return _ROBUSTNESS[kind]()(*args, **kwargs)
     from qcal.bench import robustness as _robustness
 
     return _robustness(*args, **kwargs)

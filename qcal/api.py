@@ -8,7 +8,7 @@ import shutil
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from exporters.outset import OutputSet
 from exporters.quant_table import QuantTable
@@ -26,6 +26,9 @@ from qcal.version import __version__
 
 @dataclass
 class QuantResult:
+    """A quantized detector or torch module (qcal.result.Result, kind "vision")."""
+
+    kind: ClassVar[str] = "vision"
     config: QuantConfig
     adapter: ModelAdapter
     calib: Any                        # the calib_sets.CalibSet used (content hash, manifest, coverage)

@@ -1,5 +1,5 @@
 """The layout of qcal/: its root holds only the public entry points (the package's __init__, api with the
-verb and QuantResult, errors, version) and subpackages; everything else lives in a subpackage, so the layout
+verb and QuantResult, result with the one result protocol, errors, version) and subpackages; everything else lives in a subpackage, so the layout
 cannot drift back to loose modules at the root."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 import tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
-ALLOWED_MODULES = {"__init__", "api", "errors", "version"}
+ALLOWED_MODULES = {"__init__", "api", "errors", "result", "version"}
 ALLOWED_FILES = {"py.typed"}
 SUBPACKAGES = {"augment", "bench", "calibration", "cli", "config", "eval", "gate", "llm", "models", "passes",
                "placement", "quant", "reporting", "runtime", "simulation"}

@@ -79,6 +79,17 @@ def _expected_bytes(model: Any, precisions: str | Sequence[str]) -> float:
     return float(2 * (n + 1) * ckpt + 16 * 2**20)
 
 
+def robustness_of_result(result: Any, *, eval: Any, conditions: str | Sequence[str] | None = "qrid",
+                         out: str | Path = "report", name: str = "int8-result", **kwargs: Any) -> RobustnessReport:
+    """The matrix for a detector result of qcal.quantize (kind "vision"): FP32 and the result's own INT8 model, the
+    file it exports, under every condition -- nothing is quantized again. Other keywords as robustness()."""
+    if "precisions" in kwargs or "calib" in kwargs:
+        raise ConfigError("robustness(result, ...) measures the result's own INT8 model: drop precisions=/calib= "
+                          "(to compare recipes, call qcal.robustness(checkpoint, precisions=...)).")
+    return robustness(result.adapter, eval=eval, conditions=conditions, out=out,
+                      precisions=f"fp32,onnx:{name}={result.out.int8_path}", config=result.config, **kwargs)
+
+
 def robustness(model: Any, *, eval: Any, calib: str | None = None, conditions: str | Sequence[str] | None = "qrid",
                precisions: str | Sequence[str] = DEFAULT_PRECISIONS, out: str | Path = "report",
                config: QuantConfig | None = None, trust_checkpoint: bool = False, latency_runs: int = 30,
@@ -205,4 +216,4 @@ def write_report(data: dict[str, Any], out: str | Path) -> dict[str, Path]:
     return paths
 
 
-__all__ = ["RobustnessReport", "condition_name", "robustness", "write_report"]
+__all__ = ["RobustnessReport", "condition_name", "robustness", "robustness_of_result", "write_report"]

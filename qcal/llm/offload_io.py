@@ -18,7 +18,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -121,7 +121,10 @@ def linear_tensors(name: str, q: QuantLinear) -> dict[str, torch.Tensor]:
 @dataclass
 class OffloadedLLMResult:
     """What an out-of-core run decided (the same fields as qcal.llm.LLMQuantResult, without the models), its
-    QuantTable, and the folder holding the quantized shards, quant_table.json, report.json, config and tokenizer."""
+    QuantTable, and the folder holding the quantized shards, quant_table.json, report.json, config and tokenizer.
+    qcal.result.Result, kind "llm-offloaded"."""
+
+    kind: ClassVar[str] = "llm-offloaded"
 
     config: QuantConfig
     source: str

@@ -17,7 +17,7 @@ import copy
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -48,6 +48,9 @@ from qcal.quant.llm_schemes import ActQuant, QuantLinear
 
 @dataclass
 class LLMQuantResult:
+    """A quantized in-memory LLM (qcal.result.Result, kind "llm")."""
+
+    kind: ClassVar[str] = "llm"
     config: QuantConfig
     lm: HFCausalLM                   # the FP32 model and tokenizer, untouched
     model: nn.Module                 # the quantized simulation (QuantLinear modules)
@@ -79,6 +82,11 @@ class LLMQuantResult:
         return model_table(self.model, self.act_ranges, self.decisions,
                            table_meta(self.scheme.value, cfg.activations.value, cfg.group_size, self.config.passes,
                                       self.smoothed))
+
+    @property
+    def table(self) -> QuantTable:
+        """The result's QuantTable (the one protocol's name for quant_table())."""
+        return self.quant_table()
 
     def logits_fns(self) -> dict[str, Any]:
         return {"fp32": lambda x: self.lm.model(input_ids=x, use_cache=False).logits,

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from qcal.errors import ConfigError
+from qcal.quant.fakequant import dequantize_linear, quantize_linear
 
 
 class ActQuant(str, enum.Enum):
@@ -94,12 +95,14 @@ def int4_groupwise(w: torch.Tensor, group: int = 128, *, clip_grid: int = 20, mi
 def fake_quant_per_token(x: torch.Tensor) -> torch.Tensor:
     """Dynamic symmetric int8 per token: x (..., K); one scale max|x_row| / 127 per row."""
     scale = (x.abs().amax(dim=-1, keepdim=True) / 127.0).clamp(min=1e-12)
-    return torch.round(x / scale).clamp(-127, 127) * scale
+    return dequantize_linear(quantize_linear(x, scale, 0.0, -127, 127), scale, 0.0)
 
 
 def fake_quant_per_tensor(x: torch.Tensor, scale: float, zero_point: int, qmin: int = 0, qmax: int = 255) -> torch.Tensor:
-    """Static asymmetric quantization with one (scale, zero point): uint8 by default."""
-    return (torch.round(x / scale + zero_point).clamp(qmin, qmax) - zero_point) * scale
+    """Static asymmetric quantization with one (scale, zero point): uint8 by default. ONNX QuantizeLinear's
+    arithmetic (round(x / scale) + zero point, then saturate), the primitive the YOLO simulator uses too."""
+    s = torch.tensor(scale, dtype=torch.float32)
+    return dequantize_linear(quantize_linear(x, s, float(zero_point), qmin, qmax), s, float(zero_point))
 
 
 def static_qparams(lo: float, hi: float) -> tuple[float, int]:

@@ -114,3 +114,26 @@ def test_rerun_loads_cached_logits(bench: tuple[RobustnessReport, Path, torch.nn
                             conditions="noise_medium", precisions="fp32,int8-clean", out=d / "report",
                             latency_runs=0, bootstrap=0, progress=False)
     assert again.data["cells"] == rep.data["cells"]
+
+
+def test_robustness_of_a_result_measures_the_int8_model_it_ships(
+        bench: tuple[RobustnessReport, Path, torch.nn.Module], tmp_path: Path) -> None:
+    """qcal.robustness(result): the one result protocol; the matrix runs the result's own INT8 file (no second
+    quantization), and its clean cell is the result's own accuracy."""
+    import hashlib
+
+    from qcal.result import is_result
+
+    _, d, net = bench
+    adapter = TorchModuleAdapter(net, torch.zeros(1, 3, SIZE, SIZE), task="classify")
+    result = qcal.quantize(adapter, f"imagefolder:{d / 'calib'}", progress=False)
+    assert is_result(result) and result.kind == "vision" and result.table is result.out.table
+    rep = qcal.robustness(result, eval=f"imagefolder:{d / 'eval'}", conditions="noise_medium", out=tmp_path / "r",
+                          latency_runs=0, bootstrap=0, progress=False)
+    cells = rep.data["cells"]
+    assert set(cells) == {"fp32", "int8-result"} and set(cells["int8-result"]) == {"clean", "noise_medium"}
+    shipped = hashlib.sha256(result.out.int8_path.read_bytes()).hexdigest()
+    assert rep.data["models"]["int8-result"]["sha256"] == shipped
+    with pytest.raises(qcal.ConfigError, match="drop precisions"):
+        qcal.robustness(result, eval=f"imagefolder:{d / 'eval'}", precisions="fp32", out=tmp_path / "r2")
+    assert not is_result(adapter)
