@@ -170,6 +170,7 @@ def main() -> None:
         write(Path(args.out), res)
         return
 
+    from benchmarks.provenance import provenance
     from qcal.eval.paired import compare_paired
     from qcal.passes import PassContext, run_passes
     from qcal.passes.adaquant import AdaQuantConfig, AdaQuantMode
@@ -177,7 +178,6 @@ def main() -> None:
     from qcal.placement.alloc import Budget, allocate, candidates, refine
     from qcal.quant.fakequant import Precision
     from qcal.quant.qmodules import QuantModel, torch_layer_costs
-    from qcal.runtime.machine import machine_info
 
     xtr, ytr, xte, yte = load_fmnist(args.data)
     if args.eval_limit:
@@ -318,7 +318,7 @@ def main() -> None:
                                   "inputs per-tensor (unsigned after ReLU), MSE-searched step size"}
     res["command"] = "python " + " ".join(shlex.quote(a) for a in [f"benchmarks/{Path(__file__).name}",
                                                                     *sys.argv[1:]])
-    res["machine"] = machine_info().to_dict()
+    res.update(provenance())
     res["threads"] = 1
     res["noisy_machine"] = True
     res["bars"] = bars(res)

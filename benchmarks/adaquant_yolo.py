@@ -76,11 +76,11 @@ def main() -> None:
     torch.set_num_threads(1)
     import calib_sets
     import qcal
+    from benchmarks.provenance import provenance
     from qcal.cli import demo_checkpoint
     from qcal.models.yolo import YoloAdapter
     from qcal.placement.alloc import Budget, allocate
     from qcal.quant.precision import Precision
-    from qcal.runtime.machine import machine_info
 
     out = Path(args.out)
     models = Path(args.models)
@@ -126,7 +126,7 @@ def main() -> None:
                      "adaquant_iters": args.iters, "adaquant_batch": 4, "conditions": list(CONDITIONS),
                      "adaquant_weight_bits": 7 if plain.out.profile.reduce_range else 8}
     res["command"] = "python " + " ".join(shlex.quote(a) for a in [f"benchmarks/{Path(__file__).name}", *sys.argv[1:]])
-    res["machine"] = machine_info().to_dict()
+    res.update(provenance())
     res["noisy_machine"] = True
     if args.no_allocation:
         res["fidelity_map50_95"] = fidelity(adapter, paths, images, args.threads)

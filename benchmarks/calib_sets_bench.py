@@ -111,6 +111,9 @@ def main() -> None:
         "cpu_flags": cpu_flags(), "opencv": r1["opencv"], "opencv_threads": r1["opencv_threads"],
         "python": platform.python_version(),
     }
+    from benchmarks.provenance import git_commit
+
+    result["git_commit"] = git_commit()
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "calib_sets.json").write_text(json.dumps(result, indent=1) + "\n")
     cpu = result["cpu_flags"]

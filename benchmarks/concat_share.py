@@ -63,10 +63,10 @@ def main() -> None:
 
     import calib_sets
     import qcal
+    from benchmarks.provenance import provenance
     from qcal.calibration.pipeline import output_sqnr
     from qcal.eval.latency import measure_latencies
     from qcal.models.yolo import YoloAdapter
-    from qcal.runtime.machine import machine_info
 
     work = Path(args.work)
     adapter = YoloAdapter(None, "peer")
@@ -94,7 +94,7 @@ def main() -> None:
     res["latency_ms"] = {k: round(float(np.median([r[k].median_ms for r in rounds])), 2) for k in models}
     res["latency_repeats_ms"] = {k: [round(r[k].median_ms, 2) for r in rounds] for k in models}
     res["x_off"] = {k: round(v / res["latency_ms"]["off"], 3) for k, v in res["latency_ms"].items()}
-    res.update(runs=args.runs, repeats=args.repeats, threads=args.threads, machine=machine_info().to_dict(),
+    res.update(runs=args.runs, repeats=args.repeats, threads=args.threads, **provenance(),
                command=".venv/bin/python benchmarks/concat_share.py " + " ".join(sys.argv[1:]))
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(RESULTS.with_suffix(".json"), json.dumps(res, indent=1) + "\n")

@@ -45,9 +45,9 @@ def main() -> None:
     import onnxruntime as ort
 
     import calib_sets
+    from benchmarks.provenance import provenance
     from qcal.eval.latency import measure_latencies
     from qcal.models.yolo import YoloAdapter
-    from qcal.runtime.machine import machine_info
 
     work = Path(args.work)
     base = {"fp32": work / "qcal" / "model.fp32.onnx", "ort_minmax": work / "ort_minmax.onnx"}
@@ -72,7 +72,7 @@ def main() -> None:
            "x_fp32": {k: round(v / med["fp32"], 3) for k, v in med.items()},
            "rewrite_saves_ms": {k: round(med[k] - med[f"{k}+rewrite"], 2) for k in base},
            "max_abs_output_diff": exact, "runs": args.runs, "threads": args.threads,
-           "machine": machine_info().to_dict(),
+           **provenance(),
            "command": f".venv/bin/python benchmarks/dfl_rewrite.py --runs {args.runs}"}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(RESULTS.with_suffix(".json"), json.dumps(res, indent=1) + "\n")

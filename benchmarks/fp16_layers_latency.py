@@ -31,10 +31,10 @@ def main() -> None:
     args = ap.parse_args()
     import calib_sets
     import qcal
+    from benchmarks.provenance import provenance
     from qcal.cli import demo_checkpoint
     from qcal.eval.latency import measure_latencies
     from qcal.models.yolo import YoloAdapter
-    from qcal.runtime.machine import machine_info
 
     alloc = json.loads(Path(args.alloc).read_text())
     nodes = tuple(alloc["allocation"]["float_nodes"])
@@ -54,7 +54,7 @@ def main() -> None:
         runs.append({k: round(v.median_ms, 2) for k, v in lat.items()})
     res = {"float_nodes": len(nodes), "median_ms": runs, "threads": 1, "noisy_machine": True,
            "command": "python " + " ".join(shlex.quote(a) for a in [f"benchmarks/{Path(__file__).name}", *sys.argv[1:]]),
-           "machine": machine_info().to_dict()}
+           **provenance()}
     md = ["# FP16 vs FP32 float layers in a mixed INT8 QDQ model on ONNX Runtime CPU (YOLOv8s, 320 px)", "",
           f"Command: `{res['command']}`  ", f"Machine: {res['machine']['cpu_model']} "
           f"({','.join(res['machine']['flags'])}), 1 thread, shared and loaded (noisy_machine).", "",

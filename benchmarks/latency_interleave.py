@@ -54,8 +54,8 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
+    from benchmarks.provenance import provenance
     from qcal.eval.latency import measure_latencies
-    from qcal.runtime.machine import machine_info
 
     paths = {k: Path(args.work) / v for k, v in MODELS.items()}
     feeds = {"images": np.random.default_rng(0).random((1, 3, 640, 640), dtype=np.float32)}
@@ -64,7 +64,7 @@ def main() -> None:
         "run by run, no spinning": run_by_run(paths, feeds, args.threads, args.runs, spinning=False),
         "blocks": {k: round(v.median_ms, 2) for k, v in measure_latencies(
             {k: str(v) for k, v in paths.items()}, feeds, threads=args.threads, warmup=3, runs=args.runs).items()}},
-        "runs": args.runs, "threads": args.threads, "machine": machine_info().to_dict(),
+        "runs": args.runs, "threads": args.threads, **provenance(),
         "command": ".venv/bin/python benchmarks/latency_interleave.py " + " ".join(sys.argv[1:])}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(RESULTS.with_suffix(".json"), json.dumps(res, indent=1) + "\n")

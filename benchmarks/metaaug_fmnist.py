@@ -140,7 +140,7 @@ def main() -> None:
         write_results(Path(args.out), res)
         return
     torch.set_num_threads(1)
-    from qcal.runtime.machine import machine_info
+    from benchmarks.provenance import provenance
 
     xtr, ytr, xte, yte = load_fmnist(args.data)
     if args.samples:
@@ -154,7 +154,7 @@ def main() -> None:
                  "top1": {}, "calib_top1": {}, "seconds": {}, "details": {},
                  "command": "OMP_NUM_THREADS=1 nice -n 10 python benchmarks/metaaug_fmnist.py "
                             + shlex.join(sys.argv[1:]),
-                 "machine": machine_info().to_dict(), "noisy_machine": True,
+                 **provenance(), "noisy_machine": True,
                  "settings": {k: v for k, v in vars(args).items() if k not in ("merge", "data")},
                  "notes": f"recon = {args.granularity} reconstruction, {args.rounding} rounding, qdrop {args.qdrop}, "
                           f"{args.iters} iterations per unit; MetaAug {args.meta_iters} meta-iterations per block"}

@@ -102,10 +102,10 @@ def main() -> None:
         write_md(Path(args.out), res)
         return
     torch.set_num_threads(1)
+    from benchmarks.provenance import provenance
     from calib_sets.presets import ladder_condition
     from qcal.passes.base import PassContext
     from qcal.quant.fakequant import Precision
-    from qcal.runtime.machine import machine_info
 
     xtr, ytr, xte, yte = load_fmnist(args.data)
     model = ResNet8()
@@ -116,7 +116,7 @@ def main() -> None:
     res: dict = {"calib_n": args.calib, "seed": args.seed, "resamples": args.resamples, "conditions": list(conds),
                  "command": "OMP_NUM_THREADS=1 nice -n 10 python benchmarks/metaaug_robustness.py "
                             + shlex.join(sys.argv[1:]),
-                 "machine": machine_info().to_dict(), "noisy_machine": True, "top1": {}, "seconds": {}}
+                 **provenance(), "noisy_machine": True, "top1": {}, "seconds": {}}
     res["top1"]["fp32"] = {c: ci(correct(model, x, yte), idx) for c, x in conds.items()}
     sel = torch.from_numpy(np.random.default_rng(args.seed).choice(len(xtr), args.calib, replace=False))
     calib = xtr[sel]

@@ -148,7 +148,7 @@ def paired_ci(evals: list[tuple[Any, Any]], frames: int, resamples: int = 1000, 
 
 
 def evaluate(args: argparse.Namespace, adapter: Any) -> None:
-    from qcal.runtime.machine import machine_info
+    from benchmarks.provenance import provenance
 
     root = Path(args.models)
     found = {v: json.loads((root / v / "variant.json").read_text()) for v in VARIANTS
@@ -168,7 +168,7 @@ def evaluate(args: argparse.Namespace, adapter: Any) -> None:
     ci = {f"{a} - {b}": {"clean": paired_ci([(ev["clean"][a], ev["clean"][b])], len(images)),
                          "qrid_mean": paired_ci([(ev[c][a], ev[c][b]) for c in ev if c != "clean"], len(images))}
           for a, b in pairs}
-    res = {"command": args.command, "machine": machine_info().to_dict(), "noisy_machine": True,
+    res = {"command": args.command, **provenance(), "noisy_machine": True,
            "shared_machine": "2 cores shared with the lead's runs; wall times are indicative",
            "calibration": CALIB, "eval": f"vtest.avi frames 480-799 every 8th ({len(images)} frames) at "
            f"{args.imgsz} px", "fidelity_map50_95": fid, "fidelity_map50_95_ort_int8_kernels": kernels,

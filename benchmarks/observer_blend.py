@@ -34,6 +34,7 @@ def main() -> None:
     import onnx
 
     import calib_sets
+    from benchmarks.provenance import provenance
     from exporters import export_qdq
     from exporters.qdq import quantizable_op_types
     from exporters.quant_table import atomic_write_text
@@ -43,7 +44,6 @@ def main() -> None:
     from qcal.models.yolo import YoloAdapter
     from qcal.placement.keep_float import no_compute_downstream, range_mismatch
     from qcal.quant.qparams import qrange
-    from qcal.runtime.machine import machine_info
     from qcal.simulation.graph import analyse, tensors_to_calibrate
 
     a = YoloAdapter.load(checkpoint(), trust_checkpoint=True)
@@ -80,7 +80,7 @@ def main() -> None:
            "calibration_seconds": round(calib_s, 1), "kept_in_float": len(decisions),
            "sets": {"dev": "vtest 480-799 every 4th (80)", "bench": "bundled vtest 360-477 (40)",
                     "near": "vtest 320-479 every 2nd (80)"},
-           "fidelity_map50_95_map50": rows, "machine": machine_info().to_dict(),
+           "fidelity_map50_95_map50": rows, **provenance(),
            "command": "VTEST=/tmp/ocvdoc/usr/share/doc/opencv-doc/examples/data/vtest.avi "
                       ".venv/bin/python benchmarks/observer_blend.py"}
     atomic_write_text(Path(args.out + ".json"), json.dumps(res, indent=1))

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -158,10 +157,10 @@ def main() -> None:
     ap.add_argument("--note", default="", help="a remark stored with the results (e.g. a run that did not finish)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "one_engine")
     a = ap.parse_args()
+    from benchmarks.provenance import provenance
     from benchmarks.robustness_peers import held_out
     from qcal.eval.evaluate import detect_all
     from qcal.models.yolo import YoloAdapter
-    from qcal.runtime.machine import machine_info
 
     adapter = YoloAdapter.load(checkpoint(), trust_checkpoint=True)
     images = [s.image for s in held_out(a.every)]
@@ -191,8 +190,7 @@ def main() -> None:
                                "--trust-checkpoint --no-progress -o plain; robust: --calib "
                                "benchmarks/recipes/vtest64-qrid.toml --config benchmarks/recipes/qcal-robust.toml; "
                                "before = the same at the parent commit of the one-engine change")
-    res["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    res["machine"] = machine_info().to_dict()
+    res.update(provenance())
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.with_suffix(".json").write_text(json.dumps(res, indent=1) + "\n")
     print(json.dumps(res, indent=1))

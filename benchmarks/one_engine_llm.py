@@ -8,7 +8,9 @@ calibration (8 windows x 128 tokens of Emma, so it runs in minutes on one thread
      the ONNX (exporters.llm_onnx.read_llm_quant_table, MatMulNBits unpacked) equals the in-memory table;
   4. sim_vs_ort_logits_max_rel_err: qcal's torch simulation of the table vs ONNX Runtime on the same 128
      held-out tokens (Persuasion), max |diff| / (max - min of the ORT logits); with ORT's default graph
-     optimizations (what a user runs) and with them off (the arithmetic as written).
+     optimizations (what a user runs) and with them off (the arithmetic as written);
+  5. control_sim_f32_vs_f64_*: the simulation against itself run in float64: how far float rounding alone moves
+     this quantized model's logits (the floor any float32 runtime can be compared to).
 
   OMP_NUM_THREADS=1 python benchmarks/one_engine_llm.py [--austen-root DIR]
   -> benchmarks/results/one_engine_llm.json
@@ -20,7 +22,6 @@ import argparse
 import json
 import os
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -94,8 +95,16 @@ def run_scheme(name: str, lm: Any, cal: Any, ids: torch.Tensor, seq_len: int) ->
     if not table.activations():
         out["activation_params_note"] = ("per-token dynamic activations have no static parameters: the table and "
                                          "the ONNX both hold none (compared: equal, empty)")
+    import copy
+
     with torch.no_grad():
         sim = r.model(input_ids=ids, use_cache=False).logits.float().numpy()
+        # the control: the same simulation in float64 -- how far float rounding alone moves the logits of this
+        # quantized model (an activation code that one rounding flips changes the next layers' inputs)
+        sim64 = copy.deepcopy(r.model).double()(input_ids=ids, use_cache=False).logits.numpy()
+    span = float(sim64.max() - sim64.min())
+    out["control_sim_f32_vs_f64_logits_max_rel_err"] = float(np.abs(sim - sim64).max() / span)
+    out["control_sim_f32_vs_f64_top1_agreement"] = float((sim.argmax(-1) == sim64.argmax(-1)).mean())
     for key, optimize in (("sim_vs_ort_logits_max_rel_err", True), ("sim_vs_ort_as_written_max_rel_err", False)):
         ref = ort_logits(paths["quantized"], threads=1, optimize=optimize)(ids).numpy()
         out[key] = float(np.abs(sim - ref).max() / (ref.max() - ref.min()))
@@ -114,9 +123,9 @@ def main() -> None:
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     torch.set_num_threads(1)
+    from benchmarks.provenance import provenance
     from calib_sets import corpora
     from qcal.models.hf_llm import HFCausalLM
-    from qcal.runtime.machine import machine_info
 
     t0 = time.perf_counter()
     lm = HFCausalLM.load(model_path())
@@ -130,17 +139,13 @@ def main() -> None:
         except Exception as e:  # noqa: BLE001 - record why a number is missing instead of inventing it
             data[name] = {"error": f"{type(e).__name__}: {e}"}
         print(name, json.dumps(data[name], indent=1), flush=True)
-    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
-    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "qcal", "exporters"],
-                           capture_output=True, text=True).stdout.strip()
     data.update({
         "setup": {"model": "SmolLM2-135M-Instruct (GGUF Q4_1, dequantized to fp32)",
                   "calibrate": f"Emma, {args.calib_windows} windows x {args.seq_len} tokens",
                   "compare_on": f"Persuasion, first {args.seq_len} tokens, one window", "threads": 1,
                   "ort": "CPUExecutionProvider; default graph optimizations, and ORT_DISABLE_ALL (as written)"},
         "command": "OMP_NUM_THREADS=1 python benchmarks/one_engine_llm.py " + " ".join(map(shlex.quote, sys.argv[1:])),
-        "git_commit": commit.strip() + (" (+ uncommitted changes in qcal/ or exporters/)" if dirty else ""),
-        "machine": machine_info().to_dict(), "seconds": round(time.perf_counter() - t0, 1)})
+        **provenance(), "seconds": round(time.perf_counter() - t0, 1)})
     from exporters.quant_table import atomic_write_text
 
     atomic_write_text(RESULTS, json.dumps(data, indent=1) + "\n")

@@ -222,7 +222,9 @@ def save_stage(path: Path, data: dict[str, Any], layers: int) -> None:
     if layers != 24:
         print("smoke test (--layers): results not saved")
         return
-    path.write_text(json.dumps(data, indent=1))
+    from benchmarks.provenance import git_commit
+
+    path.write_text(json.dumps({**data, "git_commit": git_commit()}, indent=1))
 
 
 def merge_results(work: Path) -> None:

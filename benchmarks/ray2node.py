@@ -130,6 +130,9 @@ def _save(res: dict[str, Any], work: Path) -> None:
     data = json.loads(path.read_text()) if path.is_file() else {}
     data.update(res)
     data.setdefault("wall_s", {})["ray_2node"] = res.get("ray_2node_cells_s")
+    from benchmarks.provenance import git_commit
+
+    data["ray_2node_git_commit"] = git_commit()
     data["ray_2node_command"] = ("OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/scale.py --stage ray2node "
                                  f"--work {work}")
     atomic_write_text(path, json.dumps(data, indent=1))

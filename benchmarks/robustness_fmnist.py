@@ -78,7 +78,9 @@ def main() -> None:
                           precisions="fp32,fp16,int8-dynamic,int8-clean,int8-mixed", out=work / "report",
                           config=qcal.QuantConfig(calib_size=1000),   # every calibration image, not a sample
                           latency_runs=args.latency_runs, bootstrap=1000, threads=1, command=cmd)
-    data = rep.data
+    from benchmarks.provenance import provenance
+
+    data = {**rep.data, **provenance()}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(RESULTS.with_suffix(".json"), json.dumps(data, indent=1) + "\n")
     md = (work / "report" / "report.md").read_text()

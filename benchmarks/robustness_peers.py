@@ -227,9 +227,9 @@ def main() -> None:
         return
     import calib_sets
     import qcal
+    from benchmarks.provenance import provenance
     from qcal.eval.latency import measure_latencies
     from qcal.models.yolo import YoloAdapter
-    from qcal.runtime.machine import machine_info
 
     work.mkdir(parents=True, exist_ok=True)
     paths = model_paths(work)
@@ -274,7 +274,8 @@ def main() -> None:
     res["latency_ms"] = {k: round(float(np.median([r[k].median_ms for r in rounds])), 2) for k in models}
     res["latency_p90_ms"] = {k: round(float(np.median([r[k].p90_ms for r in rounds])), 2) for k in models}
     res["latency_repeats_ms"] = {k: [round(r[k].median_ms, 2) for r in rounds] for k in models}
-    res["machine"] = {**machine_info().to_dict(), "threads": 2}
+    res.update(provenance())
+    res["machine"]["threads"] = 2
     cmd = " ".join([".venv/bin/python benchmarks/robustness_peers.py", *sys.argv[1:]])
     if args.latency_only:   # accuracy keeps the command that measured it
         res["latency_command"] = cmd

@@ -83,9 +83,9 @@ def main() -> None:
     args = ap.parse_args()
     import calib_sets
     import qcal
+    from benchmarks.provenance import provenance
     from calib_sets.recipes import Recipe
     from qcal.models import load_model
-    from qcal.runtime.machine import machine_info
 
     work = Path(args.work)
     extra = {k: model_path(work, v) for k, v in (a.split("=", 1) for a in args.variants)}
@@ -112,7 +112,7 @@ def main() -> None:
            "sqnr_frames": {"recipe": VALIDATION_MIX, "conditions": mix.conditions()},
            "fidelity_frames": {"video": "vtest.avi", "start": start, "stop": stop, "every": every, "n": len(held)},
            "conditions": conds, "output_errors": errors, "fidelity_map50_95": fid, "margin_vs_best_peer": margin,
-           "machine": machine_info().to_dict()}
+           **provenance()}
     write(res, Path(args.results))
 
 

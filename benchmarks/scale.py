@@ -135,8 +135,10 @@ def main() -> None:
     res.update({k: v for k, v in old.items() if k.startswith(("ooc_", "ray_2node"))})
     res["wall_s"]["ray_2node"] = old.get("wall_s", {}).get("ray_2node")
     kept = (out / "scale.md").read_text().split("\n## ", 1)[1:] if (out / "scale.md").is_file() else []
+    from benchmarks.provenance import git_commit
     from exporters.quant_table import atomic_write_text
 
+    res["git_commit"] = git_commit()
     atomic_write_text(out / "scale.json", json.dumps(res, indent=1))
     atomic_write_text(out / "scale.md", markdown(res) + "".join("\n## " + k for k in kept))
     print(markdown(res))

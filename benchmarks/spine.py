@@ -138,9 +138,9 @@ def main() -> None:
         return
     import calib_sets
     import qcal
+    from benchmarks.provenance import provenance
     from exporters.quant_table import atomic_write_text
     from qcal.eval.latency import measure_latencies
-    from qcal.runtime.machine import machine_info
 
     calib = calib_sets.Source.video(vtest(), start=0, stop=320, every=5)       # 64 frames
     held = calib_sets.load("bundled:vtest[360:480]")                          # 40 frames, never calibrated on
@@ -182,7 +182,7 @@ def main() -> None:
         "quantize_seconds": {"qcal_int8": round(r.quantize_seconds, 1), "ort_minmax_int8": round(ort_seconds, 1)},
         "qcal_kept_in_float": len(r.out.decisions), "qcal_observer": cfg.observer.value,
         "peak_rss_gb": mem, "calibration_seconds": secs,
-        "machine": machine_info().to_dict(),
+        **provenance(),
         "command": ".venv/bin/python benchmarks/spine.py " + " ".join(sys.argv[1:]),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

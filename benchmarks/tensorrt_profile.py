@@ -85,8 +85,9 @@ def _calib_set(spec: str, n: int):  # -> calib_sets.CalibSet
 
 def run_all(args: argparse.Namespace, work: Path, cmd: str) -> dict:
     import qcal
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # benchmarks/ as a package
+    from benchmarks.provenance import provenance
     from qcal.cli import demo_checkpoint
-    from qcal.runtime.machine import machine_info
 
     t_all = time.perf_counter()
     ckpt = demo_checkpoint()
@@ -141,7 +142,7 @@ def run_all(args: argparse.Namespace, work: Path, cmd: str) -> dict:
                      "note": "high_precision_dtype=fp32 so both tools differ only in INT8 placement and ranges"},
         "calibration": {"spec": args.calib, "frames": len(cs), "set_hash": cs.content_hash},
         "eval": {"spec": args.eval, "images": ort_rep.data["eval"]["images"], "metric": "fidelity vs FP32 detections"},
-        "machine": {**machine_info().to_dict(), "threads": args.threads},
+        **provenance(threads=args.threads),
         "noisy_machine": True,
         "seconds_total": None,
     }

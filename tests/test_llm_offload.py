@@ -17,8 +17,9 @@ from exporters.llm_onnx import layer_kind
 from exporters.quant_table import QuantTable
 from qcal.cli import main as cli_main
 from qcal.errors import CheckpointError, ConfigError
-from qcal.llm.offload_io import OffloadedLLMResult
+from qcal.llm.offload_result import OffloadedLLMResult
 from qcal.quant.llm_schemes import QuantLinear
+from qcal.result import is_result
 from tests.llm_tiny import save_tiny, tiny_llama, tiny_text, tiny_tokenizer
 
 pytest.importorskip("transformers")
@@ -94,6 +95,16 @@ def test_offload_equals_in_memory(tiny: tuple[Path, Path], scheme: str, acts: st
     assert len(table.activations()) == (len(ooc.quantized_layers()) if acts == "per-tensor" and scheme == "w8a8"
                                         else 0)
     assert (ooc.folder / "tokenizer.json").is_file() and (ooc.folder / "config.json").is_file()
+    # the one result protocol: both kinds evaluate; the offloaded model, read back layer by layer from its shards,
+    # scores what the in-memory simulation scores
+    assert is_result(mem) and is_result(ooc) and (mem.kind, ooc.kind) == ("llm", "llm-offloaded")
+    held_out = tiny_text(400, seed=7)
+    got = ooc.evaluate(held_out, n_tokens=96, window=32, progress=False)
+    want = mem.evaluate(held_out, n_tokens=96, window=32, progress=False)
+    assert set(got) == set(want) == {"fp32", scheme}
+    for k in want:
+        assert got[k].ppl == pytest.approx(want[k].ppl, rel=1e-5) and got[k].kl == pytest.approx(want[k].kl, abs=1e-6)
+    assert want[scheme].kl > 0   # the quantized model differs from FP32: the comparison could fail
 
 
 def test_sharded_bf16_source_and_export(tmp_path: Path) -> None:

@@ -133,7 +133,8 @@ def test_robustness_of_a_result_measures_the_int8_model_it_ships(
     cells = rep.data["cells"]
     assert set(cells) == {"fp32", "int8-result"} and set(cells["int8-result"]) == {"clean", "noise_medium"}
     shipped = hashlib.sha256(result.out.int8_path.read_bytes()).hexdigest()
-    assert rep.data["models"]["int8-result"]["sha256"] == shipped
+    info = {p["name"]: p for p in rep.data["precisions"]}
+    assert info["int8-result"]["sha256"] == shipped
     with pytest.raises(qcal.ConfigError, match="drop precisions"):
         qcal.robustness(result, eval=f"imagefolder:{d / 'eval'}", precisions="fp32", out=tmp_path / "r2")
     assert not is_result(adapter)
