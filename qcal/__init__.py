@@ -55,8 +55,11 @@ def quantize(model: Any, calib: Any = None, *, target: str | Target | None = Non
             raise ConfigError(f"quantize({model!r}): {given} apply to detectors, not to an LLM; drop them (the LLM "
                               "scheme and its options live in config=QuantConfig(scheme=..., llm=LLMConfig(...)); "
                               "measure it with qcal.robustness(result, ...)).")
-        return quantize_llm(model, calib, config or QuantConfig(), trust_checkpoint=trust_checkpoint,
-                            progress=progress)
+        cfg = config or QuantConfig()
+        cfg.check_kind("llm")
+        return quantize_llm(model, calib, cfg, trust_checkpoint=trust_checkpoint, progress=progress)
+    if config is not None:
+        config.check_kind("vision")
     from qcal.api import quantize as _quantize
 
     return _quantize(model, calib, target=target, config=config, trust_checkpoint=trust_checkpoint,

@@ -173,3 +173,15 @@ def test_detector_keywords_are_refused_for_an_llm_not_dropped(tiny: tuple[Path, 
     model, calib, _ = tiny
     with pytest.raises(ConfigError, match=rf"\['{next(iter(kw))}'\] apply to detectors, not to an LLM"):
         qcal.quantize(model, calib=calib, progress=False, **kw)
+
+
+def test_config_fields_of_the_other_kind_are_refused_not_ignored(tiny: tuple[Path, Path, Path]) -> None:
+    """The config is split per kind: an LLM quantize refuses vision fields set away from their defaults (they
+    would be ignored), a detector refuses scheme/llm; shared fields (calib_size, seed, passes) pass."""
+    model, calib, _ = tiny
+    with pytest.raises(ConfigError, match=r"\['observer', 'imgsz'\] apply to a detector / torch module"):
+        qcal.quantize(model, calib=calib, config=qcal.QuantConfig(imgsz=320, observer="minmax"), progress=False)
+    with pytest.raises(ConfigError, match=r"\['scheme'\] apply to an LLM"):
+        qcal.quantize("best.pt", calib="bundled:vtest[0:8]", config=qcal.QuantConfig(scheme="w4a16"))
+    qcal.QuantConfig(calib_size=4, seed=3, passes=("smoothquant",)).check_kind("llm")
+    qcal.QuantConfig(calib_size=4, seed=3, imgsz=320).check_kind("vision")

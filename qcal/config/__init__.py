@@ -319,6 +319,18 @@ class QuantConfig:
             return self.replace(reduce_range=not (machine or machine_info()).has_vnni)
         return self.replace(reduce_range=False)
 
+    def check_kind(self, kind: str) -> None:
+        """Refuse a field the given model kind would ignore ("vision": detectors and torch modules; "llm"): every
+        field set away from its default must mean something for the kind (VISION_FIELDS / LLM_FIELDS)."""
+        own = LLM_FIELDS if kind.startswith("llm") else VISION_FIELDS
+        default = QuantConfig()
+        foreign = [f.name for f in dataclasses.fields(self) if f.name not in own and f.name not in SHARED_FIELDS
+                   and getattr(self, f.name) != getattr(default, f.name)]
+        if foreign:
+            other = "a detector / torch module" if kind.startswith("llm") else "an LLM"
+            raise ConfigError(f"config fields {foreign} apply to {other}, not to this {kind} model: they would be "
+                              "ignored; drop them (for an LLM, its options live in scheme= and llm=LLMConfig(...)).")
+
     def hash(self, machine: MachineInfo | None = None) -> str:
         """sha256 (16 hex) of the resolved config (see `resolved`): the same config file hashes differently on a
         VNNI host and an AVX2-only host, because it builds different models there; caches keyed by it follow."""
@@ -326,6 +338,12 @@ class QuantConfig:
 
         plain = self.resolved(machine).to_dict()
         return hashlib.sha256(json.dumps(plain, sort_keys=True).encode()).hexdigest()[:16]
+
+# Which QuantConfig fields mean something for which model kind (QuantConfig.check_kind refuses the others).
+SHARED_FIELDS = ("calib_size", "seed", "passes")
+VISION_FIELDS = ("target", "observer", "percentile", "blend_alphas", "blend_groups", "imgsz", "per_channel",
+                 "reduce_range", "share_concat_ranges", "opset", "keep_float", "adaquant")
+LLM_FIELDS = ("scheme", "llm")
 
 # The precisions `qcal bench` measures unless told otherwise (here, not in qcal.bench, so the CLI can show it in
 # --help without importing the bench machinery).
