@@ -47,7 +47,7 @@ def clean_cells(accuracy: Mapping[str, Mapping[str, Any]], reference: str = "fp3
     ref = accuracy.get(reference, {}).get("map50_95")
     for prec, a in accuracy.items():
         m = round(float(a["map50_95"]), 4)
-        cell = {"map50_95": m, "map50": round(float(a["map50"]), 4)}
+        cell: dict[str, Any] = {"map50_95": m, "map50": round(float(a["map50"]), 4)}
         for k in ("ece", "conf_gap"):   # None where there is no detection to score
             if k in a:
                 cell[k] = None if a[k] is None else round(float(a[k]), 4)
