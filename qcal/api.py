@@ -180,9 +180,10 @@ class QuantResult:
         return {"file": path.name, "samples": len(x), "diff_gain": round(gain, 3), "t_hash": self.augmenter.hash}
 
     def evaluate(self, eval_set: Any, *, latency_runs: int = 30, threads: int = 2,
-                 progress: bool = True) -> Evaluation:
+                 progress: bool = True, spec: str | None = None) -> Evaluation:
         """FP32 vs INT8 on eval_set (anything calib_sets.load takes); refuses sets that share content with
-        the calibration set (compared by source content hash and source key, degraded copies included)."""
+        the calibration set (compared by source content hash and source key, degraded copies included).
+        `spec`: how the set was given, for report.json's eval.spec (default: eval_set when a str or path)."""
         import calib_sets
         try:
             es = calib_sets.load(eval_set)
@@ -199,7 +200,8 @@ class QuantResult:
         ev = evaluate_detector(self.adapter, self.out.fp32_path, self.out.int8_path, images,
                                latency_runs=latency_runs, threads=threads, progress=progress)
         self.evaluation = replace(ev, skipped=tuple(es.skipped), set_hash=es.content_hash,
-                                  spec=str(eval_set) if isinstance(eval_set, (str, Path)) else None)
+                                  spec=spec if spec is not None else
+                                  str(eval_set) if isinstance(eval_set, (str, Path)) else None)
         return self.evaluation
 
 
