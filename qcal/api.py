@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
-from exporters.outset import OutputSet
+from exporters.outset import OutputSet, file_sha256
 from exporters.quant_table import QuantTable
 from qcal.calibration.diagnostics import coverage, range_stability
 from qcal.calibration.pipeline import PipelineOutput
@@ -20,8 +20,13 @@ from qcal.errors import CalibrationError
 from qcal.eval.evaluate import Evaluation, evaluate_detector
 from qcal.models import load_model
 from qcal.models.base import ModelAdapter
+from qcal.reporting.schema import clean_report
 from qcal.runtime.machine import machine_info
 from qcal.version import __version__
+
+# The files of an exported set, by role (report.json's `precisions` name the two models by these file names).
+ARTIFACTS = {"fp32": "model.fp32.onnx", "int8": "model.int8.onnx", "table": "quant_table.json",
+             "report_json": "report.json", "report_md": "report.md"}
 
 
 @dataclass
@@ -61,9 +66,25 @@ class QuantResult:
     def float_nodes(self) -> dict[str, str]:
         return dict(self.out.table.float_reasons)
 
-    def to_dict(self) -> dict[str, Any]:
+    def _precisions(self) -> list[dict[str, Any]]:
+        """The two models as report.json's `precisions` (the schema qcal bench writes): FP32 and its INT8."""
         o = self.out
+        return [{"name": "fp32", "file": ARTIFACTS["fp32"], "sha256": file_sha256(o.fp32_path),
+                 "size_mb": round(o.fp32_path.stat().st_size / 2**20, 3), "spec": {"name": "fp32", "kind": "fp32"}},
+                {"name": "int8", "file": ARTIFACTS["int8"], "sha256": file_sha256(o.int8_path),
+                 "size_mb": round(o.int8_path.stat().st_size / 2**20, 3), "spec": {"name": "int8", "kind": "static"},
+                 "calib_hash": self.calib_hash, "calib_samples": o.calibration.samples,
+                 "quantize_seconds": round(self.quantize_seconds, 2), "float_nodes": len(o.table.float_nodes)}]
+
+    def to_dict(self) -> dict[str, Any]:
+        """report.json: schema qcal.robustness/1 (qcal.reporting.schema; what `qcal check` gates: FP32 and INT8 on
+        the clean condition once evaluated, `cells` empty before) plus everything the quantization decided."""
+        o = self.out
+        evaluation = self.evaluation.to_dict() if self.evaluation else None
+        task = "classify" if getattr(self.adapter, "task", "") == "classify" else "detect"
+        schema = clean_report(task=task, precisions=self._precisions(), evaluation=evaluation)
         return {
+            "schema": schema.pop("schema"),
             "qcal_version": __version__,
             "model": {"source": self.adapter.source, "family": self.adapter.family, "sha256": self.adapter.model_hash()},
             "target": self.config.target.value,
@@ -91,9 +112,10 @@ class QuantResult:
                           "float_gain_db": round(v["float_gain_db"], 3)} for k, v in o.attribution.items()]},
             "quantized_tensors": len(o.table.tensors),
             "seconds": {**{k: round(v, 2) for k, v in o.seconds.items()}, "total": round(self.quantize_seconds, 2)},
-            "evaluation": self.evaluation.to_dict() if self.evaluation else None,
+            "evaluation": evaluation,
             "passes": [r.to_dict() for r in self.passes],
             "machine": machine_info().to_dict(),
+            **schema,
         }
 
     def summary(self) -> str:
@@ -118,8 +140,7 @@ class QuantResult:
         """Write every artifact into the staging folder of `s`; the names of the set, by role."""
         from qcal.reporting.report import report_markdown
 
-        names = {"fp32": "model.fp32.onnx", "int8": "model.int8.onnx", "table": "quant_table.json",
-                 "report_json": "report.json", "report_md": "report.md"}
+        names = dict(ARTIFACTS)
         shutil.copyfile(self.out.fp32_path, s.path(names["fp32"]))
         shutil.copyfile(self.out.int8_path, s.path(names["int8"]))
         self.out.table.save(s.path(names["table"]))
@@ -159,9 +180,10 @@ class QuantResult:
         return {"file": path.name, "samples": len(x), "diff_gain": round(gain, 3), "t_hash": self.augmenter.hash}
 
     def evaluate(self, eval_set: Any, *, latency_runs: int = 30, threads: int = 2,
-                 progress: bool = True) -> Evaluation:
+                 progress: bool = True, spec: str | None = None) -> Evaluation:
         """FP32 vs INT8 on eval_set (anything calib_sets.load takes); refuses sets that share content with
-        the calibration set (compared by source content hash and source key, degraded copies included)."""
+        the calibration set (compared by source content hash and source key, degraded copies included).
+        `spec`: how the set was given, for report.json's eval.spec (default: eval_set when a str or path)."""
         import calib_sets
         try:
             es = calib_sets.load(eval_set)
@@ -177,7 +199,9 @@ class QuantResult:
             raise CalibrationError(f"evaluation set {eval_set!r}: {e}") from e
         ev = evaluate_detector(self.adapter, self.out.fp32_path, self.out.int8_path, images,
                                latency_runs=latency_runs, threads=threads, progress=progress)
-        self.evaluation = replace(ev, skipped=tuple(es.skipped))
+        self.evaluation = replace(ev, skipped=tuple(es.skipped), set_hash=es.content_hash,
+                                  spec=spec if spec is not None else
+                                  str(eval_set) if isinstance(eval_set, (str, Path)) else None)
         return self.evaluation
 
 

@@ -48,10 +48,9 @@ from qcal.errors import CalibrationError, ConfigError, ExportError
 from qcal.eval.detection import pseudo_labels
 from qcal.models import load_model
 from qcal.models.base import Detections
+from qcal.reporting.schema import SCHEMA  # the one report schema; qcal quantize --eval writes it too
 from qcal.runtime.machine import machine_info
 from qcal.version import __version__
-
-SCHEMA = "qcal.robustness/1"
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""`qcal check`: the CI gate over a robustness report.json.
+"""`qcal check`: the CI gate over a report.json of schema qcal.robustness/N (qcal.reporting.schema), as `qcal bench`
+writes it (every precision x condition) and as `qcal quantize --eval SET` writes it (fp32 and int8 on "clean").
 
     qcal check report/report.json --max-drop 0.02 --max-drop noise_medium=0.05 \
         --baseline main-report.json --tolerance 0.01 --junit junit.xml
@@ -13,7 +14,8 @@ A rule naming a condition (or precision) the report does not have fails as a mis
 pass because the thing it guards silently disappeared.
 
 Exit status: 0 all pass, 1 a slice failed, 2 the input is unusable. Unusable is everything that is not a measured
-slice: a missing or unreadable file, malformed JSON, not a qcal robustness report, a value of the wrong type or
+slice: a missing or unreadable file, malformed JSON, not a qcal robustness report, a report of `qcal quantize` run
+without --eval (it loads, with no slice to gate: NoEvaluationError), a value of the wrong type or
 not finite anywhere check reads (each named by its JSON path), a report folder whose output-set manifest is
 missing-but-expected or does not match, a baseline of another model (without --allow-other-model), a negative
 threshold, an FP32 reference of 0 where a relative drop is asked for, a --junit path that cannot be written.
@@ -33,8 +35,9 @@ from exporters.errors import ExporterError
 from exporters.outset import verify_member
 from qcal.errors import QcalError
 from qcal.gate.junit import junit_xml
+from qcal.reporting.schema import SCHEMA_PREFIX
 
-SCHEMA_PREFIX = "qcal.robustness/"
+WRITERS = "`qcal bench` or `qcal quantize --eval SET`"   # the commands whose report.json check reads
 
 
 def printable(s: str) -> str:
@@ -52,6 +55,17 @@ class ReportError(QcalError):
         where = " ".join(x for x in (role if source is not None else "", printable(self.source or "")) if x)
         parts = [p for p in (where, field) if p]
         super().__init__(printable(": ".join([*parts, problem])))   # one line, whatever the names hold
+
+
+class NoEvaluationError(ReportError):
+    """A report.json of `qcal quantize` run without --eval (exit 2): a valid report that holds no measured slice,
+    so there is nothing to gate; quantize again with --eval SET (or bench the model) and gate that report."""
+
+    PROBLEM = ("no evaluation in this report: run qcal quantize with --eval SET (images the calibration never "
+               "saw, e.g. --eval 'bundled:vtest[360:480]'), or qcal bench, and gate the report.json it writes.")
+
+    def __init__(self, source: str | Path | None = None, role: str = "report") -> None:
+        super().__init__(self.PROBLEM, None, source, role)
 
 
 def _show(v: Any) -> str:
@@ -150,11 +164,11 @@ def _read(path: str | Path, role: str) -> dict[str, Any]:
     if p.is_dir():
         raise ReportError(f"is a folder; pass the report.json in it ({p / 'report.json'}).", None, p, role)
     if not p.is_file():
-        raise ReportError("does not exist: run `qcal bench ... -o DIR` and pass DIR/report.json.", None, p, role)
+        raise ReportError(f"does not exist: run {WRITERS} with -o DIR and pass DIR/report.json.", None, p, role)
     try:
         text = p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
-        raise ReportError(f"cannot be read ({e}); pass the report.json `qcal bench` wrote.", None, p, role) from None
+        raise ReportError(f"cannot be read ({e}); pass the report.json {WRITERS} wrote.", None, p, role) from None
     try:   # a report from a qcal output set must come from a whole one (its run finished, nothing changed since)
         verify_member(p, written_by_qcal=_manifest_expected(p))
     except ExporterError as e:
@@ -162,10 +176,11 @@ def _read(path: str | Path, role: str) -> dict[str, Any]:
     try:
         data = json.loads(text)
     except (ValueError, RecursionError) as e:   # JSONDecodeError, a 5000-digit number, nesting too deep
-        raise ReportError(f"is not valid JSON ({printable(str(e))[:200]}); was it truncated? Re-run `qcal bench`.", None, p, role) from None
+        raise ReportError(f"is not valid JSON ({printable(str(e))[:200]}); was it truncated? Re-run the command "
+                          "that wrote it.", None, p, role) from None
     if not isinstance(data, dict):
         raise ReportError(f"is a JSON {type(data).__name__}, not a qcal robustness report (an object with 'schema': "
-                          f"'{SCHEMA_PREFIX}N'); pass the report.json written by `qcal bench`.", None, p, role)
+                          f"'{SCHEMA_PREFIX}N'); pass the report.json written by {WRITERS}.", None, p, role)
     return data
 
 
@@ -175,13 +190,14 @@ def _path(*parts: str) -> str:
 
 def _validate(data: Mapping[str, Any], src: str, role: str) -> dict[str, Any]:
     def err(problem: str, *at: str) -> ReportError:
-        return ReportError(problem + " The file was edited or not written by `qcal bench`: re-run `qcal bench`.",
+        return ReportError(problem + f" The file was edited or not written by {WRITERS}: re-run the command that "
+                           "wrote it.",
                            _path(*at) if at else None, src, role)
 
     schema = data.get("schema")
     if not isinstance(schema, str) or not schema.startswith(SCHEMA_PREFIX):
         raise ReportError(f"is not a qcal robustness report ('schema' is {_show(schema)}, expected "
-                          f"'{SCHEMA_PREFIX}N'); pass the report.json written by `qcal bench`.", "schema", src, role)
+                          f"'{SCHEMA_PREFIX}N'); pass the report.json written by {WRITERS}.", "schema", src, role)
     key = data.get("primary_metric", "map50_95")
     if not isinstance(key, str) or not key:
         raise err(f"is {_show(key)}; expected the name of the metric gated on ('map50_95' or 'top1').",
@@ -196,6 +212,8 @@ def _validate(data: Mapping[str, Any], src: str, role: str) -> dict[str, Any]:
         if not isinstance(c, dict) or not isinstance(c.get("name"), str):
             raise err(f"is {_show(c)}; expected an object with a string 'name'.", f"conditions[{i}]")
     cells = data.get("cells")
+    if cells == {} and "evaluation" in data and data["evaluation"] is None:
+        return dict(data)   # `qcal quantize` without --eval: a valid report; check() says there is nothing to gate
     if not isinstance(cells, dict) or not cells:
         raise err(f"is {_show(cells)}; 'cells' must map precision -> condition -> metrics (a non-empty object).",
                   "cells")
@@ -217,7 +235,8 @@ def _validate(data: Mapping[str, Any], src: str, role: str) -> dict[str, Any]:
 
 
 def load_report(report: str | Path | Mapping[str, Any], role: str = "report") -> dict[str, Any]:
-    """The report (a path to report.json, or its dict) validated; ReportError naming what is wrong and where."""
+    """The report (a path to report.json, or its dict) validated; ReportError naming what is wrong and where.
+    A report of `qcal quantize` without --eval loads too (`cells` {}, `evaluation` null); check() refuses it."""
     if isinstance(report, Mapping):
         return _validate(report, "<dict>", role)
     return _validate(_read(report, role), str(report), role)
@@ -248,6 +267,8 @@ def check(report: str | Path | Mapping[str, Any], *, max_drop: Thresholds | None
                           "--baseline, e.g. 0.01).")
     src = "<dict>" if isinstance(report, Mapping) else str(report)
     data = load_report(report)
+    if not data["cells"]:
+        raise NoEvaluationError(src)
     cells = data["cells"]
     key = str(data.get("primary_metric", "map50_95"))
     label, short = ("top-1", "top-1") if key == "top1" else ("mAP50-95", "mAP")
@@ -260,6 +281,8 @@ def check(report: str | Path | Mapping[str, Any], *, max_drop: Thresholds | None
     if baseline is not None:   # read before gating: an unusable baseline is exit 2 whatever the report says
         base_data = load_report(baseline, "baseline")
         bsrc = "<dict>" if isinstance(baseline, Mapping) else str(baseline)
+        if not base_data["cells"]:
+            raise NoEvaluationError(bsrc, "baseline")
         if str(base_data.get("primary_metric", "map50_95")) != key:
             raise ReportError(f"measures {base_data.get('primary_metric', 'map50_95')}, this report {key}: compare "
                               "reports of the same kind of model.", "primary_metric", bsrc, "baseline")
