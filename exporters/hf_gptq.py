@@ -63,7 +63,7 @@ def pack_int32(values: np.ndarray, bits: int, axis: int) -> np.ndarray:
     v = v.astype(np.uint32).reshape(v.shape[0] // pf, pf, *v.shape[1:])
     shifts = (np.arange(pf, dtype=np.uint32) * bits).reshape(1, pf, *([1] * (v.ndim - 2)))
     words = np.bitwise_or.reduce(v << shifts, axis=1).astype(np.uint32)
-    return np.moveaxis(words.view(np.int32), 0, axis)
+    return np.ascontiguousarray(np.moveaxis(words.view(np.int32), 0, axis))
 
 
 def unpack_int32(packed: np.ndarray, bits: int, axis: int) -> np.ndarray:
@@ -106,7 +106,7 @@ def _fp16_scales(s: np.ndarray, layer: str) -> tuple[np.ndarray, float]:
         raise ExporterError(f"{layer}: {int(bad.sum())} weight scales (e.g. {float(s32[bad][0]):.3g}) are not "
                             "representable in float16 (GPTQ's scale type: 6e-8 .. 65504); keep the layer in float "
                             "(llm.ignore) or rescale it.")
-    return s16, float(np.max(np.abs(s16.astype(np.float32) - s32) / s32))
+    return np.ascontiguousarray(s16), float(np.max(np.abs(s16.astype(np.float32) - s32) / s32))
 
 
 def gptq_linear(entry: TensorQuant, *, checkpoint_format: str = "gptq", layer: str = "",
@@ -213,7 +213,8 @@ def write_hf_gptq(directory: str | Path, table: QuantTable, float_tensors: Mappi
     config = {k: v for k, v in hf_config.items() if k != "quantization_config"}
     config["quantization_config"] = qc
     d.mkdir(parents=True, exist_ok=True)
-    save_file(out, str(d / WEIGHTS_FILE), metadata={"format": "pt"})
+    # contiguous: safetensors.numpy writes a strided view's buffer in memory order, not its logical order
+    save_file({k: np.ascontiguousarray(v) for k, v in out.items()}, str(d / WEIGHTS_FILE), metadata={"format": "pt"})
     atomic_write_text(d / "config.json", json.dumps(config, indent=2, sort_keys=True) + "\n")
     atomic_write_text(d / "quantize_config.json", json.dumps(qc, indent=2, sort_keys=True) + "\n")
     ragged = [n for n in layers if group > 0 and per[n].g_idx.size % group]
