@@ -25,7 +25,15 @@ Readers of v1 differ on z = 0: onnxruntime-genai's builder adds 1 per masked fie
 0x11111111 to each int32 (a field holding 15 carries into the next one). So for v1 each group with z = 0 whose
 codes are all <= 2**bits - 2 is written as codes + 1 and z = 1 (the same weights, exactly); groups where that is
 impossible are counted in the stats (`v1_carry_groups`): gptqmodel would shift the next zero point of those by
-one; write "gptq_v2" for gptqmodel/transformers when it is not 0.
+one; write "gptq_v2" for gptqmodel/transformers when it is not 0 (the builder reads v1 only).
+
+Converting with onnxruntime-genai 0.18 (it also needs the `onnx-ir` package, which it does not declare):
+    python -m onnxruntime_genai.models.builder -i DIR -o OUT -p int4 -e cpu -c CACHE \
+        --extra_options nodes_to_exclude=/lm_head/MatMul,/model/embed_tokens/Gather accuracy_level=1
+(`-p int4` for the 8-bit checkpoint too: the bits come from quantization_config). Without nodes_to_exclude the
+builder re-quantizes the float lm_head (and a tied embedding) to int4 round-to-nearest itself; its CPU default
+accuracy_level=4 quantizes MatMulNBits inputs to int8 on the fly. It needs every decoder Linear quantized and
+each input size a multiple of group_size (`builder_notes` says which of these a written checkpoint misses).
 
 Imports nothing of qcal (numpy and safetensors only).
 """
@@ -33,6 +41,7 @@ Imports nothing of qcal (numpy and safetensors only).
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -217,10 +226,40 @@ def write_hf_gptq(directory: str | Path, table: QuantTable, float_tensors: Mappi
     save_file({k: np.ascontiguousarray(v) for k, v in out.items()}, str(d / WEIGHTS_FILE), metadata={"format": "pt"})
     atomic_write_text(d / "config.json", json.dumps(config, indent=2, sort_keys=True) + "\n")
     atomic_write_text(d / "quantize_config.json", json.dumps(qc, indent=2, sort_keys=True) + "\n")
-    ragged = [n for n in layers if group > 0 and per[n].g_idx.size % group]
-    return {"files": [WEIGHTS_FILE, "config.json", "quantize_config.json"], "quantized_layers": len(layers),
-            "bits": bits, "group_size": group, "sym": sym, "checkpoint_format": checkpoint_format,
-            "float_linears": float_linears, "zero_shifted_groups": sum(g.shifted_groups for g in per.values()),
-            "v1_carry_groups": sum(g.v1_carry_groups for g in per.values()),
-            "scale_fp16_max_rel_err": max(g.scale_rel_err for g in per.values()),
-            "ragged_group_layers": ragged}
+    stats = {"files": [WEIGHTS_FILE, "config.json", "quantize_config.json"], "quantized_layers": len(layers),
+             "bits": bits, "group_size": group, "sym": sym, "checkpoint_format": checkpoint_format,
+             "float_linears": float_linears, "zero_shifted_groups": sum(g.shifted_groups for g in per.values()),
+             "v1_carry_groups": sum(g.v1_carry_groups for g in per.values()),
+             "scale_fp16_max_rel_err": max(g.scale_rel_err for g in per.values()),
+             "ragged_group_layers": [n for n in layers if group > 0 and per[n].g_idx.size % group]}
+    stats["notes"] = builder_notes(stats)
+    for note in stats["notes"]:
+        warnings.warn(note, stacklevel=2)
+    return stats
+
+
+def builder_notes(stats: Mapping[str, Any]) -> list[str]:
+    """What keeps a written checkpoint from converting exactly with onnxruntime-genai's model builder (0.18) or
+    loading exactly in gptqmodel, each with its fix."""
+    notes = []
+    group, ragged, floats = stats["group_size"], stats["ragged_group_layers"], stats["float_linears"]
+    if ragged:
+        notes.append(f"onnxruntime-genai's model builder needs each quantized layer's input size to be a multiple "
+                     f"of group_size={group}; {len(ragged)} layers are not (e.g. {ragged[0]}), so it fails on this "
+                     "checkpoint (transformers loads it). Quantize with llm.group_size dividing every input size "
+                     "(e.g. 64 for a hidden size of 576).")
+    if group > 0 and (group < 16 or group & (group - 1)):
+        notes.append(f"group_size={group}: the model builder's MatMulNBits needs a power of 2 >= 16 (e.g. 32, 64, "
+                     "128); quantize with one of those.")
+    if floats:
+        notes.append(f"{len(floats)} Linear layers kept in float (e.g. {floats[0]}): transformers loads them as "
+                     "float (modules_in_block_to_quantize), the model builder (0.18) fails on them; for the builder "
+                     "quantize every decoder Linear (llm.keep_float_ratio=0, llm.ignore=['lm_head']).")
+    if stats["v1_carry_groups"]:
+        notes.append(f"{stats['v1_carry_groups']} groups have zero point 0 and a code 15: in v1 gptqmodel (and so "
+                     "transformers) reads the next zero point of each one higher by 1 (the builder reads them "
+                     "exactly); for transformers write checkpoint_format='gptq_v2'.")
+    if stats["checkpoint_format"] == "gptq_v2":
+        notes.append("checkpoint_format='gptq_v2': the model builder (0.18) reads v1 zero points only (it adds 1 to "
+                     "each), so it would shift every zero point by one; for the builder write 'gptq'.")
+    return notes
