@@ -69,9 +69,9 @@ def pack_int32(values: np.ndarray, bits: int, axis: int) -> np.ndarray:
     if v.shape[0] % pf:
         raise ExporterError(f"pack_int32: {v.shape[0]} values along axis {axis} is not a multiple of {pf} "
                             f"({bits}-bit fields per int32); pad the layer or choose another format.")
-    v = v.astype(np.uint32).reshape(v.shape[0] // pf, pf, *v.shape[1:])
-    shifts = (np.arange(pf, dtype=np.uint32) * bits).reshape(1, pf, *([1] * (v.ndim - 2)))
-    words = np.bitwise_or.reduce(v << shifts, axis=1).astype(np.uint32)
+    f = v.astype(np.uint32).reshape(v.shape[0] // pf, pf, *v.shape[1:])
+    shifts = (np.arange(pf, dtype=np.uint32) * bits).reshape(1, pf, *([1] * (f.ndim - 2)))
+    words = np.bitwise_or.reduce(f << shifts, axis=1).astype(np.uint32)
     return np.ascontiguousarray(np.moveaxis(words.view(np.int32), 0, axis))
 
 
@@ -226,7 +226,7 @@ def write_hf_gptq(directory: str | Path, table: QuantTable, float_tensors: Mappi
     save_file({k: np.ascontiguousarray(v) for k, v in out.items()}, str(d / WEIGHTS_FILE), metadata={"format": "pt"})
     atomic_write_text(d / "config.json", json.dumps(config, indent=2, sort_keys=True) + "\n")
     atomic_write_text(d / "quantize_config.json", json.dumps(qc, indent=2, sort_keys=True) + "\n")
-    stats = {"files": [WEIGHTS_FILE, "config.json", "quantize_config.json"], "quantized_layers": len(layers),
+    stats: dict[str, Any] = {"files": [WEIGHTS_FILE, "config.json", "quantize_config.json"], "quantized_layers": len(layers),
              "bits": bits, "group_size": group, "sym": sym, "checkpoint_format": checkpoint_format,
              "float_linears": float_linears, "zero_shifted_groups": sum(g.shifted_groups for g in per.values()),
              "v1_carry_groups": sum(g.v1_carry_groups for g in per.values()),

@@ -314,3 +314,22 @@ def test_export_format_and_w8a8_refusal(w4: Any, tmp_path: Path) -> None:
     w8.config = qcal.QuantConfig(scheme="w8a8", llm=r.config.llm)
     with pytest.raises(qcal.ConfigError, match="weight_only=True"):
         w8.export_hf(tmp_path / "y")
+
+
+def test_w8_weight_only_checkpoint(w4: Any, tmp_path: Path) -> None:
+    """A w8a8 result written weight-only: 8-bit symmetric GPTQ (u = q + 128, z = 128), per output channel."""
+    import qcal
+    from calib_sets import Source
+    from qcal.quant.llm_schemes import QuantLinear
+
+    folder = w4[1].parent
+    cfg = qcal.QuantConfig(scheme="w8a8", calib_size=4, llm=qcal.LLMConfig(seq_len=32, keep_float_ratio=0))
+    r = qcal.quantize(folder / "model", calib=Source.text(folder / "calib.txt", seq_len=32, n=4), config=cfg,
+                      progress=False)
+    r.export_hf(tmp_path / "w8", weight_only=True)
+    weights, _, qc = read_gptq(tmp_path / "w8")
+    assert (qc["bits"], qc["group_size"], qc["sym"]) == (8, -1, True)
+    for name, q in r.model.named_modules():
+        if isinstance(q, QuantLinear):
+            want = q.get_buffer("w_codes").float() * q.get_buffer("w_scale").half().float()[:, None]
+            assert np.array_equal(weights[name], want.numpy()), name

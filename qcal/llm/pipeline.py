@@ -208,7 +208,7 @@ def _float_tensors(model: nn.Module, quantized: list[str]) -> dict[str, Any]:
 
 
 def _hf_config(model: nn.Module) -> dict[str, Any]:
-    cfg: dict[str, Any] = model.config.to_dict()  # type: ignore[operator]
+    cfg: dict[str, Any] = model.config.to_dict()  # type: ignore[union-attr,operator]
     if not cfg.get("architectures"):
         cfg["architectures"] = [type(model).__name__]
     cfg["dtype"] = cfg["torch_dtype"] = "float32"     # the tensors written beside the packed weights
