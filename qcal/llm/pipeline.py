@@ -127,12 +127,19 @@ class LLMQuantResult:
                          f"{s['median_kurtosis']:.1f}, mean outlier-channel fraction {s['mean_outlier_channel_frac']:.4f}")
         return "\n".join(lines)
 
-    def export(self, directory: str | Path | OutputSet, *, fp32: bool = True) -> dict[str, Path]:
+    def export(self, directory: str | Path | OutputSet, *, fp32: bool = True, format: str = "onnx",
+               checkpoint_format: str = "gptq") -> dict[str, Path]:
         """model.fp32.onnx, model.<scheme>.onnx (QDQ / MatMulInteger / MatMulNBits), quant_table.json (+ its
         .arrays.npz), report.json, as one whole set (exporters.outset): the ONNX holds exactly the table's codes,
-        scales and zero points. `directory` may be an OutputSet opened (and locked) before the work."""
+        scales and zero points. `directory` may be an OutputSet opened (and locked) before the work.
+        format="hf-gptq" writes a Hugging Face GPTQ checkpoint instead (export_hf)."""
         import os
 
+        if format == "hf-gptq":
+            return self.export_hf(directory, checkpoint_format=checkpoint_format)
+        if format != "onnx":
+            raise ConfigError(f"export format={format!r}: choose 'onnx' (qcal's decoder ONNX) or 'hf-gptq' (a "
+                              "Hugging Face GPTQ checkpoint).")
         from qcal.llm.export import export_llm
         from qcal.runtime.output import open_output, write_set
 
@@ -145,6 +152,67 @@ class LLMQuantResult:
             return write_set(directory, write)
         with open_output(directory) as s:
             return write_set(s, write)
+
+    def export_hf(self, directory: str | Path | OutputSet, *, checkpoint_format: str = "gptq",
+                  weight_only: bool = False) -> dict[str, Path]:
+        """A Hugging Face GPTQ checkpoint (exporters/hf_gptq.py): model.safetensors (qweight/qzeros/scales/g_idx per
+        quantized Linear, every other tensor of the simulation as it is), config.json with quantization_config,
+        quantize_config.json, the tokenizer, generation_config.json and report.json (with what the write changed:
+        scales rounded to float16, zero points shifted for v1). transformers loads it (optimum + gptqmodel);
+        onnxruntime-genai's model builder converts it (`-i <directory>`). A w8a8 result needs weight_only=True:
+        the format has no activation quantization."""
+        import json
+
+        from exporters.hf_gptq import write_hf_gptq
+        from exporters.quant_table import atomic_write_text
+        from qcal.runtime.output import open_output, write_set
+        from qcal.version import __version__
+
+        if self.scheme is not Scheme.W4A16 and not weight_only:
+            raise ConfigError(f"export_hf of a {self.scheme.value} result: a GPTQ checkpoint holds weights only, so "
+                              "the int8 activation quantization would be dropped; pass weight_only=True to write the "
+                              "8-bit weights with float activations, or quantize with scheme='w4a16'.")
+
+        def write(s: OutputSet) -> dict[str, str]:
+            d = s.path(".")
+            stats = write_hf_gptq(d, self.quant_table(), _float_tensors(self.model, self.quantized_layers()),
+                                  _hf_config(self.model), checkpoint_format=checkpoint_format,
+                                  meta={"quantizer": [f"qcal:{__version__}"], "scheme": self.scheme.value})
+            self.lm.tokenizer.save_pretrained(str(d))
+            gen = getattr(self.model, "generation_config", None)
+            if gen is not None:
+                gen.save_pretrained(str(d))
+            atomic_write_text(d / "report.json", json.dumps({**self.to_dict(), "hf_gptq": stats}, indent=1))
+            return {"weights": "model.safetensors", "config": "config.json", "quantize_config": "quantize_config.json",
+                    "report_json": "report.json"}
+
+        if isinstance(directory, OutputSet):
+            return write_set(directory, write)
+        with open_output(directory) as s:
+            return write_set(s, write)
+
+
+def _float_tensors(model: nn.Module, quantized: list[str]) -> dict[str, Any]:
+    """Every state-dict tensor of `model` but the quantized Linears' weights (their biases stay), as float32
+    numpy; a tensor tied to an earlier one (lm_head to the embedding) is written once, under the earlier name."""
+    q, seen, out = set(quantized), set(), {}
+    for k, t in model.state_dict().items():
+        owner, _, leaf = k.rpartition(".")
+        if (owner in q and leaf != "bias") or t.numel() == 0:
+            continue
+        if t.data_ptr() in seen:
+            continue
+        seen.add(t.data_ptr())
+        out[k] = t.detach().cpu().float().numpy() if t.is_floating_point() else t.detach().cpu().numpy()
+    return out
+
+
+def _hf_config(model: nn.Module) -> dict[str, Any]:
+    cfg: dict[str, Any] = model.config.to_dict()  # type: ignore[union-attr,operator]
+    if not cfg.get("architectures"):
+        cfg["architectures"] = [type(model).__name__]
+    cfg["dtype"] = cfg["torch_dtype"] = "float32"     # the tensors written beside the packed weights
+    return cfg
 
 
 # --- the verb ----------------------------------------------------------------------------------------------
