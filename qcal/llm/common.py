@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from qcal.config import Activations
+from qcal.config import Activations, LLMConfig, QuantConfig, Scheme
 from qcal.errors import CalibrationError
 from qcal.eval.outliers import ActivationStats
 from qcal.models.hf_llm import HFCausalLM
@@ -33,6 +33,20 @@ class FloatDecision:
     rule: str        # "ignore" (asked for) or "sensitivity" (measured)
     reason: str
 
+
+
+class LLMSettings:
+    """The scheme and LLM options of a result's config, defaults filled in (shared by the LLM result kinds)."""
+
+    config: QuantConfig
+
+    @property
+    def scheme(self) -> Scheme:
+        return self.config.scheme or Scheme.W8A8
+
+    @property
+    def llm_config(self) -> LLMConfig:
+        return self.config.llm or LLMConfig()
 
 
 def act_quant(a: Activations) -> ActQuant:

@@ -16,12 +16,13 @@ import torch
 
 from exporters.outset import OutputSet
 from exporters.quant_table import QuantTable, atomic_write_text
-from qcal.config import LLMConfig, QuantConfig, Scheme
+from qcal.config import QuantConfig
 from qcal.eval.outliers import summarize
+from qcal.llm.common import LLMSettings
 
 
 @dataclass
-class OffloadedLLMResult:
+class OffloadedLLMResult(LLMSettings):
     """What an out-of-core run decided (the same fields as qcal.llm.LLMQuantResult, without the models), its
     QuantTable, and the folder holding the quantized shards, quant_table.json, report.json, config and tokenizer.
     qcal.result.Result, kind "llm-offloaded"."""
@@ -40,14 +41,6 @@ class OffloadedLLMResult:
     calib_ids: list[list[int]] = field(repr=False)
     folder: Path = Path()
     table: QuantTable = field(default_factory=lambda: QuantTable({}), repr=False)
-
-    @property
-    def scheme(self) -> Scheme:
-        return self.config.scheme or Scheme.W8A8
-
-    @property
-    def llm_config(self) -> LLMConfig:
-        return self.config.llm or LLMConfig()
 
     def quantized_layers(self) -> list[str]:
         return [n for n in self.table.meta.get("shards", {}) if n + ".weight" in self.table.tensors]

@@ -32,6 +32,7 @@ from qcal.eval.perplexity import LMScore, evaluate_lms
 from qcal.llm.common import (
     KNOWN_PASSES,
     FloatDecision,
+    LLMSettings,
     act_quant,
     calib_windows,
     eval_tokens,
@@ -47,7 +48,7 @@ from qcal.quant.llm_schemes import ActQuant, QuantLinear
 
 
 @dataclass
-class LLMQuantResult:
+class LLMQuantResult(LLMSettings):
     """A quantized in-memory LLM (qcal.result.Result, kind "llm")."""
 
     kind: ClassVar[str] = "llm"
@@ -64,14 +65,6 @@ class LLMQuantResult:
     calib_ids: list[list[int]] = field(default_factory=list, repr=False)   # the token windows calibrated on
     gptq: dict[str, Any] | None = None         # what the gptq pass did (GPTQReport.to_dict()), None without it
     act_ranges: dict[str, tuple[float, float]] = field(default_factory=dict, repr=False)  # calibrated input ranges
-
-    @property
-    def scheme(self) -> Scheme:
-        return self.config.scheme or Scheme.W8A8
-
-    @property
-    def llm_config(self) -> LLMConfig:
-        return self.config.llm or LLMConfig()
 
     def quantized_layers(self) -> list[str]:
         return [n for n, m in self.model.named_modules() if isinstance(m, QuantLinear)]
