@@ -51,6 +51,11 @@ def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
     return {}
 
 
+def options_of(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    """{dest: action} of `parser`'s options (not its positionals, not --help)."""
+    return {a.dest: a for a in parser._actions if a.option_strings and not isinstance(a, argparse._HelpAction)}
+
+
 # --- the shared options -------------------------------------------------------------------------------------------
 def add_target(p: argparse.ArgumentParser, help: str | None = None) -> None:
     p.add_argument("--target", choices=[t.value for t in Target], help=help or "where the INT8 model runs: ort-cpu "
