@@ -112,7 +112,14 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The whole `qcal` command line (every subcommand's parser; light: no torch)."""
-    from qcal.cli.options import HelpFormatter, add_calib, add_config, add_eval, add_subcommand, add_trust_checkpoint
+    from qcal.cli.options import (
+        HelpFormatter,
+        add_calib,
+        add_config,
+        add_eval,
+        add_subcommand,
+        add_trust_checkpoint,
+    )
     from qcal.version import __version__
 
     ap = argparse.ArgumentParser(prog="qcal", formatter_class=HelpFormatter,
@@ -288,9 +295,8 @@ def _is_llm(args: argparse.Namespace) -> bool:
 
 
 def _run_llm(args: argparse.Namespace, cfg: QuantConfig) -> int:
-    from qcal.llm import quantize_llm, robustness_llm
-
     from qcal.cli.options import THREADS_DEFAULT
+    from qcal.llm import quantize_llm, robustness_llm
 
     if args.threads != THREADS_DEFAULT:   # detector-only flags: never silently dropped for an LLM
         raise QcalError(f"--threads {args.threads} sets ONNX Runtime threads for a detector's calibration and "

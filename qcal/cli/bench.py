@@ -79,14 +79,14 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> int:
 
     preflight(args.checkpoint, trust_checkpoint=args.trust_checkpoint)
     from qcal.bench import robustness
-
     from qcal.config import BENCH_PRECISIONS, Observer, Target
 
     cfg = QuantConfig.load(args.config) if args.config else QuantConfig()
     over = {k: kind(getattr(args, k)) for k, kind in (("target", Target), ("observer", Observer)) if getattr(args, k)}
     cfg = cfg.replace(**over) if over else cfg
+    precisions = BENCH_PRECISIONS if args.precisions is None else args.precisions
     report = robustness(args.checkpoint, eval=args.eval, calib=args.calib, conditions=args.conditions,
-                        precisions=args.precisions or BENCH_PRECISIONS, out=args.out, config=cfg,
+                        precisions=precisions, out=args.out, config=cfg,
                         trust_checkpoint=args.trust_checkpoint, latency_runs=args.latency_runs,
                         bootstrap=args.bootstrap, threads=args.threads, progress=not args.no_progress, command=cmd,
                         device=args.device, runtime=args.runtime, executor=args.executor, address=args.address,
@@ -108,8 +108,8 @@ def run_sweep_file(args: argparse.Namespace, cmd: str) -> int:
     given = [k for k, v in _SWEEP_OWNS.items() if getattr(args, k) != v]
     if given:
         raise ConfigError(f"qcal bench {args.checkpoint}: {['--' + k.replace('_', '-') for k in given]} belong in the "
-                          "sweep file (keys of the same names; [config] for --config, --target and --observer); with a sweep file the command "
-                          "line takes only -o, --executor, --address, --trust-checkpoint and --no-progress.")
+                          "sweep file (keys of the same names; [config] for --config, --target and --observer); "
+                          "with a sweep file the command line takes only -o, --executor, --address, --trust-checkpoint and --no-progress.")
     reports = run_sweep(Sweep.load(args.checkpoint), args.out, trust_checkpoint=args.trust_checkpoint,
                         executor=args.executor, address=args.address, progress=not args.no_progress, command=cmd)
     from pathlib import Path

@@ -91,7 +91,7 @@ def test_int8_is_int8_clean(tmp_path: Path) -> None:
         parse_precisions(["int8", "int8-clean"], "bundled:vtest[0:8]")
     with pytest.raises(ConfigError, match="int8-clean needs a calibration set"):
         parse_precisions("int8", None)
-    import qcal   # the Python API reads precision names the same way (refused here before any model is loaded)
+    import qcal  # the Python API reads precision names the same way (refused here before any model is loaded)
 
     with pytest.raises(ConfigError, match="given twice"):
         qcal.robustness("no-such.pt", eval="bundled:vtest[360:368]", calib="bundled:vtest[0:8]",
