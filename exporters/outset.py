@@ -193,9 +193,7 @@ class OutputSet:
         if stray:
             raise OutputSetError(f"output set {self.target}: temporary files {stray} were left by a writer; "
                                  "not committing a set with half-written files.")
-        mode = 0o666 & ~_umask()   # writers that used mkstemp left 0600; a set reads like any file the user writes
-        for n in self.files():
-            os.chmod(self.staging / n, mode)
+        user_mode(*(self.staging / n for n in self.files()))   # writers that used mkstemp left 0600
         files = {n: {"bytes": (self.staging / n).stat().st_size, "sha256": file_sha256(self.staging / n)}
                  for n in self.files()}
         manifest = {"schema": SCHEMA, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **self.meta, "files": files}
@@ -312,6 +310,14 @@ def _umask() -> int:
     return mask
 
 
+def user_mode(*paths: str | Path) -> None:
+    """Give each file the mode a plain `open(path, "w")` would: 0o666 less the user's umask. Writers that go
+    through mkstemp (atomic writes) leave 0600, which other users and tools of the same group cannot read."""
+    mode = 0o666 & ~_umask()
+    for p in paths:
+        os.chmod(p, mode)
+
+
 def disk_full(e: OSError) -> bool:
     return e.errno in (errno.ENOSPC, errno.EDQUOT)
 
@@ -348,8 +354,9 @@ def write_manifest(directory: str | Path, names: Iterable[str], meta: dict[str, 
     """A manifest for files written in place (a folder that also holds caches, like `qcal bench`'s cells/):
     call `drop_manifest` before rewriting any listed file and this after the last one, so a kill in between leaves
     a folder that `verify` refuses rather than a mix it accepts."""
-    d = Path(directory)
-    files = {n: {"bytes": (d / n).stat().st_size, "sha256": file_sha256(d / n)} for n in sorted(names)}
+    d, names = Path(directory), sorted(names)
+    user_mode(*(d / n for n in names))   # written in place by atomic (mkstemp, 0600) writers
+    files = {n: {"bytes": (d / n).stat().st_size, "sha256": file_sha256(d / n)} for n in names}
     data = {"schema": SCHEMA, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **(meta or {}), "files": files}
     tmp = d / f".{MANIFEST}.tmp"
     with open(tmp, "w", encoding="utf-8") as f:

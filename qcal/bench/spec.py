@@ -2,7 +2,7 @@
 
 Precisions, as the CLI spells them (comma separated):
   fp32 | fp16 | int8-dynamic          the FP32 export, its FP16 conversion, ORT dynamic uint8
-  int8-clean                          static INT8 calibrated on the --calib set with every degradation removed
+  int8-clean (alias: int8)            static INT8 calibrated on the --calib set with every degradation removed
   int8-mixed                          static INT8 calibrated on --calib as given if it is a recipe with a [mix],
                                       else on --calib plus the QRID mix (half clean; calib_sets.DegradationMix.qrid)
   int8:NAME=SRC                       static INT8 calibrated on SRC (any recipe / source calib_sets.load takes)
@@ -29,6 +29,9 @@ from qcal.errors import ConfigError
 
 KINDS = ("fp32", "fp16", "dynamic", "static", "onnx")
 DEFAULT_PRECISIONS = BENCH_PRECISIONS
+# Other spellings of a precision, read as the name they stand for (reports and caches carry that name only).
+# "int8" is unambiguous: the one static INT8 on --calib as given, minus its degradations, is int8-clean.
+ALIASES = {"int8": "int8-clean"}
 
 
 @dataclass(frozen=True)
@@ -49,7 +52,7 @@ def parse_precisions(spec: str | Sequence[str], calib: str | None) -> list[Preci
     if not tokens:
         raise ConfigError(f"no precisions given; e.g. --precisions {DEFAULT_PRECISIONS}")
     out: list[Precision] = []
-    for t in tokens:
+    for t in (ALIASES.get(t, t) for t in tokens):
         if t in ("fp32", "fp16"):
             p = Precision(t, t)
         elif t == "int8-dynamic":
@@ -69,10 +72,11 @@ def parse_precisions(spec: str | Sequence[str], calib: str | None) -> list[Preci
                 raise ConfigError(f"precision {t}: ONNX file {path} does not exist.")
             p = Precision(name, "onnx", path=path)
         else:
-            raise ConfigError(f"unknown precision {t!r}; use fp32, fp16, int8-dynamic, int8-clean, int8-mixed, "
-                              "int8:NAME=RECIPE or onnx:[NAME=]PATH.")
+            raise ConfigError(f"unknown precision {t!r}; use fp32, fp16, int8-dynamic, int8-clean (or int8), "
+                              "int8-mixed, int8:NAME=RECIPE or onnx:[NAME=]PATH.")
         if any(q.name == p.name for q in out):
-            raise ConfigError(f"precision {p.name!r} is given twice.")
+            alias = "".join(f" ({a} is another name for {b})" for a, b in ALIASES.items() if b == p.name)
+            raise ConfigError(f"precision {p.name!r} is given twice{alias}; name it once.")
         out.append(p)
     return out
 

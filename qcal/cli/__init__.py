@@ -70,68 +70,90 @@ def config_from_args(args: argparse.Namespace) -> QuantConfig:
 
 
 def add_common_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-o", "--out", default="out", help="output folder for model.fp32.onnx, model.int8.onnx, "
-                   "quant_table.json, report.md/json (default: out)")
-    p.add_argument("--target", choices=[t.value for t in Target], help="where the INT8 model runs: ort-cpu "
-                   "(uint8 activations, int8 per-channel weights, reduce_range chosen from the CPU's VNNI flag) or "
-                   "tensorrt (int8 symmetric, zero point 0)")
-    p.add_argument("--observer", choices=[o.value for o in Observer], help="how activation ranges are chosen "
-                   "(default: from the config, blend = the mean of the MSE and the 99.999th-percentile range; mse, percentile, "
-                   "entropy and minmax as usual)")
-    p.add_argument("--calib-size", type=int, help="use at most this many calibration samples")
+    """The options of `qcal quantize` and `qcal demo`."""
+    from qcal.cli import options as o
+
+    o.add_out(p, "output folder for model.fp32.onnx, model.int8.onnx, quant_table.json, report.md/json",
+              default="out")
+    o.add_target(p)
+    o.add_observer(p)
+    p.add_argument("--calib-size", type=int, help="use at most this many calibration samples (default: the "
+                   "config's, 64)")
+    o.add_threads(p, "ONNX Runtime threads for calibration, --eval and latency")
     p.add_argument("--keep-float", nargs="*", metavar="NODE", help="ONNX node names to keep in float, in addition "
                    "to those qcal finds by measurement")
-    p.add_argument("--config", help="a TOML config (see `qcal config`)")
+    o.add_config(p)
     p.add_argument("--passes", nargs="+", metavar="PASS", help="torch passes on the float weights before export, "
                    "in order: bn_reestimate, adaquant (or its other name reconstruct), bias_correction (options: "
                    "[adaquant] or [reconstruct] in --config); "
-                   "for --task llm: smoothquant, gptq (GPTQ options: [llm] gptq_* in --config)")
+                   "for --task llm: smoothquant, gptq (GPTQ options: [llm] gptq_* in --config) (default: none)")
     p.add_argument("--augment", choices=["none", "metaaug"], help="learned augmentation of the calibration inputs "
-                   "inside the adaquant pass (MetaAug; options: [adaquant.augment] in --config)")
+                   "inside the adaquant pass (MetaAug; options: [adaquant.augment] in --config) (default: none)")
     p.add_argument("--granularity", choices=["layer", "block"], help="adaquant pass: reconstruct each layer or "
-                   "each residual block jointly (BRECQ)")
+                   "each residual block jointly (BRECQ) (default: the config's, layer)")
     p.add_argument("--rounding", choices=["free", "adaround"], help="adaquant pass: optimise the weights (free) or "
-                   "learn each weight's rounding (AdaRound)")
+                   "learn each weight's rounding (AdaRound) (default: the config's, free)")
     p.add_argument("--qdrop", type=float, help="adaquant pass: probability of keeping activations in float while "
-                   "reconstructing (QDrop; 0.5 in the paper)")
+                   "reconstructing (QDrop; 0.5 in the paper) (default: the config's, 0)")
     p.add_argument("--allocate", metavar="KIND=RATIO", help="choose int8 or float per layer by integer "
                    "programming under a budget relative to FP32: latency=0.7, size=0.5 or bops=0.3; the float "
-                   "layers stay float in the QDQ model (allocation.json lists them)")
-    p.add_argument("--allow-outside-recipe-root", action="store_true", help="let paths written inside a .toml "
-                   "recipe point outside the recipe's folder (only for recipes you trust)")
-    p.add_argument("--choices", default="int8,fp16", help="precision choices for --allocate (default int8,fp16)")
+                   "layers stay float in the QDQ model (allocation.json lists them) (default: no allocation)")
+    o.add_allow_outside_recipe_root(p)
+    p.add_argument("--choices", default="int8,fp16", help="precision choices for --allocate")
     p.add_argument("--refine", type=int, default=4, metavar="K", help="--allocate: measure the integer program's K "
                    "best plans and the uniform ones jointly on the calibration set and keep the best measured "
-                   "(default 4; 0: the integer program's optimum as is)")
+                   "(0: the integer program's optimum as is)")
     p.add_argument("--attribution", type=int, nargs="?", const=1, metavar="N", help="per-tensor error attribution "
-                   "in the report, on N probe samples (default 1): each quantized tensor's output SQNR when only it "
-                   "is quantized and the gain when only it is left float (keep_float.attribution_samples)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+                   "in the report, on N probe samples (1 when N is left out): each quantized tensor's output SQNR "
+                   "when only it is quantized and the gain when only it is left float "
+                   "(keep_float.attribution_samples) (default: off)")
+    o.add_no_progress(p)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="qcal", description="Quantize YOLO checkpoints to INT8 ONNX with measured "
-                                 "calibration, and compare them with FP32.")
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    q = sub.add_parser("quantize", help="quantize a checkpoint with a calibration set",
-                       description="Quantize CHECKPOINT (an Ultralytics YOLO .pt) to INT8 QDQ ONNX.")
-    q.add_argument("checkpoint", help="path of a YOLO .pt checkpoint")
-    q.add_argument("--calib", required=True, help="calibration images: a folder, an image, a video file, or "
-                   "bundled:vtest[a:b]")
-    q.add_argument("--eval", help="held-out images for FP32 vs INT8 fidelity and latency (same kinds as --calib)")
-    q.add_argument("--trust-checkpoint", action="store_true", help="allow unpickling the checkpoint (it runs code "
-                   "from the file: only for files you trust)")
+def build_parser() -> argparse.ArgumentParser:
+    """The whole `qcal` command line (every subcommand's parser; light: no torch)."""
+    from qcal.cli.options import (
+        HelpFormatter,
+        add_calib,
+        add_config,
+        add_eval,
+        add_subcommand,
+        add_trust_checkpoint,
+    )
+    from qcal.version import __version__
+
+    ap = argparse.ArgumentParser(prog="qcal", formatter_class=HelpFormatter,
+                                 description="Quantize YOLO detectors and small LLMs to INT8 ONNX with measured "
+                                 "calibration, measure them against FP32 under degraded inputs, and gate CI on it.",
+                                 epilog="examples:\n  qcal quantize yolo.pt --calib frames/ --eval held_out/ -o out/ "
+                                 "--trust-checkpoint\n  qcal SUBCOMMAND --help")
+    ap.add_argument("--version", action="version", version=f"qcal {__version__}", help="print qcal's version")
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="SUBCOMMAND")
+    q = add_subcommand(sub, "quantize", help="quantize a checkpoint with a calibration set",
+                       description="Quantize CHECKPOINT (an Ultralytics YOLO .pt, or a Hugging Face causal LM with "
+                       "--task llm) to INT8 ONNX; with --eval, measure FP32 vs INT8 fidelity and latency.",
+                       examples=["qcal quantize yolo.pt --calib 'bundled:vtest[0:8]' -o out/ --trust-checkpoint",
+                                 "qcal quantize yolo.pt --calib frames/ --eval held_out/ --target tensorrt -o out/ "
+                                 "--trust-checkpoint",
+                                 "qcal quantize model_dir/ --task llm --scheme w8a8 --calib corpus.txt -o out/"])
+    q.add_argument("checkpoint", help="path of a YOLO .pt checkpoint (or an LLM folder / .gguf file)")
+    add_calib(q, "calibration images: a folder, an image, a video file, a .toml recipe, or bundled:vtest[a:b] "
+              "(text for --task llm)", required=True)
+    add_eval(q, "held-out images for FP32 vs INT8 fidelity and latency (same kinds as --calib; text for --task llm)")
+    add_trust_checkpoint(q)
     q.add_argument("--task", choices=["auto", "yolo", "llm"], default="auto", help="llm: a Hugging Face causal LM "
-                   "folder or .gguf file, calibrated on --calib text (default: auto, from the checkpoint)")
-    q.add_argument("--scheme", choices=["w8a8", "w4a16"], help="LLM scheme (default w8a8: int8 per-channel weights, "
-                   "per-token int8 activations; w4a16: 4-bit group-wise weights)")
+                   "folder or .gguf file, calibrated on --calib text (auto: from the checkpoint)")
+    q.add_argument("--scheme", choices=["w8a8", "w4a16"], help="LLM scheme: w8a8 (int8 per-channel weights, "
+                   "per-token int8 activations) or w4a16 (4-bit group-wise weights) (default: the config's, w8a8)")
     q.add_argument("--offload", choices=["none", "layers"], help="LLM only; layers: calibrate one decoder layer at "
                    "a time from the memory-mapped safetensors (peak memory ~ one layer + the calibration "
-                   "activations) and write the quantized weights layer by layer to -o (docs/SCALE.md)")
+                   "activations) and write the quantized weights layer by layer to -o (docs/SCALE.md) "
+                   "(default: the config's, none)")
     add_common_args(q)
-    d = sub.add_parser("demo", help="the embedded default: the fall-detection YOLOv8s on bundled vtest frames",
+    d = add_subcommand(sub, "demo", help="the embedded default: the fall-detection YOLOv8s on bundled vtest frames",
                        description="Quantize the bundled real YOLOv8s checkpoint on bundled vtest frames 0-359, "
-                       "evaluate on frames 360-479, print FP32 vs INT8.")
+                       "evaluate on frames 360-479, print FP32 vs INT8.",
+                       examples=["qcal demo -o out/demo", "qcal demo --observer mse --threads 4 -o out/demo-mse"])
     add_common_args(d)
     add_bench_parser(sub)
     _add_check(sub)
@@ -139,9 +161,16 @@ def main(argv: list[str] | None = None) -> int:
 
     add_lint(sub)
     add_engine(sub)
-    c = sub.add_parser("config", help="print the default config as TOML (edit it and pass --config)")
-    c.add_argument("--config", help="print this config after validation instead")
-    args = ap.parse_args(argv)
+    c = add_subcommand(sub, "config", help="print the default config as TOML (edit it and pass --config)",
+                       description="Print the default config as TOML, or with --config a config file after "
+                       "validation (every key, defaults filled in).",
+                       examples=["qcal config > my.toml", "qcal config --config my.toml"])
+    add_config(c, "print this config after validation instead of the default")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     from qcal.runtime.output import sigterm_as_exit
 
     try:
@@ -189,6 +218,9 @@ def _run_quantize(args: argparse.Namespace, cfg: QuantConfig) -> int:
         if getattr(args, flag, None) not in (None, "none"):
             raise QcalError(f"--{flag} {getattr(args, flag)} is for LLMs (a Hugging Face folder or --task llm); "
                             f"{args.checkpoint} is quantized as a detector: drop --{flag}.")
+    from qcal.config.bounds import check_threads
+
+    check_threads(args.threads, "--threads")
     checkpoint = demo_checkpoint() if demo else args.checkpoint
     calib, eval_set = (DEMO_CALIB, DEMO_EVAL) if demo else (args.calib, args.eval)
     if args.allocate:   # arguments first, then files: each fails before torch is even imported
@@ -216,13 +248,13 @@ def _run_quantize(args: argparse.Namespace, cfg: QuantConfig) -> int:
 
         plan = None
         if args.allocate:
-            cfg, plan = _allocate(args, cfg, calib)
+            cfg, plan = _allocate(args, cfg, checkpoint, calib, demo or args.trust_checkpoint)
         result = quantize(checkpoint, calib=calib, config=cfg, trust_checkpoint=demo or args.trust_checkpoint,
-                          progress=not args.no_progress)
+                          progress=not args.no_progress, threads=args.threads)
         eval_error: QcalError | None = None
         if eval_set is not None:
             try:
-                result.evaluate(eval_set, progress=not args.no_progress)
+                result.evaluate(eval_set, progress=not args.no_progress, threads=args.threads)
             except QcalError as e:   # keep the quantized result: it is written below, the error reported after
                 eval_error = e
         extra = {}
@@ -244,13 +276,14 @@ def _run_quantize(args: argparse.Namespace, cfg: QuantConfig) -> int:
     return 0
 
 
-def _allocate(args: argparse.Namespace, cfg: QuantConfig, calib: Any) -> tuple[QuantConfig, Allocation]:
+def _allocate(args: argparse.Namespace, cfg: QuantConfig, checkpoint: Any, calib: Any,
+              trust_checkpoint: bool) -> tuple[QuantConfig, Allocation]:
     from qcal.passes.allocate import allocate_bits
     from qcal.placement.alloc import Budget, parse_choices
 
-    plan = allocate_bits(args.checkpoint, calib, budget=Budget.parse(args.allocate),
+    plan = allocate_bits(checkpoint, calib, budget=Budget.parse(args.allocate),
                          choices=list(parse_choices(args.choices)), config=cfg,
-                         trust_checkpoint=args.trust_checkpoint, refine=args.refine, progress=not args.no_progress)
+                         trust_checkpoint=trust_checkpoint, refine=args.refine, progress=not args.no_progress)
     assert isinstance(plan.export_config, QuantConfig)
     return plan.export_config, plan
 
@@ -262,8 +295,12 @@ def _is_llm(args: argparse.Namespace) -> bool:
 
 
 def _run_llm(args: argparse.Namespace, cfg: QuantConfig) -> int:
+    from qcal.cli.options import THREADS_DEFAULT
     from qcal.llm import quantize_llm, robustness_llm
 
+    if args.threads != THREADS_DEFAULT:   # detector-only flags: never silently dropped for an LLM
+        raise QcalError(f"--threads {args.threads} sets ONNX Runtime threads for a detector's calibration and "
+                        f"latency; {args.checkpoint} is quantized as an LLM (torch): drop --threads.")
     cfg = cfg.replace(scheme=args.scheme) if args.scheme else cfg   # --passes is already in cfg (config_from_args)
     if args.offload:
         import dataclasses

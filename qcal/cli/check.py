@@ -9,6 +9,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from exporters.outset import user_mode
 from exporters.quant_table import atomic_write_text
 from qcal.gate.check import CheckResult, ReportError, Thresholds, check, printable
 from qcal.gate.junit import junit_error_xml
@@ -45,6 +46,7 @@ def junit_target(path: str | Path, *, inputs: Sequence[str | Path] = ()) -> Path
 def _write(path: str | Path, text: str) -> Path:
     try:
         atomic_write_text(Path(path), text)
+        user_mode(path)   # the user's umask, not mkstemp's 0600
     except OSError as e:
         raise ReportError(f"cannot be written ({e.strerror}); give a path in a folder you can write to.",
                           None, path, "--junit") from None
@@ -60,14 +62,16 @@ def write_error_junit(error: ReportError, path: str | Path) -> Path:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    k = sub.add_parser(
-        "check", help="CI gate: fail when a slice of a robustness report misses its threshold",
+    from qcal.cli.options import add_subcommand
+
+    k = add_subcommand(
+        sub, "check", help="CI gate: fail when a slice of a robustness report misses its threshold",
         description="Check a report.json from `qcal bench`. Exit 0: every check passed; 1: a slice failed (the "
         "reason is printed); 2: an input is unusable (missing, malformed, a baseline of another model, a "
         "negative threshold; the reason is printed, and written to --junit). Rules apply to every precision "
         "except fp32 unless --precisions names them.",
-        epilog="example: qcal check report/report.json --max-drop 0.02 --max-drop noise_medium=0.05 "
-        "--baseline main-report.json --tolerance 0.01 --junit junit.xml")
+        examples=["qcal check report/report.json --max-drop 0.02 --max-drop noise_medium=0.05 "
+                  "--baseline main-report.json --tolerance 0.01 --junit junit.xml"])
     k.add_argument("report", help="report.json written by `qcal bench`")
     k.add_argument("--max-drop", action="append", metavar="[COND=]X", help="max relative mAP50-95 drop vs FP32 "
                    "on the same condition (0.02 = 2%%, >= 0); COND=X overrides one condition; repeatable")
@@ -75,8 +79,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                    "repeatable")
     k.add_argument("--baseline", help="an earlier report.json of the same model: fail when a slice is worse by "
                    "more than --tolerance")
-    k.add_argument("--tolerance", default="0", help="allowed mAP50-95 loss vs --baseline (absolute, "
-                   ">= 0)")
+    k.add_argument("--tolerance", default="0", help="allowed mAP50-95 loss vs --baseline (absolute, >= 0)")
     k.add_argument("--allow-other-model", action="store_true", help="accept a --baseline measured on another "
                    "model (a different sha256 in its report), e.g. to hold a retrained model to the old numbers")
     k.add_argument("--precisions", help="comma list of precisions to gate (default: all but fp32)")
