@@ -188,7 +188,8 @@ for name, argv, setup, expect, m in table(
     ("out_parent_is_file", ["engine", "{tmp}/m.onnx", "-o", "{tmp}/f/m.engine"], seq(TINY, put("f", "x")), "error",
      "f"),
     ("timing_cache_folder", [*E, "--timing-cache", "{tmp}/tc"], seq(TINY, mkdir("tc")), "error", "tc"),
-    ("tiny_ok", E, TINY, "ok", None),
+    ("tiny_no_tensorrt", E, TINY, "any", "plan-only"),
+    ("tiny_plan_only", [*E, "--plan-only"], TINY, "ok", None),
 ):
     case(f"engine_{name}", "engine", argv, expect, m, setup=setup)
 for name, argv, setup, expect, m in table(

@@ -50,14 +50,13 @@ def implicit_supported(version: str | None) -> bool:
     return version is not None and int(version.split(".")[0]) <= 10
 
 
-def engine_path(onnx_path: str | Path, out: str | Path, options: EngineOptions, cache: str | Path | None = None) -> Path:
-    """out's folder / '<out stem>.<12 hex of sha256(onnx, cache, options)>.engine'."""
+def engine_key(onnx_path: str | Path, options: EngineOptions, cache: str | Path | None = None) -> str:
+    """12 hex of sha256(onnx, cache, options): what the engine was built from (recorded in <engine>.build.json)."""
     h = hashlib.sha256(Path(onnx_path).read_bytes())
     if cache is not None:
         h.update(Path(cache).read_bytes())
     h.update(repr(sorted(options.to_dict().items())).encode())
-    o = Path(out)
-    return o.with_name(f"{o.stem}.{h.hexdigest()[:12]}{o.suffix or '.engine'}")
+    return h.hexdigest()[:12]
 
 
 def trtexec_command(onnx_path: str | Path, engine: str | Path, options: EngineOptions, *,

@@ -50,12 +50,15 @@ def test_lint_cli_exit_codes(trt_export: tuple[Path, Path, Path], tmp_path: Path
 def test_engine_explicit_prints_trtexec_and_writes_report(trt_export: tuple[Path, Path, Path], tmp_path: Path,
                                                           capsys) -> None:
     _, qdq, _ = trt_export
-    assert main(["engine", str(qdq), "-o", str(tmp_path / "out" / "model.engine"), "--fp16-fallback"]) == 0
+    assert main(["engine", str(qdq), "-o", str(tmp_path / "out" / "model.engine"), "--fp16-fallback",
+                 "--plan-only"]) == 0
     out = capsys.readouterr().out
     assert "trtexec --onnx=" in out and "--fp16" in out and "mode: explicit" in out
-    reports = list((tmp_path / "out").glob("model.*.engine.build.json"))
-    assert len(reports) == 1
+    assert f"--saveEngine={tmp_path / 'out' / 'model.engine'}" in out   # -o as given, not renamed
+    reports = list((tmp_path / "out").glob("*.build.json"))
+    assert [r.name for r in reports] == ["model.engine.build.json"]
     rep = json.loads(reports[0].read_text())
+    assert len(rep["extra"]["key"]) == 12 and rep["built"] is False
     assert rep["trtexec"].startswith("trtexec") and rep["lint"]["ok"] and rep["mode"] == "explicit"
     bad = tmp_path / "bad.onnx"
     onnx.save(conforming(act_zp_dtype=__import__("numpy").uint8), str(bad))

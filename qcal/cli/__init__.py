@@ -254,7 +254,8 @@ def _run_quantize(args: argparse.Namespace, cfg: QuantConfig) -> int:
         eval_error: QcalError | None = None
         if eval_set is not None:
             try:
-                result.evaluate(eval_set, progress=not args.no_progress, threads=args.threads)
+                result.evaluate(eval_set, progress=not args.no_progress, threads=args.threads,
+                                spec=None if eval_spec is None else str(eval_spec))
             except QcalError as e:   # keep the quantized result: it is written below, the error reported after
                 eval_error = e
         extra = {}

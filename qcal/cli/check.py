@@ -66,13 +66,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
     k = add_subcommand(
         sub, "check", help="CI gate: fail when a slice of a robustness report misses its threshold",
-        description="Check a report.json from `qcal bench`. Exit 0: every check passed; 1: a slice failed (the "
+        description="Check a report.json from `qcal bench` or `qcal quantize --eval SET`. Exit 0: every check passed; 1: a slice failed (the "
         "reason is printed); 2: an input is unusable (missing, malformed, a baseline of another model, a "
-        "negative threshold; the reason is printed, and written to --junit). Rules apply to every precision "
+        "negative threshold, a quantize report without --eval; the reason is printed, and written to --junit). Rules apply to every precision "
         "except fp32 unless --precisions names them.",
         examples=["qcal check report/report.json --max-drop 0.02 --max-drop noise_medium=0.05 "
                   "--baseline main-report.json --tolerance 0.01 --junit junit.xml"])
-    k.add_argument("report", help="report.json written by `qcal bench`")
+    k.add_argument("report", help="report.json written by `qcal bench` or `qcal quantize --eval SET`")
     k.add_argument("--max-drop", action="append", metavar="[COND=]X", help="max relative mAP50-95 drop vs FP32 "
                    "on the same condition (0.02 = 2%%, >= 0); COND=X overrides one condition; repeatable")
     k.add_argument("--min-map", action="append", metavar="[COND=]X", help="minimum absolute mAP50-95 (>= 0); "

@@ -82,14 +82,14 @@ def add_engine(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                        "--plan-only)",
                        description="Explicit: MODEL is the Q/DQ ONNX (linted first). Implicit (TensorRT <= 10): "
                        "MODEL is the FP32 ONNX, --cache the calibration cache qcal wrote and --calib the set it was "
-                       "made from; a cache whose stamp does not match is refused. The engine is named "
-                       "<out stem>.<content hash>.engine; <engine>.build.json records the trtexec line. Exit 0: "
+                       "made from; a cache whose stamp does not match is refused. The engine is written to -o as given; "
+                       "<engine>.build.json records the trtexec line and the content key. Exit 0: "
                        "built (or, with --plan-only, planned); 2: nothing built (TensorRT absent or unable: the "
                        "trtexec line to run on the device is printed and recorded) or an input is unusable.",
                        examples=["qcal engine out/model.int8.onnx -o out/model.engine --fp16-fallback",
                                  "qcal engine out/model.int8.onnx -o out/model.engine --plan-only   # trtexec line"])
     p.add_argument("model", help="Q/DQ ONNX (explicit) or FP32 ONNX with --cache (implicit)")
-    add_out(p, "engine path (the content hash is added to its name)", default=None, required=True)
+    add_out(p, "engine path", default=None, required=True)
     p.add_argument("--fp16-fallback", action="store_true", help="allow FP16 for layers left in float")
     p.add_argument("--workspace-mb", type=int, default=1024, help="builder workspace limit in MiB")
     p.add_argument("--timing-cache", help="timing cache file (read if present, written after the build)")
@@ -107,18 +107,14 @@ def run_engine(args: argparse.Namespace) -> int:
     if args.timing_cache:
         file_target("--timing-cache", args.timing_cache)
     from exporters.outset import user_mode
-    from exporters.tensorrt import EngineOptions, trt_version
+    from exporters.tensorrt import EngineOptions
     from qcal.config import QuantConfig
     from qcal.runtime.deploy import engine
 
-    if args.plan_only and trt_version() is not None:
-        raise QcalError(f"qcal engine --plan-only: TensorRT {trt_version()} imports here, and this qcal's "
-                        "engine() builds whenever it does; drop --plan-only to build, or run where TensorRT is "
-                        "absent for the plan alone.")
     cfg_hash = QuantConfig.load(args.config).hash() if args.config else None
     opts = EngineOptions(fp16=args.fp16_fallback, workspace_mb=args.workspace_mb, timing_cache=args.timing_cache)
     rep = engine(args.model, args.out, options=opts, cache=args.cache, calib=args.calib, config_hash=cfg_hash,
-                 lint=not args.no_lint)
+                 lint=not args.no_lint, build=not args.plan_only)
     build_json = f"{rep.engine}.build.json"
     user_mode(build_json)   # the user's umask, not mkstemp's 0600
     print(f"mode: {rep.mode}; TensorRT: {rep.trt_version or 'not installed'}")

@@ -23,7 +23,7 @@ from exporters.tensorrt import (
     EngineOptions,
     TensorRTMissingError,
     build_engine,
-    engine_path,
+    engine_key,
     implicit_supported,
     trt_version,
     trtexec_command,
@@ -72,10 +72,11 @@ class EngineReport:
 
 def engine(onnx_path: str | Path, out: str | Path, *, options: EngineOptions | None = None,
            cache: str | Path | None = None, calib: Any = None, config_hash: str | None = None,
-           lint: bool = True) -> EngineReport:
+           lint: bool = True, build: bool = True) -> EngineReport:
     """Build a TensorRT engine where TensorRT imports; always return (and write beside the engine, as
     <engine>.build.json) the equivalent trtexec line. A cache is checked against its stamp first: the FP32 ONNX
-    at hand, the calibration set at hand (`calib`, required with a cache) and config_hash when given."""
+    at hand, the calibration set at hand (`calib`, required with a cache) and config_hash when given. The engine
+    is written to `out` as given; build=False plans only (lint, stamp check, trtexec line, build.json)."""
     import calib_sets
 
     opts = options or EngineOptions()
@@ -117,11 +118,14 @@ def engine(onnx_path: str | Path, out: str | Path, *, options: EngineOptions | N
             if not res.ok:
                 raise ExportError(f"{src.name} breaks TensorRT's Q/DQ rules:\n{res.summary(limit=10)}\n"
                                   "Fix them (or pass --no-lint to build anyway).")
-    eng = engine_path(src, out, opts, cache)
+    eng = Path(out)
     line = trtexec_command(src, eng, opts, cache=cache)
     version = trt_version()
-    report = EngineReport(str(src), str(eng), mode, line, False, version, lint_res, stamp)
-    if version is None:
+    report = EngineReport(str(src), str(eng), mode, line, False, version, lint_res, stamp,
+                          extra={"key": engine_key(src, opts, cache)})
+    if not build:
+        report.note = "plan only (--plan-only): no engine built; run the trtexec line to build it."
+    elif version is None:
         report.note = "TensorRT is not installed here: no engine built; run the trtexec line on the device."
     elif mode == "implicit" and not implicit_supported(version):
         report.note = f"TensorRT {version} has no implicit INT8: build the Q/DQ model instead."
@@ -134,7 +138,7 @@ def engine(onnx_path: str | Path, out: str | Path, *, options: EngineOptions | N
             raise ExportError(str(e)) from e
         else:
             report.built, report.build_seconds = True, round(r.seconds, 2)
-            report.extra = {"size_mb": round(r.size_mb, 3)}
+            report.extra["size_mb"] = round(r.size_mb, 3)
     atomic_write_text(eng.with_name(eng.name + ".build.json"), json.dumps(report.to_dict(), indent=1))
     return report
 
