@@ -29,6 +29,7 @@ def main() -> None:
     ap.add_argument("--every", type=int, default=8)
     ap.add_argument("--reps", type=int, default=200)
     ap.add_argument("--recipes", default="plain,robust")
+    ap.add_argument("--conditions", default="clean,qrid", help="clean and/or QRID condition names, or qrid")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "one_engine_conditions")
     a = ap.parse_args()
     from benchmarks.provenance import provenance
@@ -40,7 +41,8 @@ def main() -> None:
     adapter = YoloAdapter.load(checkpoint(), trust_checkpoint=True)
     samples = held_out(a.every)
     rows: list[dict[str, Any]] = []
-    for cond in parse_conditions("clean,qrid"):
+    for cond in ([None] if "clean" in a.conditions.split(",") else []) + [
+            c for c in parse_conditions(a.conditions) if c is not None]:
         name = "clean" if cond is None else cond.name
         images = [s.image if cond is None else cond(s.image, seed=i) for i, s in enumerate(samples)]
         fp32 = detect_all(adapter, a.after / "plain" / "model.fp32.onnx", images, 2, False, "fp32")
